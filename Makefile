@@ -1,0 +1,34 @@
+SHELL := /bin/bash
+# avl_lab — quick start: `make sweep`, `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install test sweep lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Torch first: keep a torch the user already has (e.g. a CUDA build), else pin the CPU wheel,
+# so that pip never resolves a multi-GB CUDA torch on its own.
+$(STAMP): $(PY) pyproject.toml
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -e ".[dev]" --constraint <($(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])")
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+sweep: install
+	$(PY) -m avl_lab.sweep --study docvqa_pareto
+
+lint: install
+	$(PY) -m ruff check avl_lab tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info
