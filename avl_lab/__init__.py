@@ -1,1 +1,28 @@
-"""avl_lab."""
+"""avl_lab: adaptive attention (A-VL) for large vision-language models, on stock transformers.
+
+>>> import avl_lab
+>>> model, processor = avl_lab.models.tiny_random("llava")          # doctest: +SKIP
+>>> with avl_lab.attach(model, {"name": "avl", "S": 45, "C": 30}) as session:  # doctest: +SKIP
+...     out = session.generate(**inputs, max_new_tokens=16)
+>>> session.stats.stored, session.stats.used                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["attach", "models", "policies", "ext", "engine", "CacheStats", "__version__"]
+
+_SUBMODULES = {"models", "policies", "ext", "engine", "data", "metrics"}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: importing avl_lab stays cheap; submodules load on first use.
+    if name in _SUBMODULES:
+        return importlib.import_module(f"avl_lab.{name}")
+    if name in ("attach", "Session", "CacheStats"):
+        return getattr(importlib.import_module("avl_lab.engine"), name)
+    raise AttributeError(f"module 'avl_lab' has no attribute {name!r}")

@@ -1,0 +1,156 @@
+"""The attention function ``avl_lab`` registers with transformers.
+
+Prefill: the stock SDPA path with the library mask, plus the last prompt token's attention
+(head-averaged, per layer) handed to the policy, which may prune tokens and evict rows.
+Decode: a mask built from the layer's own bookkeeping, and attention over only the rows the
+policy marks active, through :func:`avl_lab.ext.core_attention`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from avl_lab import ext
+from avl_lab.engine.cache import AVLLayer
+from avl_lab.engine.run import PruneState, Run
+
+ATTN_NAME = "avl_lab"
+_COLSUM_CHUNK = 1 << 24  # elements of one [B, Hq, c, R] probability block
+
+
+def avl_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[Tensor, Tensor | None]:
+    """``query`` ``[B, Hq, q, D]``, ``key``/``value`` ``[B, Hkv, R, D]`` → ``[B, q, Hq, D]``."""
+    session = getattr(module, "_avl_session", None)
+    run: Run | None = None if session is None else session.run
+    if run is None:  # not inside a session's generate: behave exactly like stock sdpa
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    layer = run.cache.layers[module.layer_idx]
+    scale = module.scaling if scaling is None else scaling
+    if run.step == 0:
+        return _prefill(run, layer, module, query, key, value, attention_mask, scale, **kwargs)
+    return _decode(run, layer, query, key, value, scale)
+
+
+# --- prefill -----------------------------------------------------------------------------------
+
+
+def _prefill(run, layer, module, query, key, value, mask, scale, **kwargs):
+    out, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=scale, **kwargs)
+    policy = run.policy
+    ctx = run.context(layer.layer_idx)
+    visible = _visible(mask, layer.valid, query.shape[2])  # [B, q, R]
+    ctx.scores = _last_query_scores(query, key, visible[:, -1], scale)
+    if policy.needs_colsum:
+        ctx.colsum = _colsum_scores(query, key, visible, scale)
+    if run.trace is not None:
+        run.trace.prefill[layer.layer_idx] = layer.tok.masked_fill(~layer.valid, -1)
+    if layer.layer_idx == policy.prune_layer:
+        keep_tok = policy.prune_tokens(layer, ctx)
+        if keep_tok is not None:
+            _start_prune(run, layer, keep_tok)
+    keep = policy.prefill_keep(layer, ctx)
+    if keep is not None:
+        layer.evict(keep)
+    n = layer.valid.sum(1)
+    run.prefill_stats.record(layer.layer_idx, n, n, run.full_rows())
+    return out, None
+
+
+def _visible(mask: Tensor | None, valid: Tensor, q_len: int) -> Tensor:
+    """``[B, q, R]`` which keys each query sees (the library mask, or causal when None)."""
+    if mask is not None:
+        return mask[:, 0].to(torch.bool) & valid[:, None, :]
+    R = valid.shape[1]
+    causal = torch.ones(q_len, R, dtype=torch.bool, device=valid.device).tril(R - q_len)
+    return causal[None] & valid[:, None, :]
+
+
+def _last_query_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float) -> Tensor:
+    """``[B, R]`` head-averaged attention of the last query (paper Eq. 1); 0 where masked."""
+    B, Hq, _, D = query.shape
+    Hkv = key.shape[1]
+    q = query[:, :, -1].float().view(B, Hkv, Hq // Hkv, D)
+    s = torch.einsum("bhgd,bhrd->bhgr", q, key.float()) * scale
+    s = s.masked_fill(~visible[:, None, None, :], float("-inf"))
+    return torch.softmax(s, dim=-1).nan_to_num(0.0).mean(dim=(1, 2))
+
+
+def _colsum_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float) -> Tensor:
+    """``[B, R]`` attention received by each key summed over all queries, averaged over heads."""
+    B, Hq, Q, D = query.shape
+    Hkv, R = key.shape[1], key.shape[2]
+    G = Hq // Hkv
+    k = key.float()
+    total = torch.zeros(B, R, device=key.device)
+    chunk = max(1, _COLSUM_CHUNK // max(1, B * Hq * R))
+    for s0 in range(0, Q, chunk):
+        q = query[:, :, s0 : s0 + chunk].float()  # [B, Hq, c, D]
+        c = q.shape[2]
+        s = torch.einsum("bhgcd,bhrd->bhgcr", q.view(B, Hkv, G, c, D), k) * scale
+        s = s.masked_fill(~visible[:, None, None, s0 : s0 + c], float("-inf"))
+        p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # [B, Hkv, G, c, R]
+        total += p.mean(dim=(1, 2)).sum(1)
+    return total
+
+
+def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> None:
+    """Prune the prompt after this layer: later layers see only kept tokens; evict the rest here
+    and in every earlier layer."""
+    P = run.layout.length
+    keep_tok = torch.zeros(keep_rows.shape[0], P, dtype=torch.bool, device=keep_rows.device)
+    keep_tok.scatter_(1, layer.tok, keep_rows & layer.valid)
+    keep_tok[:, -1] = True  # the last prompt token produces the next-token logits
+    counts = keep_tok.sum(1)
+    m = int(counts.max())
+    # Ascending stable sort: dropped first, kept last in order; take the last m (kept right-aligned).
+    index = torch.sort(keep_tok.to(torch.int8), dim=1, stable=True).indices[:, P - m :]
+    valid = torch.arange(m, device=counts.device)[None, :] >= (m - counts)[:, None]
+    run.prune = PruneState(layer=layer.layer_idx, index=index.masked_fill(~valid, 0), valid=valid)
+    for earlier in run.cache.layers[: layer.layer_idx + 1]:
+        earlier.evict(keep_tok.gather(1, earlier.tok))
+
+
+# --- decode ------------------------------------------------------------------------------------
+
+
+def _decode(run: Run, layer: AVLLayer, query, key, value, scale):
+    policy = run.policy
+    ctx = run.context(layer.layer_idx)
+    active = policy.decode_active(layer, ctx)
+    active = layer.valid.clone() if active is None else active & layer.valid
+    active[:, -1] = True  # the current token always attends to itself
+    idx = rows_to_index(active)  # [B, n]
+    out, probs = ext.core_attention(query, key, value, idx, scale)
+    run.decode_stats.record(layer.layer_idx, layer.valid.sum(1), active.sum(1), run.full_rows())
+    if run.trace is not None:
+        run.trace.decode[-1][layer.layer_idx] = layer.tok.gather(1, idx.clamp(min=0)).masked_fill(
+            idx < 0, -1
+        )
+    if policy.needs_probs:
+        full = torch.zeros(active.shape, dtype=probs.dtype, device=probs.device)
+        ctx.probs = full.scatter_add_(1, idx.clamp(min=0), probs.masked_fill(idx < 0, 0.0))
+    keep = policy.decode_keep(layer, ctx)
+    if keep is not None:
+        layer.evict(keep)
+    return out.transpose(1, 2), None
+
+
+def rows_to_index(rows: Tensor) -> Tensor:
+    """``[B, R]`` bool → ``[B, n]`` int64 row indices in order, ``-1``-padded, n = max count."""
+    counts = rows.sum(1)
+    n = int(counts.max())
+    order = torch.sort((~rows).to(torch.int8), dim=1, stable=True).indices[:, :n]
+    return order.masked_fill(torch.arange(n, device=rows.device)[None, :] >= counts[:, None], -1)

@@ -1,0 +1,182 @@
+"""A modality-aware KV cache for stock ``generate``: rows carry bookkeeping and can be evicted.
+
+Each layer stores ``keys``/``values`` ``[B, Hkv, R, D]`` plus per-row tensors ``[B, R]``:
+
+- ``valid``  (bool)  the row holds real data (False for padding and filler),
+- ``pos``    (int64) logical (RoPE) position,
+- ``tok``    (int64) column index in the padded token sequence (prompt, then generated),
+- ``mod``    (int8)  :class:`~avl_lab.engine.layout.Modality`,
+- policy state, e.g. ``core`` or ``acc`` (accumulated attention), registered on the cache.
+
+Rows of one batch may hold different numbers of valid rows: the shorter ones are padded with
+invalid filler up to the longest. Eviction (:meth:`AVLLayer.evict`) compacts the storage, so
+evicted rows really leave memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from transformers.cache_utils import Cache, DynamicLayer
+
+if TYPE_CHECKING:
+    from avl_lab.engine.run import Run
+
+_META = ("valid", "pos", "tok", "mod")
+
+
+class AVLLayer(DynamicLayer):
+    """One decoder layer's cache rows and their bookkeeping."""
+
+    is_croppable = False
+
+    def __init__(self, layer_idx: int, cache: AVLCache) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.cache = cache
+        self.rows: dict[str, Tensor] = {}
+
+    # --- bookkeeping views -------------------------------------------------------------------
+    @property
+    def valid(self) -> Tensor:
+        """``[B, R]`` bool: rows holding real data."""
+        return self.rows["valid"]
+
+    @property
+    def mod(self) -> Tensor:
+        """``[B, R]`` int8 modality codes."""
+        return self.rows["mod"]
+
+    @property
+    def pos(self) -> Tensor:
+        """``[B, R]`` logical positions."""
+        return self.rows["pos"]
+
+    @property
+    def tok(self) -> Tensor:
+        """``[B, R]`` column index in the padded sequence."""
+        return self.rows["tok"]
+
+    @property
+    def num_rows(self) -> int:
+        """Physical rows ``R`` (valid + filler)."""
+        return 0 if self.keys is None or self.keys.dim() < 3 else self.keys.shape[-2]
+
+    def state(self, name: str) -> Tensor:
+        """``[B, R]`` policy state ``name`` (registered with :meth:`AVLCache.register_state`)."""
+        return self.rows[name]
+
+    def set_state(self, name: str, value: Tensor) -> None:
+        """Replace policy state ``name`` with a ``[B, R]`` tensor."""
+        if name in _META:
+            raise ValueError(f"{name!r} is engine bookkeeping, not policy state")
+        self.rows[name] = value
+
+    # --- transformers Cache layer API ----------------------------------------------------------
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        """Append rows ``[B, Hkv, q, D]``; their bookkeeping comes from the current run."""
+        run = self.cache.run
+        new_rows = run.new_rows(self.layer_idx, key_states.shape[-2], key_states.shape[0])
+        for name, (value, dtype) in self.cache.state_defaults.items():
+            new_rows[name] = torch.full_like(new_rows["pos"], value, dtype=dtype)
+        if not self.is_initialized or self.num_rows == 0:
+            self.lazy_initialization(key_states, value_states)
+            self.keys, self.values, self.rows = key_states, value_states, new_rows
+        else:
+            self.keys = torch.cat([self.keys, key_states], dim=-2)
+            self.values = torch.cat([self.values, value_states], dim=-2)
+            self.rows = {k: torch.cat([t, new_rows[k]], dim=1) for k, t in self.rows.items()}
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        """The logical length (tokens seen), not the rows held: ``generate`` relies on it."""
+        return self.cache.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.cache.seen + query_length, 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError(
+            "avl_lab caches cannot be cropped (assisted/speculative decoding is not supported)"
+        )
+
+    def _map_batch(self, fn: Callable[[Tensor], Tensor]) -> None:
+        if self.num_rows == 0:
+            return
+        self.keys, self.values = fn(self.keys), fn(self.values)
+        self.rows = {k: fn(t) for k, t in self.rows.items()}
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._map_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map_batch(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        self._map_batch(lambda t: t[indices, ...])
+
+    # --- the eviction primitive ----------------------------------------------------------------
+    def evict(self, keep: Tensor) -> None:
+        """Keep only the rows where ``keep`` ``[B, R]`` is True (and valid); free the rest.
+
+        Kept rows stay in order; each batch row is padded with invalid filler up to the
+        largest kept count, and the storage is reallocated at that size.
+        """
+        keep = keep & self.valid
+        counts = keep.sum(1)  # [B]
+        m = int(counts.max()) if counts.numel() else 0
+        if m == self.num_rows and bool(keep.all()):
+            return
+        # Stable sort puts kept rows first, in their original order.
+        order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :m]  # [B, m]
+        B, H, _, D = self.keys.shape
+        kv_idx = order[:, None, :, None].expand(B, H, m, D)
+        self.keys = self.keys.gather(2, kv_idx)
+        self.values = self.values.gather(2, kv_idx)
+        rows = {k: t.gather(1, order) for k, t in self.rows.items()}
+        rows["valid"] = torch.arange(m, device=counts.device)[None, :] < counts[:, None]
+        self.rows = rows
+
+    def kv_bytes(self) -> int:
+        """Bytes physically held by this layer's keys and values."""
+        if self.num_rows == 0:
+            return 0
+        return self.keys.numel() * self.keys.element_size() * 2
+
+
+class AVLCache(Cache):
+    """The cache ``avl_lab`` passes to ``model.generate``; one :class:`AVLLayer` per layer."""
+
+    def __init__(self, num_layers: int, run: Run) -> None:
+        self.run = run
+        self.seen = 0  # logical tokens seen (padding included), what generate expects
+        self.state_defaults: dict[str, tuple[float | int | bool, torch.dtype]] = {}
+        super().__init__(layers=[AVLLayer(i, self) for i in range(num_layers)])
+
+    def register_state(self, name: str, default: float | int | bool, dtype: torch.dtype) -> None:
+        """Declare a per-row policy state; new rows get ``default``."""
+        if name in _META:
+            raise ValueError(f"state name {name!r} is reserved for engine bookkeeping")
+        self.state_defaults[name] = (default, dtype)
+        for layer in self.layers:
+            if layer.num_rows:
+                layer.rows.setdefault(name, torch.full_like(layer.pos, default, dtype=dtype))
+
+    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs):
+        out = self.layers[layer_idx].update(key_states, value_states)
+        if layer_idx == len(self.layers) - 1:
+            self.seen = self.run.tokens_seen
+        return out
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.seen + query_length, 0
+
+    def kv_bytes(self) -> int:
+        """Bytes physically held by all layers' keys and values."""
+        return sum(layer.kv_bytes() for layer in self.layers)

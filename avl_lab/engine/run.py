@@ -1,0 +1,139 @@
+"""The state of one ``generate`` call under a policy: layout, step, prefill pruning, stats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from avl_lab.engine.cache import AVLCache
+from avl_lab.engine.layout import Layout, Modality
+from avl_lab.engine.stats import CacheStats, StatsRecorder
+from avl_lab.policies.base import Context, Policy
+
+
+@dataclass
+class PruneState:
+    """Prefill pruning decided after layer ``layer``: later layers see only the kept tokens.
+
+    ``index`` ``[B, m]`` gathers prompt positions (kept tokens right-aligned, in order; filler on
+    the left gathers position 0); ``valid`` ``[B, m]`` is False on filler.
+    """
+
+    layer: int
+    index: Tensor
+    valid: Tensor
+    layer_kwargs: dict | None = None  # gathered decoder-layer kwargs, built once
+
+
+@dataclass
+class Trace:
+    """Which token columns each layer used, for the masked reference runner in tests."""
+
+    prefill: dict[int, Tensor] = field(default_factory=dict)  # layer -> [B, m] columns, -1 filler
+    decode: list[dict[int, Tensor]] = field(default_factory=list)  # step-1 -> layer -> [B, n]
+
+
+class Run:
+    """Everything one ``generate`` call needs; reached from the attention modules."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        layout: Layout,
+        num_layers: int,
+        max_new_tokens: int,
+        record: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.policy = policy
+        self.base_layout = layout
+        self.layout = layout
+        self.num_layers = num_layers
+        self.max_new_tokens = max_new_tokens
+        self.cache = AVLCache(num_layers, self)
+        self.step = 0  # 0 = prefill, then 1, 2, ...
+        self.update = False
+        self.prune: PruneState | None = None
+        self.decode_stats = StatsRecorder(num_layers)
+        self.prefill_stats = StatsRecorder(num_layers)
+        self.trace = Trace() if record else None
+        self.seed = seed
+        self.generator: torch.Generator | None = None
+        self._n_text: Tensor | None = None
+
+    # --- called by the cache -------------------------------------------------------------------
+    @property
+    def tokens_seen(self) -> int:
+        return self.layout.length + self.step
+
+    def new_rows(self, layer_idx: int, q_len: int, batch: int) -> dict[str, Tensor]:
+        """Bookkeeping of the ``q_len`` rows layer ``layer_idx`` is about to store."""
+        if self.cache.seen == 0:
+            if layer_idx == 0:
+                self._start(batch)
+            return self._prompt_rows(layer_idx)
+        if q_len != 1:
+            raise NotImplementedError("avl_lab decodes one token per step (got a multi-token step)")
+        if layer_idx == 0:
+            self.step += 1
+            self.update = self.policy.is_update_step(self.step)
+            if self.trace is not None:
+                self.trace.decode.append({})
+        lay = self.layout
+        dev = lay.pos.device
+        return {
+            "valid": torch.ones(batch, 1, dtype=torch.bool, device=dev),
+            "pos": (lay.n_prompt + self.step - 1)[:, None],
+            "tok": torch.full((batch, 1), lay.length + self.step - 1, device=dev),
+            "mod": torch.full((batch, 1), int(Modality.GENERATED), dtype=torch.int8, device=dev),
+        }
+
+    def _start(self, batch: int) -> None:
+        """First prefill call: expand the layout to the (beam-expanded) batch, set up the policy."""
+        base = self.base_layout.batch_size
+        if batch % base:
+            raise ValueError(f"batch {batch} is not a multiple of the prompt batch {base}")
+        self.layout = self.base_layout.repeat_interleave(batch // base)
+        self.generator = torch.Generator(device=self.layout.pos.device).manual_seed(self.seed)
+        self.policy.setup(self.cache, self.context(0))
+
+    def _prompt_rows(self, layer_idx: int) -> dict[str, Tensor]:
+        lay = self.layout
+        tok = torch.arange(lay.length, device=lay.pos.device).expand(lay.batch_size, -1)
+        rows = {"valid": lay.valid, "pos": lay.pos, "tok": tok, "mod": lay.modality}
+        if self.prune is not None and layer_idx > self.prune.layer:
+            idx = self.prune.index
+            rows = {k: t.gather(1, idx) for k, t in rows.items()}
+            rows["valid"] = rows["valid"] & self.prune.valid
+            rows["mod"] = rows["mod"].masked_fill(~rows["valid"], int(Modality.PAD))
+        return rows
+
+    # --- called by the attention function ------------------------------------------------------
+    def context(self, layer_idx: int) -> Context:
+        lay = self.layout
+        if self._n_text is None or self._n_text.shape[0] != lay.batch_size:
+            self._n_text = lay.n_prompt - lay.n_image
+        return Context(
+            layer_idx=layer_idx,
+            num_layers=self.num_layers,
+            step=self.step,
+            update=self.update,
+            n_image=lay.n_image,
+            n_prompt=lay.n_prompt,
+            n_text=self._n_text,
+            max_new_tokens=self.max_new_tokens,
+            generator=self.generator,
+        )
+
+    def full_rows(self) -> Tensor:
+        """``[B]`` rows the Full policy would hold at the current step."""
+        return self.layout.n_prompt + self.step
+
+    def stats(self) -> CacheStats:
+        """Cache accounting over the decode steps (the post-prefill state if there were none)."""
+        n = self.base_layout.batch_size
+        if self.decode_stats.counts[0]:
+            return self.decode_stats.finalize(n)
+        return self.prefill_stats.finalize(n)

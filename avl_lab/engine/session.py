@@ -1,0 +1,152 @@
+"""``avl_lab.attach``: run a KV-cache policy inside the stock ``model.generate``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedModel
+from transformers.masking_utils import sdpa_mask
+
+from avl_lab.engine.attention import ATTN_NAME, avl_attention
+from avl_lab.engine.layout import token_layout
+from avl_lab.engine.prune_hooks import make_pre_hook
+from avl_lab.engine.run import Run
+from avl_lab.engine.stats import CacheStats
+from avl_lab.policies import Policy, build
+
+_REGISTERED = False
+
+
+def register_attention() -> None:
+    """Register the ``avl_lab`` attention (and its mask, or padding would be ignored); idempotent."""
+    global _REGISTERED
+    if not _REGISTERED:
+        AttentionInterface.register(ATTN_NAME, avl_attention)
+        AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
+        _REGISTERED = True
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The decoder layers of a LLaVA-like model; ``TypeError`` for anything else."""
+    config = getattr(model, "config", None)
+    lm = getattr(getattr(model, "model", None), "language_model", None)
+    layers = getattr(lm, "layers", None)
+    ok = (
+        isinstance(model, PreTrainedModel)
+        and getattr(config, "image_token_id", None) is not None
+        and getattr(config, "text_config", None) is not None
+        and layers is not None
+        and all(hasattr(getattr(layer, "self_attn", None), "layer_idx") for layer in layers)
+    )
+    if not ok:
+        raise TypeError(
+            "avl_lab.attach needs a LLaVA-like model (e.g. LlavaForConditionalGeneration or "
+            "LlavaNextForConditionalGeneration: config.image_token_id, config.text_config and "
+            f"model.model.language_model.layers[i].self_attn); got {type(model).__name__}"
+        )
+    return list(layers)
+
+
+class Session:
+    """A model with a policy attached. Use :meth:`generate` like ``model.generate``.
+
+    Attributes
+    ----------
+    stats : CacheStats or None
+        Cache accounting of the last :meth:`generate` call.
+    last_run : Run or None
+        The last call's state (cache, trace when ``record=True``).
+    """
+
+    def __init__(self, model: PreTrainedModel, policy: Policy, record: bool = False, seed: int = 0):
+        self.model = model
+        self.policy = policy
+        self.record = record
+        self.seed = seed
+        self.run: Run | None = None
+        self.last_run: Run | None = None
+        self.stats: CacheStats | None = None
+        self.num_layers = len(decoder_layers(model))
+
+    def generate(self, **kwargs: Any):
+        """``model.generate(**kwargs)`` with a fresh policy cache; sets :attr:`stats`."""
+        if "past_key_values" in kwargs:
+            raise ValueError("`past_key_values` is managed by the session; do not pass one")
+        if kwargs.get("use_cache") is False:
+            raise ValueError("`use_cache=False` disables the KV cache the policy acts on")
+        input_ids = kwargs.get("input_ids")
+        if input_ids is None:
+            raise ValueError("`input_ids` is required (the token layout is read from it)")
+        layout = token_layout(input_ids, kwargs.get("attention_mask"), self.model.config.image_token_id)
+        max_new = _max_new_tokens(kwargs, self.model, input_ids.shape[1])
+        run = Run(self.policy, layout, self.num_layers, max_new, record=self.record, seed=self.seed)
+        self.run = run
+        try:
+            out = self.model.generate(**kwargs, past_key_values=run.cache)
+        finally:
+            self.run = None
+            self.last_run = run
+        self.stats = run.stats()
+        return out
+
+
+def _max_new_tokens(kwargs: dict[str, Any], model: PreTrainedModel, prompt_len: int) -> int:
+    gc = kwargs.get("generation_config") or model.generation_config
+    if kwargs.get("max_new_tokens") is not None:
+        return int(kwargs["max_new_tokens"])
+    if kwargs.get("max_length") is not None:
+        return max(1, int(kwargs["max_length"]) - prompt_len)
+    if gc.max_new_tokens is not None:
+        return int(gc.max_new_tokens)
+    return max(1, int(gc.max_length) - prompt_len)
+
+
+@contextlib.contextmanager
+def attach(
+    model: PreTrainedModel, policy: Any = "full", *, record: bool = False, seed: int = 0
+) -> Iterator[Session]:
+    """Install ``policy`` on ``model`` for the duration of the ``with`` block.
+
+    Parameters
+    ----------
+    model : PreTrainedModel
+        A Hugging Face LLaVA / LLaVA-NeXT model (stock, unmodified).
+    policy : Policy, str, dict or OmegaConf node
+        Anything :func:`avl_lab.policies.build` accepts.
+    record : bool
+        Keep a trace of the token columns every layer used (for reference runs in tests).
+    seed : int
+        Seeds policies that draw random numbers (e.g. ``random``).
+
+    Yields
+    ------
+    Session
+        Its ``generate`` runs the stock ``model.generate`` under the policy.
+
+    The attention implementation, hooks and attributes are restored on exit, also on error.
+    """
+    policy = build(policy)
+    layers = decoder_layers(model)
+    register_attention()
+    old_impl = {
+        "text_config": model.config.text_config._attn_implementation,
+        "vision_config": model.config.vision_config._attn_implementation,
+    }
+    session = Session(model, policy, record=record, seed=seed)
+    handles = []
+    try:
+        model.set_attn_implementation({"text_config": ATTN_NAME, "vision_config": old_impl["vision_config"]})
+        for i, layer in enumerate(layers):
+            layer.self_attn._avl_session = session
+            handles.append(layer.register_forward_pre_hook(make_pre_hook(session, i), with_kwargs=True))
+        yield session
+    finally:
+        for h in handles:
+            h.remove()
+        for layer in layers:
+            if hasattr(layer.self_attn, "_avl_session"):
+                del layer.self_attn._avl_session
+        model.set_attn_implementation(old_impl)

@@ -1,0 +1,180 @@
+"""Small randomly initialised LLaVA / LLaVA-NeXT models, built fully offline."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextProcessor,
+    LlavaProcessor,
+    PreTrainedModel,
+    ProcessorMixin,
+)
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.llava_next.image_processing_pil_llava_next import (
+    LlavaNextImageProcessorPil,
+)
+
+from avl_lab.models.tokenizer import tiny_tokenizer
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}"
+    "{% endif %}{% endfor %} {% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}"
+    "{% endfor %}</s>{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+@dataclass
+class TinyConfig:
+    """Sizes of a tiny random LLaVA; every field can be overridden by keyword."""
+
+    image_seq_length: int = 64
+    """Image tokens per image (LLaVA) or per base tile (LLaVA-NeXT); a square number."""
+    patch_size: int = 4
+    """ViT patch size in pixels; image side = sqrt(image_seq_length) * patch_size."""
+    vision_hidden_size: int = 32
+    vision_layers: int = 2
+    vision_heads: int = 2
+    hidden_size: int = 64
+    """Decoder width."""
+    intermediate_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    vocab_size: int = 512
+    max_position_embeddings: int = 4096
+
+    def __post_init__(self) -> None:
+        side = math.isqrt(self.image_seq_length)
+        if self.image_seq_length <= 0 or side * side != self.image_seq_length:
+            raise ValueError(
+                f"`image_seq_length` must be a positive square number, got {self.image_seq_length}"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                "`num_attention_heads` must be a multiple of `num_key_value_heads`, got "
+                f"{self.num_attention_heads} and {self.num_key_value_heads}"
+            )
+
+    @property
+    def image_size(self) -> int:
+        return math.isqrt(self.image_seq_length) * self.patch_size
+
+
+def _text_config(cfg: TinyConfig, tok: Any) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+
+
+def _vision_config(cfg: TinyConfig) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        hidden_size=cfg.vision_hidden_size,
+        intermediate_size=2 * cfg.vision_hidden_size,
+        num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.vision_heads,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        projection_dim=cfg.vision_hidden_size,
+    )
+
+
+def _processor(kind: str, cfg: TinyConfig, tok: Any) -> ProcessorMixin:
+    side = cfg.image_size
+    common = dict(
+        size={"shortest_edge": side},
+        crop_size={"height": side, "width": side},
+        do_convert_rgb=True,
+    )
+    if kind == "llava":
+        image_processor = CLIPImageProcessorPil(**common)
+        return LlavaProcessor(
+            image_processor=image_processor,
+            tokenizer=tok,
+            patch_size=cfg.patch_size,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+            chat_template=CHAT_TEMPLATE,
+        )
+    image_processor = LlavaNextImageProcessorPil(image_grid_pinpoints=_pinpoints(side), **common)
+    return LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=cfg.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def _pinpoints(side: int) -> list[list[int]]:
+    return [[side, 2 * side], [2 * side, side], [2 * side, 2 * side]]
+
+
+def tiny_random(
+    kind: str = "llava", seed: int = 0, **overrides: Any
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Build a small random LLaVA (``kind="llava"``) or LLaVA-NeXT (``"llava_next"``) model.
+
+    Parameters
+    ----------
+    kind : str
+        ``"llava"`` or ``"llava_next"``.
+    seed : int
+        Seeds the weights; the same seed gives the same model.
+    **overrides
+        Fields of :class:`TinyConfig`, e.g. ``image_seq_length=576`` for LLaVA-1.5's layout.
+
+    Returns
+    -------
+    (model, processor)
+        The model in eval mode (fp32, sdpa) and its processor (left padding).
+    """
+    if kind not in ("llava", "llava_next"):
+        raise ValueError(f"`kind` must be 'llava' or 'llava_next', got {kind!r}")
+    names = {f.name for f in fields(TinyConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown tiny_random override(s) {unknown}; allowed: {sorted(names)}")
+    cfg = replace(TinyConfig(), **overrides)
+    tok = tiny_tokenizer(cfg.vocab_size)
+    common = dict(
+        vision_config=_vision_config(cfg),
+        text_config=_text_config(cfg, tok),
+        image_token_id=tok.image_token_id,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    if kind == "llava":
+        config = LlavaConfig(image_seq_length=cfg.image_seq_length, **common)
+        model_cls = LlavaForConditionalGeneration
+    else:
+        config = LlavaNextConfig(image_grid_pinpoints=_pinpoints(cfg.image_size), **common)
+        model_cls = LlavaNextForConditionalGeneration
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config)
+    model.eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, _processor(kind, cfg, tok)

@@ -1,0 +1,155 @@
+"""The policy API: hook points where a KV-cache policy decides what to keep and what to compute.
+
+A policy is a ``@dataclass`` whose tunables are typed fields validated in ``__post_init__``.
+It overrides only the hooks it needs; every hook may return ``None`` for "no opinion".
+Masks are ``[B, R]`` booleans over the rows of one layer's cache (see
+:class:`avl_lab.engine.cache.AVLLayer` for the row bookkeeping).
+
+Hooks, in the order the engine calls them:
+
+- :meth:`Policy.setup` once per ``generate`` call, before prefill (register row state),
+- :meth:`Policy.prune_tokens` after layer :attr:`Policy.prune_layer` in prefill: which prompt
+  tokens stay in the hidden states of later layers (prefill pruning),
+- :meth:`Policy.prefill_keep` after each layer's prefill attention: which rows to keep,
+- per decode step: :meth:`Policy.is_update_step`, then for each layer
+  :meth:`Policy.decode_active` (rows to compute over) and, after attention,
+  :meth:`Policy.decode_keep` (rows to keep).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import Tensor
+
+from avl_lab.engine.layout import Modality
+
+if TYPE_CHECKING:
+    from avl_lab.engine.cache import AVLCache, AVLLayer
+
+
+@dataclass
+class Context:
+    """What a hook knows about the current layer and step.
+
+    Attributes
+    ----------
+    layer_idx, num_layers : int
+        The decoder layer and the model's layer count.
+    step : int
+        0 in prefill, t = 1, 2, ... for decode steps.
+    update : bool
+        Whether this decode step is an update step (some part's :meth:`Policy.is_update_step`).
+    n_image, n_prompt, n_text : Tensor
+        ``[B]`` image tokens before any pruning, valid prompt tokens, and non-image prompt
+        tokens, per cache row.
+    max_new_tokens : int
+        The generation budget of this call.
+    scores : Tensor or None
+        Prefill: ``[B, R]`` attention of the last prompt token over the layer's rows,
+        averaged over heads (paper Eq. 1); 0 on invalid rows.
+    colsum : Tensor or None
+        Prefill, when :attr:`Policy.needs_colsum`: ``[B, R]`` attention received by each row,
+        summed over all prompt queries and averaged over heads (H2O's accumulated score).
+    probs : Tensor or None
+        Decode, after attention: ``[B, R]`` head-averaged attention of this step's query over
+        the layer's rows (0 on rows that did not take part).
+    """
+
+    layer_idx: int
+    num_layers: int
+    step: int
+    update: bool
+    n_image: Tensor
+    n_prompt: Tensor
+    n_text: Tensor
+    max_new_tokens: int
+    generator: torch.Generator | None = None
+    scores: Tensor | None = None
+    colsum: Tensor | None = None
+    probs: Tensor | None = None
+
+
+class Policy:
+    """Base class of KV-cache policies; the default keeps and computes everything (Full)."""
+
+    name: ClassVar[str] = ""
+    needs_colsum: ClassVar[bool] = False
+    needs_probs: ClassVar[bool] = False
+
+    @property
+    def prune_layer(self) -> int | None:
+        """The layer after which :meth:`prune_tokens` runs in prefill (None: never)."""
+        return None
+
+    def setup(self, cache: AVLCache, ctx: Context) -> None:
+        """Register per-row state with ``cache.register_state``; called once per run."""
+
+    def prune_tokens(self, layer: AVLLayer, ctx: Context) -> Tensor | None:
+        """``[B, R]`` prompt rows of layer :attr:`prune_layer` that stay in later layers."""
+        return None
+
+    def prefill_keep(self, layer: AVLLayer, ctx: Context) -> Tensor | None:
+        """``[B, R]`` rows to keep after this layer's prefill attention."""
+        return None
+
+    def is_update_step(self, step: int) -> bool:
+        """Whether decode step ``step`` (1-based) is an update step."""
+        return False
+
+    def decode_active(self, layer: AVLLayer, ctx: Context) -> Tensor | None:
+        """``[B, R]`` rows that take part in this decode step's attention."""
+        return None
+
+    def decode_keep(self, layer: AVLLayer, ctx: Context) -> Tensor | None:
+        """``[B, R]`` rows to keep after this decode step's attention (``ctx.probs`` set)."""
+        return None
+
+
+# --- helpers shared by policies --------------------------------------------------------------
+
+
+def is_image(layer: AVLLayer) -> Tensor:
+    """``[B, R]`` valid image rows."""
+    return (layer.mod == int(Modality.IMAGE)) & layer.valid
+
+
+def is_text(layer: AVLLayer) -> Tensor:
+    """``[B, R]`` valid non-image rows (system, instruction, generated)."""
+    return (layer.mod != int(Modality.IMAGE)) & layer.valid
+
+
+def count_of(percent: float, total: Tensor) -> Tensor:
+    """``ceil(percent% * total)`` per row, as int64 (``total`` ``[B]``)."""
+    return torch.ceil(total.to(torch.float64) * (percent / 100.0) - 1e-9).clamp(min=0).long()
+
+
+def top_rows(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
+    """``[B, R]`` mask of the ``k[b]`` highest-``score`` rows among ``candidates`` per row.
+
+    Ties break towards the earlier row (stable), so results are deterministic.
+    """
+    masked = score.to(torch.float64).masked_fill(~candidates, -math.inf)
+    order = torch.sort(masked, dim=1, descending=True, stable=True).indices  # [B, R]
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return candidates & (rank < k[:, None])
+
+
+def newest_rows(candidates: Tensor, k: Tensor) -> Tensor:
+    """``[B, R]`` mask of the ``k[b]`` most recent (rightmost) ``candidates`` per row."""
+    from_right = candidates.flip(1).long().cumsum(1).flip(1)  # 1 = newest candidate
+    return candidates & (from_right <= k[:, None])
+
+
+def check_percent(name: str, value: float | None, *, allow_none: bool = True) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``0 < value <= 100``."""
+    if value is None:
+        if allow_none:
+            return
+        raise ValueError(f"`{name}` is required (a percentage in (0, 100])")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 100:
+        raise ValueError(f"`{name}` must be a percentage in (0, 100], got {value!r}")

@@ -1,0 +1,69 @@
+"""Composition of policies: a row is kept if every part keeps it, active if every part marks it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from avl_lab.policies.base import Context, Policy
+
+
+def _all(masks: list[Tensor | None]) -> Tensor | None:
+    out = None
+    for m in masks:
+        if m is not None:
+            out = m if out is None else out & m
+    return out
+
+
+@dataclass
+class Compose(Policy):
+    """Run several policies together.
+
+    keep = every part keeps; active = every part marks active; a decode step is an update
+    step if any part says so; at most one prefill-pruning layer.
+    """
+
+    parts: Sequence[Policy] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.parts = list(self.parts)
+        for p in self.parts:
+            if not isinstance(p, Policy):
+                raise ValueError(f"`parts` must hold Policy objects, got {type(p).__name__}")
+        layers = {p.prune_layer for p in self.parts} - {None}
+        if len(layers) > 1:
+            raise ValueError(f"`parts` prune the prefill at several layers {sorted(layers)}")
+
+    @property
+    def needs_colsum(self) -> bool:  # type: ignore[override]
+        return any(p.needs_colsum for p in self.parts)
+
+    @property
+    def needs_probs(self) -> bool:  # type: ignore[override]
+        return any(p.needs_probs for p in self.parts)
+
+    @property
+    def prune_layer(self) -> int | None:
+        return next((p.prune_layer for p in self.parts if p.prune_layer is not None), None)
+
+    def setup(self, cache, ctx: Context) -> None:
+        for p in self.parts:
+            p.setup(cache, ctx)
+
+    def prune_tokens(self, layer, ctx: Context) -> Tensor | None:
+        return _all([p.prune_tokens(layer, ctx) for p in self.parts if p.prune_layer is not None])
+
+    def prefill_keep(self, layer, ctx: Context) -> Tensor | None:
+        return _all([p.prefill_keep(layer, ctx) for p in self.parts])
+
+    def is_update_step(self, step: int) -> bool:
+        return any(p.is_update_step(step) for p in self.parts)
+
+    def decode_active(self, layer, ctx: Context) -> Tensor | None:
+        return _all([p.decode_active(layer, ctx) for p in self.parts])
+
+    def decode_keep(self, layer, ctx: Context) -> Tensor | None:
+        return _all([p.decode_keep(layer, ctx) for p in self.parts])
