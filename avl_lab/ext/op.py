@@ -1,0 +1,131 @@
+"""``core_attention``: input checks and dispatch between the CPU/CUDA ops and the reference."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from avl_lab.ext import build
+from avl_lab.ext.reference import core_attention_ref
+
+__all__ = ["IMPLS", "DTYPES", "CUDA_HEAD_DIMS", "core_attention", "check_inputs"]
+
+IMPLS = ("auto", "cuda", "cpu", "ref")
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+CUDA_HEAD_DIMS = (64, 128, 256)  # head dims the CUDA kernel is instantiated for
+
+
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, active: Tensor, scale: float | None) -> None:
+    """Raise ``ValueError`` naming the offending argument if the inputs are malformed.
+
+    Index values are checked on the CPU only: on CUDA that would cost a device sync per call,
+    so the CUDA kernel treats indices outside ``[0, N)`` as padding instead.
+    """
+    if q.dim() != 4 or q.shape[2] != 1:
+        raise ValueError(f"`q` must be [B, Hq, 1, D], got {tuple(q.shape)}")
+    if q.dtype not in DTYPES:
+        raise ValueError(f"`q` dtype must be one of {DTYPES}, got {q.dtype}")
+    B, Hq, _, D = q.shape
+    for name, t in (("k", k), ("v", v)):
+        if t.dim() != 4 or t.shape[0] != B or t.shape[3] != D:
+            raise ValueError(f"`{name}` must be [B={B}, Hkv, N, D={D}], got {tuple(t.shape)}")
+        if t.dtype != q.dtype:
+            raise ValueError(f"`{name}` dtype {t.dtype} differs from `q` dtype {q.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"`{name}` is on {t.device} but `q` is on {q.device}")
+    if v.shape != k.shape:
+        raise ValueError(f"`v` shape {tuple(v.shape)} differs from `k` shape {tuple(k.shape)}")
+    Hkv, N = k.shape[1], k.shape[2]
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"`q` heads ({Hq}) must be a multiple of `k` heads ({Hkv})")
+    if active.dim() != 2 or active.shape[0] != B:
+        raise ValueError(f"`active` must be [B={B}, n], got {tuple(active.shape)}")
+    if active.dtype != torch.int64:
+        raise ValueError(f"`active` must be int64 (LongTensor), got {active.dtype}")
+    if active.device != q.device:
+        raise ValueError(f"`active` is on {active.device} but `q` is on {q.device}")
+    if active.device.type == "cpu" and active.numel() > 0:
+        lo, hi = torch.aminmax(active)
+        if int(lo) < -1 or int(hi) >= N:
+            raise ValueError(f"`active` values must lie in [-1, {N}), got [{int(lo)}, {int(hi)}]")
+    if scale is not None and not math.isfinite(scale):
+        raise ValueError(f"`scale` must be a finite float or None, got {scale!r}")
+
+
+def _cuda_op(q: Tensor, k: Tensor, v: Tensor, active: Tensor, scale: float, strict: bool):
+    if q.shape[3] not in CUDA_HEAD_DIMS:
+        if strict:
+            raise ValueError(f"impl='cuda' supports head dims {CUDA_HEAD_DIMS}, `q` has {q.shape[3]}")
+        return None
+    mod = build.load("cuda") if strict else build.try_load("cuda")
+    if mod is None:
+        return None
+    k, v = _unit_stride(k), _unit_stride(v)
+    return mod.core_attention(q.contiguous(), k, v, active.contiguous(), scale)
+
+
+def _cpu_op(q: Tensor, k: Tensor, v: Tensor, active: Tensor, scale: float, strict: bool):
+    mod = build.load("cpu") if strict else build.try_load("cpu")
+    if mod is None:
+        return None
+    k, v = _unit_stride(k), _unit_stride(v)
+    return mod.core_attention(q.contiguous(), k, v, active.contiguous(), scale)
+
+
+def _unit_stride(t: Tensor) -> Tensor:
+    # The kernels take any batch/head/row strides (a slice of a larger cache buffer stays
+    # free); only the head dim must be dense.
+    return t if t.stride(3) == 1 else t.contiguous()
+
+
+def core_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    active: Tensor,
+    scale: float | None = None,
+    impl: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Attention of one decode query over the rows ``active`` of ``k``/``v``.
+
+    Parameters
+    ----------
+    q : Tensor
+        ``[B, Hq, 1, D]`` decode queries (float32, bfloat16 or float16).
+    k, v : Tensor
+        ``[B, Hkv, N, D]`` the layer's cache, ``Hq % Hkv == 0`` (GQA heads not repeated).
+        Any batch/head/row strides are accepted without a copy.
+    active : Tensor
+        ``[B, n]`` int64 row indices shared by all heads, ``-1`` = padding.
+    scale : float, optional
+        Softmax scale, ``D ** -0.5`` when None.
+    impl : {"auto", "cuda", "cpu", "ref"}
+        "auto" runs the compiled op for the tensors' device and falls back (one warning) to
+        the reference if it cannot be built; "cuda"/"cpu" raise instead; "ref" is
+        :func:`core_attention_ref`, the specification.
+
+    Returns
+    -------
+    out : Tensor
+        ``[B, Hq, 1, D]`` in ``q.dtype``; zeros for a batch row without active indices.
+    probs : Tensor
+        ``[B, n]`` float32 head-averaged attention over the active rows (0 at padding).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"`impl` must be one of {IMPLS}, got {impl!r}")
+    check_inputs(q, k, v, active, scale)
+    scale = q.shape[3] ** -0.5 if scale is None else float(scale)
+    dev = q.device.type
+    if impl in ("cuda", "cpu") and dev != impl:
+        raise ValueError(f"impl={impl!r} needs {impl} tensors, `q` is on {q.device}")
+    res = None
+    if impl == "cuda" or (impl == "auto" and dev == "cuda"):
+        res = _cuda_op(q, k, v, active, scale, strict=impl == "cuda")
+    elif impl == "cpu" or (impl == "auto" and dev == "cpu"):
+        res = _cpu_op(q, k, v, active, scale, strict=impl == "cpu")
+    if res is None:
+        return core_attention_ref(q, k, v, active, scale)
+    out, probs = res
+    return out, probs
