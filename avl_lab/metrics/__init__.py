@@ -1,0 +1,58 @@
+"""Task metrics (one per file) and the cache-accounting aggregates.
+
+Plain functions score one sample (or, for CIDEr, a corpus); the torchmetrics ``Metric``
+classes stream the same numbers with ``update`` / ``compute`` and sync across processes.
+
+==============  =======================================  ==================
+name            plain function                           streaming class
+==============  =======================================  ==================
+anls            ``anls(prediction, answers)``            :class:`ANLS`
+vqa_accuracy    ``vqa_accuracy(prediction, answers)``    :class:`VQAAccuracy`
+ocrbench        ``ocrbench_score(prediction, answers)``  :class:`OCRBenchScore`
+accuracy        ``accuracy(prediction, answers)``        :class:`Accuracy`
+cider           ``cider(predictions, references)``       :class:`CIDEr`
+(analysis)      ``ppci(scores_a, scores_b, p)``          :class:`PPCI`
+(cache)         ``cache_fraction(rows, full)``           :class:`CacheAccounting`
+==============  =======================================  ==================
+
+``build_metric(name)`` returns the streaming metric for a dataset row's ``metric`` field.
+"""
+
+from avl_lab.metrics.accuracy import Accuracy, accuracy
+from avl_lab.metrics.anls import ANLS, anls
+from avl_lab.metrics.cache import CacheAccounting, cache_fraction, cache_summary
+from avl_lab.metrics.cider import CIDEr, CiderResult, cider, cider_d, cider_score
+from avl_lab.metrics.normalize import normalize_answer
+from avl_lab.metrics.ocrbench import OCRBenchScore, ocrbench_score
+from avl_lab.metrics.ppci import PPCI, ppci, ppci_rows
+from avl_lab.metrics.ptb import java_available, tokenize_captions
+from avl_lab.metrics.registry import METRIC_NAMES, build_metric, sample_score
+from avl_lab.metrics.vqa_accuracy import VQAAccuracy, vqa_accuracy
+
+__all__ = [
+    "ANLS",
+    "METRIC_NAMES",
+    "PPCI",
+    "Accuracy",
+    "CIDEr",
+    "CacheAccounting",
+    "CiderResult",
+    "OCRBenchScore",
+    "VQAAccuracy",
+    "accuracy",
+    "anls",
+    "build_metric",
+    "cache_fraction",
+    "cache_summary",
+    "cider",
+    "cider_d",
+    "cider_score",
+    "java_available",
+    "normalize_answer",
+    "ocrbench_score",
+    "ppci",
+    "ppci_rows",
+    "sample_score",
+    "tokenize_captions",
+    "vqa_accuracy",
+]

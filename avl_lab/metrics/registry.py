@@ -1,0 +1,50 @@
+"""Metric names used by the datasets (``row["metric"]``) and how to build each one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torchmetrics import Metric
+
+from avl_lab.metrics.accuracy import Accuracy, accuracy
+from avl_lab.metrics.anls import ANLS, anls
+from avl_lab.metrics.cider import CIDEr
+from avl_lab.metrics.ocrbench import OCRBenchScore, ocrbench_score
+from avl_lab.metrics.vqa_accuracy import VQAAccuracy, vqa_accuracy
+
+__all__ = ["METRIC_NAMES", "SAMPLE_SCORERS", "build_metric", "sample_score"]
+
+_BUILDERS: dict[str, Callable[..., Metric]] = {
+    "anls": ANLS,
+    "vqa_accuracy": VQAAccuracy,
+    "ocrbench": OCRBenchScore,
+    "cider": CIDEr,
+    "accuracy": Accuracy,
+}
+METRIC_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+
+#: Per-sample scorers; ``cider`` has none (its idf needs the whole corpus).
+SAMPLE_SCORERS: dict[str, Callable[[str, Sequence[str]], float]] = {
+    "anls": anls,
+    "vqa_accuracy": vqa_accuracy,
+    "ocrbench": ocrbench_score,
+    "accuracy": accuracy,
+}
+
+
+def _check(name: str) -> None:
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRIC_NAMES)}")
+
+
+def build_metric(name: str, **kwargs) -> Metric:
+    """A fresh streaming metric for a dataset's ``metric`` name (e.g. ``"anls"``)."""
+    _check(name)
+    return _BUILDERS[name](**kwargs)
+
+
+def sample_score(name: str, prediction: str, answers: Sequence[str]) -> float | None:
+    """Per-sample score for ``samples.jsonl``; ``None`` for corpus-only metrics (cider)."""
+    _check(name)
+    fn = SAMPLE_SCORERS.get(name)
+    return None if fn is None else fn(prediction, answers)
