@@ -1,17 +1,29 @@
-"""The engine: a modality-aware KV cache, an attention function and ``attach``."""
+"""The engine: a modality-aware KV cache, an attention function and ``attach``.
 
-from avl_lab.engine.cache import AVLCache, AVLLayer
-from avl_lab.engine.layout import Layout, Modality, token_layout
-from avl_lab.engine.session import Session, attach
-from avl_lab.engine.stats import CacheStats
+Names are resolved lazily so that leaf modules (e.g. ``engine.layout``) can be imported by the
+policies without pulling in the whole engine.
+"""
 
-__all__ = [
-    "AVLCache",
-    "AVLLayer",
-    "CacheStats",
-    "Layout",
-    "Modality",
-    "Session",
-    "attach",
-    "token_layout",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AVLCache": "cache",
+    "AVLLayer": "cache",
+    "CacheStats": "stats",
+    "Layout": "layout",
+    "Modality": "layout",
+    "token_layout": "layout",
+    "Session": "session",
+    "attach": "session",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"avl_lab.engine.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'avl_lab.engine' has no attribute {name!r}")

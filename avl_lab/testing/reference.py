@@ -1,0 +1,108 @@
+"""The masked reference: the stock model, no eviction, with masks that hide what a policy dropped.
+
+A policy run under :func:`avl_lab.attach` (``record=True``) traces, for every layer, which token
+columns took part in attention: in prefill the tokens present in the layer (prefill pruning), in
+each decode step the active rows. The reference replays greedy decoding with the stock model, a
+stock ``DynamicCache`` holding every row, explicit ``position_ids``, and per layer a 4-D boolean
+mask that shows only those columns, computed by transformers' own SDPA function. Real eviction
+must give the same tokens and logits within float tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import AttentionInterface, AttentionMaskInterface, DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
+
+from avl_lab.engine.layout import token_layout
+from avl_lab.engine.run import Trace
+from avl_lab.engine.session import attach, decoder_layers
+
+REF_ATTN = "avl_lab_masked_reference"
+
+
+@dataclass
+class ReferenceOutput:
+    """Greedy tokens ``[B, T]`` and per-step logits ``[T, B, V]`` (fp32)."""
+
+    tokens: Tensor
+    logits: Tensor
+
+
+def _ref_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+    visible: Tensor = module._avl_ref_visible  # [B, kv] bool columns this layer may see
+    B, _, q, _ = query.shape
+    kv = key.shape[2]
+    if attention_mask is None:
+        attention_mask = torch.ones(q, kv, dtype=torch.bool, device=key.device).tril(kv - q)[None, None]
+    mask = attention_mask.to(torch.bool).expand(B, 1, q, kv) & visible[:, None, None, :kv]
+    empty = ~mask.any(-1, keepdim=True)  # queries that see nothing: let them see themselves
+    diag = torch.zeros(q, kv, dtype=torch.bool, device=key.device)
+    diag[torch.arange(q), torch.arange(kv - q, kv)] = True
+    mask = mask | (empty & diag[None, None])
+    return sdpa_attention_forward(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kw)
+
+
+def _columns(cols: Tensor, width: int) -> Tensor:
+    """``[B, n]`` column indices (``-1`` = none) → ``[B, width]`` bool."""
+    out = torch.zeros(cols.shape[0], width + 1, dtype=torch.bool, device=cols.device)
+    out.scatter_(1, cols.masked_fill(cols < 0, width), True)
+    return out[:, :width]
+
+
+@torch.no_grad()
+def masked_reference(model, inputs: dict[str, Any], trace: Trace, max_new_tokens: int) -> ReferenceOutput:
+    """Greedy decoding of ``inputs`` with the stock model under the masks of ``trace``."""
+    AttentionInterface.register(REF_ATTN, _ref_attention)
+    AttentionMaskInterface.register(REF_ATTN, sdpa_mask)
+    layers = decoder_layers(model)
+    old = {
+        "text_config": model.config.text_config._attn_implementation,
+        "vision_config": model.config.vision_config._attn_implementation,
+    }
+    input_ids, attn = inputs["input_ids"], inputs["attention_mask"]
+    layout = token_layout(input_ids, attn, model.config.image_token_id)
+    B, P = input_ids.shape
+    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    cache = DynamicCache(config=model.config.text_config)
+    tokens, logits = [], []
+    try:
+        model.set_attn_implementation({"text_config": REF_ATTN, "vision_config": old["vision_config"]})
+        for i, layer in enumerate(layers):
+            layer.self_attn._avl_ref_visible = _columns(trace.prefill[i], P)
+        out = model(input_ids=input_ids, attention_mask=attn, position_ids=layout.pos,
+                    past_key_values=cache, use_cache=True, logits_to_keep=1, **extra)
+        for t in range(1, max_new_tokens + 1):
+            step_logits = out.logits[:, -1].float()
+            logits.append(step_logits)
+            tokens.append(step_logits.argmax(-1))
+            if t == max_new_tokens:
+                break
+            attn = torch.cat([attn, attn.new_ones(B, 1)], dim=1)
+            for i, layer in enumerate(layers):
+                layer.self_attn._avl_ref_visible = _columns(trace.decode[t - 1][i], P + t)
+            out = model(input_ids=tokens[-1][:, None], attention_mask=attn,
+                        position_ids=(layout.n_prompt + t - 1)[:, None], past_key_values=cache,
+                        use_cache=True, logits_to_keep=1)
+    finally:
+        for layer in layers:
+            if hasattr(layer.self_attn, "_avl_ref_visible"):
+                del layer.self_attn._avl_ref_visible
+        model.set_attn_implementation(old)
+    return ReferenceOutput(tokens=torch.stack(tokens, 1), logits=torch.stack(logits))
+
+
+@torch.no_grad()
+def run_policy(model, inputs: dict[str, Any], policy: Any, max_new_tokens: int, seed: int = 0):
+    """Greedy generation under ``policy`` with a trace: ``(ReferenceOutput, session)``."""
+    with attach(model, policy, record=True, seed=seed) as session:
+        out = session.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                               output_logits=True, return_dict_in_generate=True)
+    P = inputs["input_ids"].shape[1]
+    got = ReferenceOutput(tokens=out.sequences[:, P:], logits=torch.stack(out.logits).float())
+    return got, session

@@ -1,0 +1,75 @@
+"""attach() restores the model exactly; errors are clear."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import avl_lab
+from avl_lab import policies
+from tests.helpers import make_inputs
+
+
+def _greedy(model, inputs):
+    return model.generate(**inputs, max_new_tokens=8, do_sample=False)
+
+
+def _hook_count(model) -> int:
+    return sum(len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_model_restored_after_with_block(llava):
+    model, processor = llava
+    inputs = make_inputs(processor, n=2)
+    before = _greedy(model, inputs)
+    impl = model.config.text_config._attn_implementation
+    hooks = _hook_count(model)
+    with avl_lab.attach(model, "full") as session:
+        session.generate(**inputs, max_new_tokens=4)
+        assert model.config.text_config._attn_implementation != impl
+    assert model.config.text_config._attn_implementation == impl
+    assert _hook_count(model) == hooks
+    assert not any(hasattr(m, "_avl_session") for m in model.modules())
+    assert torch.equal(_greedy(model, inputs), before)
+
+
+def test_model_restored_after_exception(llava):
+    model, processor = llava
+    inputs = make_inputs(processor, n=2)
+    before = _greedy(model, inputs)
+    hooks = _hook_count(model)
+    with pytest.raises(RuntimeError, match="boom"), avl_lab.attach(model, "full") as session:
+        session.generate(**inputs, max_new_tokens=2)
+        raise RuntimeError("boom")
+    assert _hook_count(model) == hooks
+    assert not any(hasattr(m, "_avl_session") for m in model.modules())
+    assert torch.equal(_greedy(model, inputs), before)
+
+
+def test_unknown_policy_lists_registered_names(llava):
+    with pytest.raises(ValueError, match="registered policies: .*full"):
+        policies.build("no_such_policy")
+    with pytest.raises(ValueError, match="registered policies"), avl_lab.attach(llava[0], "nope"):
+        pass
+
+
+def test_unknown_policy_field_is_named():
+    with pytest.raises(ValueError, match="bogus"):
+        policies.build({"name": "full", "bogus": 1})
+
+
+def test_non_llava_model_is_a_type_error():
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+                                      num_hidden_layers=1, num_attention_heads=2))
+    with pytest.raises(TypeError, match="LLaVA-like"), avl_lab.attach(lm, "full"):
+        pass
+    with pytest.raises(TypeError, match="LLaVA-like"), avl_lab.attach(torch.nn.Linear(2, 2), "full"):
+        pass
+
+
+def test_session_rejects_a_user_cache(llava):
+    model, processor = llava
+    inputs = make_inputs(processor, n=1)
+    with avl_lab.attach(model, "full") as session, pytest.raises(ValueError, match="past_key_values"):
+        session.generate(**inputs, past_key_values=object())
