@@ -210,12 +210,13 @@ class CIDEr(Metric):
 
     def compute(self) -> torch.Tensor:
         """Corpus CIDEr-D over every sample seen (by every process after sync)."""
-        if not self.lengths:
+        # list states become one concatenated tensor after a distributed sync
+        lengths = dim_zero_cat(self.lengths).cpu().tolist() if len(self.lengths) else []
+        if not lengths:
             return torch.tensor(float("nan"), dtype=torch.float64)
         data = dim_zero_cat(self.data).cpu()
-        lengths = dim_zero_cat(self.lengths).cpu().tolist()
         chunks = torch.split(data, lengths)
-        samples = [json.loads(bytes(c.tolist()).decode("utf-8")) for c in chunks]
+        samples = [json.loads(c.numpy().tobytes().decode("utf-8")) for c in chunks]
         res = cider_score(
             {i: s[0] for i, s in enumerate(samples)},
             {i: s[1] for i, s in enumerate(samples)},
