@@ -60,7 +60,10 @@ def _prefill(run, layer, module, query, key, value, mask, scale, **kwargs):
     if layer.layer_idx == policy.prune_layer:
         keep_tok = policy.prune_tokens(layer, ctx)
         if keep_tok is not None:
-            _start_prune(run, layer, keep_tok)
+            order = _start_prune(run, layer, keep_tok)
+            if order is not None:  # this layer's rows moved: re-align the scores
+                ctx.scores = ctx.scores.gather(1, order)
+                ctx.colsum = None if ctx.colsum is None else ctx.colsum.gather(1, order)
     keep = policy.prefill_keep(layer, ctx)
     if keep is not None:
         layer.evict(keep)
@@ -106,9 +109,9 @@ def _colsum_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float) ->
     return total
 
 
-def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> None:
+def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> Tensor | None:
     """Prune the prompt after this layer: later layers see only kept tokens; evict the rest here
-    and in every earlier layer."""
+    and in every earlier layer. Returns this layer's eviction order (see ``AVLLayer.evict``)."""
     P = run.layout.length
     keep_tok = torch.zeros(keep_rows.shape[0], P, dtype=torch.bool, device=keep_rows.device)
     keep_tok.scatter_(1, layer.tok, keep_rows & layer.valid)
@@ -119,8 +122,9 @@ def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> None:
     index = torch.sort(keep_tok.to(torch.int8), dim=1, stable=True).indices[:, P - m :]
     valid = torch.arange(m, device=counts.device)[None, :] >= (m - counts)[:, None]
     run.prune = PruneState(layer=layer.layer_idx, index=index.masked_fill(~valid, 0), valid=valid)
-    for earlier in run.cache.layers[: layer.layer_idx + 1]:
+    for earlier in run.cache.layers[: layer.layer_idx]:
         earlier.evict(keep_tok.gather(1, earlier.tok))
+    return layer.evict(keep_tok.gather(1, layer.tok))
 
 
 # --- decode ------------------------------------------------------------------------------------

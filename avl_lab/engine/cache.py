@@ -119,17 +119,23 @@ class AVLLayer(DynamicLayer):
         self._map_batch(lambda t: t[indices, ...])
 
     # --- the eviction primitive ----------------------------------------------------------------
-    def evict(self, keep: Tensor) -> None:
+    def evict(self, keep: Tensor) -> Tensor | None:
         """Keep only the rows where ``keep`` ``[B, R]`` is True (and valid); free the rest.
 
         Kept rows stay in order; each batch row is padded with invalid filler up to the
         largest kept count, and the storage is reallocated at that size.
+
+        Returns
+        -------
+        Tensor or None
+            ``[B, m]`` the old row index of each new row (None when nothing changed), to
+            re-align other per-row tensors with ``t.gather(1, order)``.
         """
         keep = keep & self.valid
         counts = keep.sum(1)  # [B]
         m = int(counts.max()) if counts.numel() else 0
         if m == self.num_rows and bool(keep.all()):
-            return
+            return None
         # Stable sort puts kept rows first, in their original order.
         order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :m]  # [B, m]
         B, H, _, D = self.keys.shape
@@ -139,6 +145,7 @@ class AVLLayer(DynamicLayer):
         rows = {k: t.gather(1, order) for k, t in self.rows.items()}
         rows["valid"] = torch.arange(m, device=counts.device)[None, :] < counts[:, None]
         self.rows = rows
+        return order
 
     def kv_bytes(self) -> int:
         """Bytes physically held by this layer's keys and values."""

@@ -139,10 +139,16 @@ def top_rows(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
     return candidates & (rank < k[:, None])
 
 
-def newest_rows(candidates: Tensor, k: Tensor) -> Tensor:
-    """``[B, R]`` mask of the ``k[b]`` most recent (rightmost) ``candidates`` per row."""
+def _per_row(k: Tensor | int, like: Tensor) -> Tensor:
+    """``k`` as a ``[B, 1]`` (or scalar) tensor broadcastable against ``[B, R]``."""
+    k = torch.as_tensor(k, device=like.device)
+    return k[:, None] if k.dim() else k
+
+
+def newest_rows(candidates: Tensor, k: Tensor | int) -> Tensor:
+    """``[B, R]`` mask of the ``k`` most recent (rightmost) ``candidates`` per row."""
     from_right = candidates.flip(1).long().cumsum(1).flip(1)  # 1 = newest candidate
-    return candidates & (from_right <= k[:, None])
+    return candidates & (from_right <= _per_row(k, candidates))
 
 
 def check_percent(name: str, value: float | None, *, allow_none: bool = True) -> None:
@@ -153,3 +159,39 @@ def check_percent(name: str, value: float | None, *, allow_none: bool = True) ->
         raise ValueError(f"`{name}` is required (a percentage in (0, 100])")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 100:
         raise ValueError(f"`{name}` must be a percentage in (0, 100], got {value!r}")
+
+
+def oldest_rows(candidates: Tensor, k: Tensor | int) -> Tensor:
+    """``[B, R]`` mask of the ``k`` oldest (leftmost) ``candidates`` per row."""
+    return candidates & (candidates.long().cumsum(1) <= _per_row(k, candidates))
+
+
+def check_budget(ratio: float | None, budget: int | None) -> None:
+    """Validate a baseline's cache budget: a ``ratio`` in (0, 1] or a ``budget`` of rows ≥ 1."""
+    if ratio is not None and budget is not None:
+        raise ValueError("give either `ratio` or `budget`, not both")
+    if ratio is not None and (isinstance(ratio, bool) or not 0 < ratio <= 1):
+        raise ValueError(f"`ratio` must be a fraction in (0, 1], got {ratio!r}")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ValueError(f"`budget` must be a positive number of rows, got {budget!r}")
+
+
+def budget_rows(ratio: float | None, budget: int | None, n_prompt: Tensor) -> Tensor:
+    """``[B]`` rows a baseline may hold: ``ceil(ratio * prompt rows)`` or the fixed ``budget``."""
+    if budget is not None:
+        return torch.full_like(n_prompt, budget)
+    return torch.ceil(n_prompt.to(torch.float64) * ratio - 1e-9).long().clamp(min=1)
+
+
+def hash_uniform(pos: Tensor, layer_idx: int, seed: int) -> Tensor:
+    """Deterministic pseudo-random numbers in [0, 1) per (logical position, layer, seed).
+
+    Depends only on a row's own position, so a row draws the same numbers alone or in a batch.
+    """
+    x = pos.long() * 0x9E3779B1 + layer_idx * 0x85EBCA77 + seed * 0xC2B2AE3D + 0x165667B1
+    x = x & 0xFFFFFFFF
+    for _ in range(3):  # xorshift-multiply mixing (32-bit, kept in int64)
+        x = ((x ^ (x >> 15)) * 0x2C1B3C6D) & 0xFFFFFFFF
+        x = ((x ^ (x >> 12)) * 0x297A2D39) & 0xFFFFFFFF
+        x = x ^ (x >> 15)
+    return x.to(torch.float64) / 2.0**32

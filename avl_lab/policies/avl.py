@@ -1,0 +1,53 @@
+"""The A-VL preset: VisionTiering (S, C) + UpdateSchedule (K) + PrefillPrune (P) + TextH2O (T).
+
+``{"name": "avl", "S": 45, "C": 30, "K": 3, "P": 90, "T": 50}``; any part omitted is off.
+Valid configurations satisfy 0 < C ≤ S ≤ P ≤ 100 for the parts given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from avl_lab.policies.base import Policy, check_percent
+from avl_lab.policies.compose import Compose
+from avl_lab.policies.prefill_prune import PrefillPrune
+from avl_lab.policies.registry import register
+from avl_lab.policies.text_h2o import TextH2O
+from avl_lab.policies.update_schedule import UpdateSchedule
+from avl_lab.policies.vision_tiering import VisionTiering
+
+
+@register("avl", example={"S": 45, "C": 30, "K": 3, "P": 90, "T": 50})
+@dataclass
+class AVL(Compose):
+    """A-VL (paper Table 1). Parameters are percentages of N_img (S, C, P), of the maximum
+    text length (T), and a period in decode steps (K); ``layer`` is PrefillPrune's layer."""
+
+    S: float | None = None
+    C: float | None = None
+    K: int | None = None
+    P: float | None = None
+    T: float | None = None
+    layer: int = 2
+    parts: list[Policy] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("S", "C", "P", "T"):
+            check_percent(name, getattr(self, name))
+        if self.C is not None and self.S is None:
+            raise ValueError("`C` needs `S` (core tokens are a subset of the secondary ones)")
+        if self.K is not None and self.C is None:
+            raise ValueError("`K` needs `C`: update steps re-choose the core set")
+        if self.S is not None and self.P is not None and self.S > self.P:
+            raise ValueError(f"`S` ({self.S}) must not exceed `P` ({self.P})")
+        parts: list[Policy] = []
+        if self.S is not None:
+            parts.append(VisionTiering(S=self.S, C=self.C))
+        if self.K is not None:
+            parts.append(UpdateSchedule(K=self.K))
+        if self.P is not None:
+            parts.append(PrefillPrune(P=self.P, layer=self.layer))
+        if self.T is not None:
+            parts.append(TextH2O(T=self.T))
+        self.parts = parts
+        super().__post_init__()

@@ -1,0 +1,56 @@
+"""PrefillPrune (P, layer): after decoder layer ``layer`` in prefill keep only the top P% image
+tokens (by that layer's last-token attention).
+
+Dropped tokens leave the hidden states of later layers (real prefill savings) and their KV rows
+are kept in no layer for decode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from avl_lab.policies.base import Context, Policy, check_percent, count_of, is_image, top_rows
+from avl_lab.policies.registry import register
+
+
+def keep_top_images(layer, ctx: Context, k: Tensor) -> Tensor:
+    """``[B, R]``: every non-image row plus the ``k[b]`` highest-scored image rows."""
+    img = is_image(layer)
+    return ~img | top_rows(ctx.scores, img, k)
+
+
+def check_layer(layer: int, ctx: Context) -> None:
+    if not 0 <= layer < ctx.num_layers:
+        raise ValueError(f"`layer` must be in [0, {ctx.num_layers - 1}] for this model, got {layer}")
+
+
+@register("prefill_prune", example={"P": 90, "layer": 2})
+@dataclass
+class PrefillPrune(Policy):
+    """Parameters
+    ----------
+    P : float
+        % of N_img kept after layer ``layer``.
+    layer : int
+        The decoder layer after which the prompt is pruned (paper: 2).
+    """
+
+    P: float = 90.0
+    layer: int = 2
+
+    def __post_init__(self) -> None:
+        check_percent("P", self.P, allow_none=False)
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"`layer` must be a non-negative integer, got {self.layer!r}")
+
+    @property
+    def prune_layer(self) -> int:
+        return self.layer
+
+    def setup(self, cache, ctx: Context) -> None:
+        check_layer(self.layer, ctx)
+
+    def prune_tokens(self, layer, ctx: Context):
+        return keep_top_images(layer, ctx, count_of(self.P, ctx.n_image))

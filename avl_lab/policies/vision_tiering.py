@@ -1,0 +1,62 @@
+"""VisionTiering (S, C): per layer, keep the top S% image tokens, compute over the top C%.
+
+After each layer's prefill attention, that layer's image rows are ranked by the last prompt
+token's attention (head-averaged). The top C% of N_img are *core*, the top S% *secondary*
+(core ⊂ secondary); the rest are *minor* and leave that layer's cache at once. In decode only
+core image rows take part in attention; on an update step (see ``UpdateSchedule``) every
+secondary row does, and the core set is re-chosen from that step's attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from avl_lab.policies.base import Context, Policy, check_percent, count_of, is_image, top_rows
+from avl_lab.policies.registry import register
+
+
+@register("vision_tiering", example={"S": 45, "C": 30})
+@dataclass
+class VisionTiering(Policy):
+    """Tiered image cache.
+
+    Parameters
+    ----------
+    S : float
+        Secondary share: % of N_img (before any pruning) stored per layer.
+    C : float, optional
+        Core share: % of N_img computed over in decode; ``None`` means C = S (no core tier).
+    """
+
+    S: float = 45.0
+    C: float | None = None
+    needs_probs = True
+
+    def __post_init__(self) -> None:
+        check_percent("S", self.S, allow_none=False)
+        check_percent("C", self.C)
+        if self.C is not None and self.C > self.S:
+            raise ValueError(f"`C` ({self.C}) must not exceed `S` ({self.S}): core ⊂ secondary")
+
+    def setup(self, cache, ctx: Context) -> None:
+        cache.register_state("core", True, torch.bool)
+
+    def _choose_core(self, layer, score, ctx: Context) -> None:
+        img = is_image(layer)
+        core = top_rows(score, img, count_of(self.C if self.C is not None else self.S, ctx.n_image))
+        layer.set_state("core", ~img | core)
+
+    def prefill_keep(self, layer, ctx: Context):
+        img = is_image(layer)
+        self._choose_core(layer, ctx.scores, ctx)
+        return ~img | top_rows(ctx.scores, img, count_of(self.S, ctx.n_image))
+
+    def decode_active(self, layer, ctx: Context):
+        return None if ctx.update or self.C is None else layer.state("core")
+
+    def decode_keep(self, layer, ctx: Context):
+        if ctx.update and self.C is not None:
+            self._choose_core(layer, ctx.probs, ctx)
+        return None
