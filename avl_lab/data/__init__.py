@@ -1,0 +1,76 @@
+"""Datasets for avl_lab: embedded synthetic tasks, easy-VQA and real benchmarks, one schema.
+
+>>> from avl_lab import data
+>>> ds = data.load("synth-docvqa", "eval", limit=16)   # a datasets.Dataset
+>>> data.names()          # registered names
+>>> data.metric_for("docvqa")
+'anls'
+
+Row schema (every dataset; see :mod:`avl_lab.data.schema`):
+
+* ``id`` (str, unique within the split)
+* ``image`` (``datasets.Image()``: a PIL image on access)
+* ``question`` (str, the raw question; the caption instruction for caption tasks)
+* ``prompt`` (str, the full instruction for the model -- lmms-eval's default prompt,
+  e.g. DocVQA: ``question + "\\nAnswer the question using a single word or phrase."``;
+  captions: ``"Provide a one-sentence caption for the provided image."``)
+* ``answers`` (list[str], the references, at least one)
+* ``metric`` (str: ``anls`` | ``vqa_accuracy`` | ``ocrbench`` | ``cider`` | ``accuracy``,
+  the name understood by :func:`avl_lab.metrics.build_metric`)
+* ``meta`` (str, a JSON object with task extras; OCRBench rows carry ``dataset`` and
+  ``question_type``)
+
+Registered names and splits:
+
+=============  ==============  ============  =================================================
+name           metric          splits        source
+=============  ==============  ============  =================================================
+synth-docvqa   anls            train, eval   generated forms/receipts/invoices (336 px)
+synth-textvqa  vqa_accuracy    train, eval   generated signs in scenes (224 px)
+synth-ocr      ocrbench        train, eval   generated text images (224 px)
+synth-caption  cider           train, eval   generated shape scenes (224 px), 5 captions
+easy-vqa       accuracy        train, test   the ``easy-vqa`` PyPI package (64 px)
+docvqa         anls            validation    local copy of lmms-lab/DocVQA (config DocVQA)
+textvqa        vqa_accuracy    validation    local copy of lmms-lab/textvqa
+ocrbench       ocrbench        test          local copy of echo840/OCRBench
+nocaps         cider           validation    local copy of lmms-lab/NoCaps
+flickr30k      cider           test          local copy of lmms-lab/flickr30k
+=============  ==============  ============  =================================================
+
+``eval`` also works for every dataset (and ``test``/``validation`` for the synthetic ones).
+Synthetic tasks take their config fields as keyword arguments (``seed``, ``image_size``,
+e.g. ``min_fields``/``max_fields`` for a curriculum) and ``cache=False``; real benchmarks
+take ``path=``. Corrupt images: read rows through :func:`iter_valid_rows`, which skips
+undecodable images with a warning and counts them in a :class:`SkippedRows` for the run
+summary (or decode single values with :func:`safe_image`).
+"""
+
+# import order is registration order, i.e. the order of names()
+from avl_lab.data import synth_docvqa, synth_textvqa, synth_ocr, synth_caption, easy_vqa, lmms  # isort: skip
+from avl_lab.data.images import CorruptImageWarning, SkippedRows, iter_valid_rows, safe_image
+from avl_lab.data.lmms import DatasetNotAvailableError
+from avl_lab.data.registry import TaskSpec, get, load, metric_for, names
+from avl_lab.data.schema import COLUMNS, row_features
+from avl_lab.data.synth import cache_root
+
+__all__ = [
+    "COLUMNS",
+    "CorruptImageWarning",
+    "DatasetNotAvailableError",
+    "SkippedRows",
+    "TaskSpec",
+    "cache_root",
+    "easy_vqa",
+    "get",
+    "iter_valid_rows",
+    "lmms",
+    "load",
+    "metric_for",
+    "names",
+    "row_features",
+    "safe_image",
+    "synth_caption",
+    "synth_docvqa",
+    "synth_ocr",
+    "synth_textvqa",
+]

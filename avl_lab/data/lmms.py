@@ -1,0 +1,338 @@
+"""Real benchmarks with lmms-eval's dataset ids, schemas and default prompts, offline only.
+
+========== =================================== ============ ========================== =====
+name       hub id (lmms-eval)                  split        source columns used        metric
+========== =================================== ============ ========================== =====
+docvqa     lmms-lab/DocVQA, config ``DocVQA``  validation   questionId question        anls
+                                                            answers image
+textvqa    lmms-lab/textvqa                    validation   question_id question       vqa_accuracy
+                                                            answers image
+ocrbench   echo840/OCRBench                    test         question answer dataset    ocrbench
+                                                            question_type image
+nocaps     lmms-lab/NoCaps                     validation   image_id                   cider
+                                                            annotations_captions image
+flickr30k  lmms-lab/flickr30k                  test         img_id caption image       cider
+========== =================================== ============ ========================== =====
+
+Prompts are lmms-eval's defaults: DocVQA ``question + "\\nAnswer the question using a single
+word or phrase."``, TextVQA the same with ``question.capitalize()``, OCRBench the stripped
+question, NoCaps/Flickr30k ``"Provide a one-sentence caption for the provided image."``.
+(Newer lmms-eval reads the lmms-lab sets from ``lmms-lab-encoder/*``; both ids are searched.)
+
+Nothing is downloaded. A copy is looked for, in order, at the ``path=`` argument, under
+``$AVL_LAB_DATA_DIR`` (``<root>/<name>``, ``<root>/<hub id>`` or ``<root>/<owner>--<repo>``)
+and in the local Hugging Face hub cache; it may be the hub repo's parquet files
+(``<split>-*.parquet``, under ``<config>/`` where there is one) or a ``save_to_disk``
+directory. Absent -> :class:`DatasetNotAvailableError` saying what to put where.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets import Dataset, DatasetDict, Image, load_from_disk
+from datasets.table import InMemoryTable
+
+from avl_lab.data.registry import register
+from avl_lab.data.schema import CAPTION_PROMPT, COLUMNS, dump_meta, short_answer_prompt
+
+__all__ = ["BENCHMARKS", "Benchmark", "DatasetNotAvailableError", "load_benchmark"]
+
+log = logging.getLogger(__name__)
+DATA_DIR_ENV = "AVL_LAB_DATA_DIR"
+
+#: (id, question, prompt, answers, meta) of one source record at a row index.
+RowFn = Callable[[dict[str, Any], int], tuple[str, str, str, list[str], dict[str, Any]]]
+
+
+class DatasetNotAvailableError(FileNotFoundError):
+    """A real benchmark has no local copy (nothing is ever downloaded)."""
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """How to find one lmms-eval benchmark and map its rows to the common schema."""
+
+    name: str
+    hub_ids: tuple[str, ...]
+    config: str | None
+    split: str
+    metric: str
+    columns: tuple[str, ...]
+    to_row: RowFn
+    description: str
+
+
+def _answers(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [str(a) for a in value]
+
+
+def _docvqa(r: dict, i: int):
+    q = r["question"]
+    meta = {"docId": r.get("docId"), "question_types": r.get("question_types")}
+    return str(r["questionId"]), q, short_answer_prompt(q), _answers(r["answers"]), meta
+
+
+def _textvqa(r: dict, i: int):
+    q = r["question"]
+    return (
+        str(r["question_id"]),
+        q,
+        short_answer_prompt(q.capitalize()),
+        _answers(r["answers"]),
+        {"image_id": r.get("image_id")},
+    )
+
+
+def _ocrbench(r: dict, i: int):
+    q = r["question"].strip()
+    meta = {"dataset": r["dataset"], "question_type": r["question_type"]}
+    return f"ocrbench-{i:04d}", q, q, _answers(r["answer"]), meta
+
+
+def _nocaps(r: dict, i: int):
+    return (
+        str(r["image_id"]),
+        CAPTION_PROMPT,
+        CAPTION_PROMPT,
+        _answers(r["annotations_captions"]),
+        {"image_id": r["image_id"]},
+    )
+
+
+def _flickr(r: dict, i: int):
+    return (
+        str(r["img_id"]),
+        CAPTION_PROMPT,
+        CAPTION_PROMPT,
+        _answers(r["caption"]),
+        {"img_id": r["img_id"], "filename": r.get("filename")},
+    )
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        Benchmark("docvqa", ("lmms-lab/DocVQA", "lmms-lab-encoder/DocVQA"), "DocVQA", "validation", "anls",
+                  ("questionId", "question", "answers", "image"), _docvqa, "DocVQA val (lmms-eval docvqa_val)"),
+        Benchmark("textvqa", ("lmms-lab/textvqa", "lmms-lab-encoder/textvqa"), None, "validation", "vqa_accuracy",
+                  ("question_id", "question", "answers", "image"), _textvqa, "TextVQA val (lmms-eval textvqa_val)"),
+        Benchmark("ocrbench", ("echo840/OCRBench",), None, "test", "ocrbench",
+                  ("question", "answer", "dataset", "question_type", "image"), _ocrbench, "OCRBench (1,000 questions)"),
+        Benchmark("nocaps", ("lmms-lab/NoCaps", "lmms-lab-encoder/NoCaps"), None, "validation", "cider",
+                  ("image_id", "annotations_captions", "image"), _nocaps, "NoCaps val (lmms-eval nocaps_val)"),
+        Benchmark("flickr30k", ("lmms-lab/flickr30k", "lmms-lab-encoder/flickr30k"), None, "test", "cider",
+                  ("img_id", "caption", "image"), _flickr, "Flickr30k test (lmms-eval flickr30k_test)"),
+    )
+}  # fmt: skip
+
+
+def _hub_snapshot(hub_id: str, cache_dir: str | Path | None) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        snap = snapshot_download(
+            hub_id, repo_type="dataset", local_files_only=True, cache_dir=cache_dir
+        )
+        return Path(snap)
+    except Exception:  # not in the cache (LocalEntryNotFoundError) or no hub client
+        return None
+
+
+def _candidates(b: Benchmark, path: str | Path | None, hub_cache: str | Path | None) -> list[Path]:
+    if path is not None:
+        return [Path(path).expanduser()]
+    out: list[Path] = []
+    root = os.environ.get(DATA_DIR_ENV)
+    if root:
+        base = Path(root).expanduser()
+        out.append(base / b.name)
+        for hub_id in b.hub_ids:
+            out += [base / hub_id, base / hub_id.replace("/", "--")]
+    out += [p for h in b.hub_ids if (p := _hub_snapshot(h, hub_cache)) is not None]
+    return out
+
+
+def _split_files(root: Path, b: Benchmark, split: str) -> list[Path]:
+    base = root / b.config if b.config and (root / b.config).is_dir() else root
+    files = []
+    for f in sorted(base.rglob("*.parquet")):
+        stem, parents = f.stem, {p.name for p in f.relative_to(base).parents}
+        if stem == split or stem.startswith((f"{split}-", f"{split}_")) or split in parents:
+            files.append(f)
+    return files
+
+
+def _read_parquet(files: list[Path], limit: int | None) -> Dataset:
+    if limit is None:
+        return Dataset.from_parquet([str(f) for f in files])
+    batches: list[pa.RecordBatch] = []
+    schema = None
+    remaining = limit
+    for f in files:
+        pf = pq.ParquetFile(f)
+        schema = schema or pf.schema_arrow
+        for batch in pf.iter_batches(batch_size=max(1, min(remaining, 256))):
+            batches.append(batch.slice(0, remaining))
+            remaining -= batches[-1].num_rows
+            if remaining <= 0:
+                break
+        if remaining <= 0:
+            break
+    return Dataset(InMemoryTable(pa.Table.from_batches(batches, schema=schema)))
+
+
+def _read_dir(root: Path, b: Benchmark, split: str, limit: int | None) -> Dataset | None:
+    for d in ([root / b.config] if b.config else []) + [root]:
+        if (d / "dataset_dict.json").is_file():
+            dd = load_from_disk(str(d))
+            if not isinstance(dd, DatasetDict) or split not in dd:
+                raise ValueError(f"{d} (save_to_disk) has no split {split!r}; it has {list(dd)}")
+            ds = dd[split]
+        elif (d / "state.json").is_file():
+            ds = load_from_disk(str(d))
+        else:
+            continue
+        return ds if limit is None else ds.select(range(min(limit, len(ds))))
+    files = _split_files(root, b, split)
+    return _read_parquet(files, limit) if files else None
+
+
+def _hub_cache_dir(hub_cache: str | Path | None) -> str:
+    if hub_cache is not None:
+        return str(hub_cache)
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover
+        return "(huggingface_hub not installed)"
+
+
+def _not_available(
+    b: Benchmark, split: str, looked: list[Path], hub_cache: str | Path | None, explicit: bool
+) -> DatasetNotAvailableError:
+    cfg = f", config {b.config}" if b.config else ""
+    sub = f"{b.config}/" if b.config else ""
+    lines = [f"  - {p}{'' if p.is_dir() else ' (missing)'}" for p in looked]
+    if not explicit:
+        if not os.environ.get(DATA_DIR_ENV):
+            lines.append(f"  - ${DATA_DIR_ENV} (not set)")
+        ids = " or ".join(b.hub_ids)
+        lines.append(
+            f"  - Hugging Face hub cache {_hub_cache_dir(hub_cache)}: no snapshot of {ids}"
+        )
+    return DatasetNotAvailableError(
+        f"benchmark {b.name!r} ({b.hub_ids[0]}{cfg}, split {split!r}) has no local copy; nothing "
+        f"is downloaded. Looked in:\n" + "\n".join(lines) + "\nProvide it in one of these ways:\n"
+        f"  1. avl_lab.data.load({b.name!r}, {split!r}, path='<dir>')\n"
+        f"  2. export {DATA_DIR_ENV}=<root> with the files in <root>/{b.name}/ or <root>/{b.hub_ids[0]}/\n"
+        f"  3. the Hugging Face hub cache, e.g. on a machine with network: `huggingface-cli download "
+        f"{b.hub_ids[0]} --repo-type dataset` and copy ~/.cache/huggingface/hub here\n"
+        f"Layout: the hub repo's parquet files ({sub}{split}-*.parquet) or a Dataset/DatasetDict "
+        f"save_to_disk directory, with lmms-eval's columns: {', '.join(b.columns)}."
+    )
+
+
+def _to_rows(ds: Dataset, b: Benchmark, where: Path) -> Dataset:
+    missing = [c for c in b.columns if c not in ds.column_names]
+    if missing:
+        raise ValueError(
+            f"{b.name}: the copy at {where} lacks column(s) {missing} of lmms-eval's schema "
+            f"({b.hub_ids[0]}); it has {ds.column_names}"
+        )
+    text = ds.remove_columns([c for c in ds.column_names if c not in b.columns or c == "image"])
+    mapped = [b.to_row(rec, i) for i, rec in enumerate(text.to_list())]
+    keep = [i for i, m in enumerate(mapped) if m[3]]
+    if len(keep) < len(mapped):
+        warnings.warn(
+            f"{b.name}: dropped {len(mapped) - len(keep)} row(s) without reference answers",
+            stacklevel=3,
+        )
+    images = ds.select_columns(["image"]).cast_column("image", Image(decode=False))
+    if len(keep) < len(mapped):
+        images = images.select(keep)
+        mapped = [mapped[i] for i in keep]
+    cols = {"id": 0, "question": 1, "prompt": 2, "answers": 3}
+    for name, j in cols.items():
+        images = images.add_column(name, [m[j] for m in mapped])
+    images = images.add_column("metric", [b.metric] * len(mapped))
+    images = images.add_column("meta", [dump_meta(m[4]) for m in mapped])
+    return images.select_columns(list(COLUMNS)).cast_column("image", Image())
+
+
+def load_benchmark(
+    name: str,
+    split: str,
+    limit: int | None = None,
+    path: str | Path | None = None,
+    hub_cache: str | Path | None = None,
+) -> Dataset:
+    """Load a real benchmark from a local copy, in the common row schema.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`BENCHMARKS`.
+    split : str
+        Its lmms-eval split (``validation`` or ``test``).
+    limit : int, optional
+        First ``limit`` rows (read without converting the whole parquet set).
+    path : str or Path, optional
+        Directory of the local copy (see the module docstring); overrides the search.
+    hub_cache : str or Path, optional
+        Hugging Face hub cache directory to search (default: the hub's own default).
+
+    Raises
+    ------
+    DatasetNotAvailableError
+        No local copy was found.
+    ValueError
+        The copy lacks columns of lmms-eval's schema.
+    """
+    b = BENCHMARKS[name]
+    looked = _candidates(b, path, hub_cache)
+    for root in looked:
+        if not root.is_dir():
+            continue
+        ds = _read_dir(root, b, split, limit)
+        if ds is not None:
+            log.info("%s: reading %s", name, root)
+            return _to_rows(ds, b, root)
+    raise _not_available(b, split, looked, hub_cache, explicit=path is not None)
+
+
+def _register(b: Benchmark) -> None:
+    alias = {"eval": b.split, "val": b.split} if b.split == "validation" else {"eval": b.split}
+
+    def loader(
+        split: str,
+        limit: int | None,
+        path: str | Path | None = None,
+        hub_cache: str | Path | None = None,
+    ) -> Dataset:
+        return load_benchmark(b.name, split, limit, path=path, hub_cache=hub_cache)
+
+    loader.__doc__ = f"Rows of {b.description}; see :func:`load_benchmark`."
+    register(
+        b.name,
+        metric=b.metric,
+        splits=(b.split,),
+        aliases=alias,
+        kind="benchmark",
+        description=b.description,
+    )(loader)
+
+
+for _b in BENCHMARKS.values():
+    _register(_b)
