@@ -97,7 +97,9 @@ def try_load(kind: str) -> ModuleType | None:
     except ExtensionBuildError as err:
         if kind not in _warned:
             _warned.add(kind)
-            warnings.warn(f"{err}; falling back to core_attention_ref", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"{err}; falling back to core_attention_ref", RuntimeWarning, stacklevel=3
+            )
         return None
 
 

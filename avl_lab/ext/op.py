@@ -57,7 +57,9 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, active: Tensor, scale: float |
 def _cuda_op(q: Tensor, k: Tensor, v: Tensor, active: Tensor, scale: float, strict: bool):
     if q.shape[3] not in CUDA_HEAD_DIMS:
         if strict:
-            raise ValueError(f"impl='cuda' supports head dims {CUDA_HEAD_DIMS}, `q` has {q.shape[3]}")
+            raise ValueError(
+                f"impl='cuda' supports head dims {CUDA_HEAD_DIMS}, `q` has {q.shape[3]}"
+            )
         return None
     mod = build.load("cuda") if strict else build.try_load("cuda")
     if mod is None:

@@ -1,0 +1,136 @@
+"""The compiled core_attention ops against their specification, ``core_attention_ref``.
+
+CPU cases always run (the first one builds the C++ op, ~40 s once per machine; later runs
+load it from the torch extensions cache). CUDA cases run when a GPU is present.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avl_lab.ext import core_attention, core_attention_ref
+
+CUDA = pytest.param(
+    "cuda",
+    marks=[
+        pytest.mark.cuda,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    ],
+)
+DEVICES = ["cpu", CUDA]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+TOL = {
+    torch.float32: {"atol": 1e-5, "rtol": 1e-4},
+    torch.bfloat16: {"atol": 1e-2, "rtol": 1.6e-2},
+    torch.float16: {"atol": 2e-3, "rtol": 2e-3},
+}
+
+# (B, Hq, Hkv, N, D, active): active is "rand:<n>" (random distinct rows, sorted),
+# "pad:<n>" (random, later batch rows shorter and -1 padded), "full", "empty" (n = 0),
+# "none:<n>" (all padding), "mixed:<n>" (batch row 0 all padding), "dup:<n>" (repeats).
+SHAPES = [
+    (1, 32, 32, 640, 128, "rand:237"),  # LLaVA-1.5-like
+    (1, 32, 32, 2900, 128, "pad:884"),  # LLaVA-1.6-like
+    (2, 8, 8, 300, 64, "rand:100"),
+    (3, 8, 2, 300, 128, "pad:120"),  # GQA 4
+    (2, 32, 8, 257, 128, "rand:77"),  # GQA 4, Llama-3 heads
+    (4, 12, 4, 50, 64, "pad:31"),  # GQA 3
+    (1, 8, 1, 3000, 64, "rand:2999"),  # MQA, one row left out
+    (2, 16, 2, 3000, 128, "full"),
+    (8, 4, 4, 64, 64, "pad:40"),
+    (8, 4, 2, 1, 128, "full"),  # a single row
+    (2, 4, 4, 7, 64, "empty"),
+    (3, 4, 2, 9, 128, "none:5"),
+    (3, 4, 4, 20, 64, "mixed:6"),
+    (2, 4, 2, 16, 64, "dup:12"),
+    (2, 6, 3, 33, 20, "pad:10"),  # head dim not a multiple of 8: scalar path (CPU)
+]
+
+
+def make_active(spec: str, B: int, N: int, gen: torch.Generator) -> torch.Tensor:
+    kind, _, num = spec.partition(":")
+    n = int(num) if num else 0
+    if kind == "full":
+        return torch.arange(N).expand(B, N).contiguous()
+    if kind == "empty":
+        return torch.empty(B, 0, dtype=torch.long)
+    if kind == "none":
+        return torch.full((B, n), -1, dtype=torch.long)
+    if kind == "dup":
+        return torch.randint(0, N, (B, n), generator=gen)
+    rows = torch.stack([torch.randperm(N, generator=gen)[:n].sort().values for _ in range(B)])
+    if kind == "pad":
+        for b in range(1, B):
+            rows[b, n - (b * n) // (2 * B) :] = -1  # shorter rows later in the batch
+    if kind == "mixed":
+        rows[0] = -1
+    return rows
+
+
+def make_case(B, Hq, Hkv, N, D, spec, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hq, 1, D, generator=gen)
+    k = torch.randn(B, Hkv, N, D, generator=gen)
+    v = torch.randn(B, Hkv, N, D, generator=gen)
+    a = make_active(spec, B, N, gen)
+    return q.to(device, dtype), k.to(device, dtype), v.to(device, dtype), a.to(device)
+
+
+def assert_matches_ref(q, k, v, a, impl, scale=None):
+    out, probs = core_attention(q, k, v, a, scale, impl=impl)
+    ref_out, ref_probs = core_attention_ref(q, k, v, a, scale)
+    assert out.shape == ref_out.shape and out.dtype == q.dtype and out.device == q.device
+    assert probs.shape == ref_probs.shape and probs.dtype == torch.float32
+    torch.testing.assert_close(out, ref_out, **TOL[q.dtype])
+    torch.testing.assert_close(probs, ref_probs, atol=1e-6, rtol=1e-4)
+    return out, probs
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_op_matches_reference(shape, dtype, device):
+    q, k, v, a = make_case(*shape, dtype, device)
+    assert_matches_ref(q, k, v, a, impl=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_and_padding_semantics(device):
+    q, k, v, a = make_case(3, 8, 4, 40, 64, "mixed:6", torch.float32, device)
+    out, probs = assert_matches_ref(q, k, v, a, impl=device)
+    assert torch.all(out[0] == 0) and torch.all(probs[0] == 0)  # no active rows -> zeros
+    assert torch.allclose(probs[1:].sum(1), torch.ones(2, device=device))
+    a[2, 3:] = -1
+    _, probs = assert_matches_ref(q, k, v, a, impl=device)
+    assert torch.all(probs[2, 3:] == 0)  # padding gets no probability
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_strided_caches(dtype, device):
+    """Slices of a larger buffer and token-major [B, N, H, D] views are read in place."""
+    B, Hq, Hkv, N, D = 2, 8, 4, 300, 128
+    q, k, v, a = make_case(B, Hq, Hkv, 2 * N, D, "pad:90", dtype, device)
+    a = a.clamp(max=N - 1)  # indices into the first N rows (duplicates are fine)
+    assert_matches_ref(q, k[:, :, :N], v[:, :, :N], a, impl=device)
+    kt = k.transpose(1, 2).contiguous().transpose(1, 2)  # token-major storage
+    vt = v.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not kt.is_contiguous()
+    assert_matches_ref(q, kt, vt, a, impl=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_scale_and_auto(device):
+    q, k, v, a = make_case(2, 8, 2, 100, 64, "pad:30", torch.float32, device)
+    assert_matches_ref(q, k, v, a, impl=device, scale=0.3)
+    assert_matches_ref(q, k, v, a, impl="auto")  # auto picks the op of q's device
+    assert_matches_ref(q, k, v, a, impl="ref")
+
+
+def test_noncontiguous_query_and_index():
+    q, k, v, a = make_case(2, 8, 2, 100, 64, "rand:40", torch.float32, "cpu")
+    q2 = torch.randn(2, 1, 8, 64).transpose(1, 2)  # [B, Hq, 1, D] as HF hands it over
+    a2 = torch.cat([a, a], dim=1)[:, ::2]
+    assert not a2.is_contiguous()
+    assert_matches_ref(q2, k, v, a2, impl="cpu")
