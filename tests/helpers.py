@@ -14,13 +14,16 @@ PROMPTS = [
 SIZES = [(32, 32), (64, 32), (40, 70)]
 
 
-def random_images(sizes=SIZES, seed: int = 0) -> list[Image.Image]:
+def random_image(size: tuple[int, int], seed: int) -> Image.Image:
+    w, h = size
     rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
-def make_inputs(processor, n: int = 3, seed: int = 0, prompts=PROMPTS, sizes=SIZES):
-    """A left-padded batch of ``n`` (image, prompt) rows."""
-    return processor(
-        images=random_images(sizes[:n], seed), text=list(prompts[:n]), return_tensors="pt", padding=True
-    )
+def make_inputs(processor, n: int = 3, rows: list[int] | None = None, prompts=PROMPTS, sizes=SIZES):
+    """A left-padded batch of (image, prompt) rows: ``rows`` (default the first ``n``) index
+    ``prompts``/``sizes``; row i's image is always drawn with seed i."""
+    rows = list(range(n)) if rows is None else rows
+    images = [random_image(sizes[i], seed=i) for i in rows]
+    text = [prompts[i] for i in rows]
+    return processor(images=images, text=text, return_tensors="pt", padding=True)
