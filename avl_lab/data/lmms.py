@@ -251,7 +251,7 @@ def _to_rows(ds: Dataset, b: Benchmark, where: Path) -> Dataset:
             f"{b.name}: the copy at {where} lacks column(s) {missing} of lmms-eval's schema "
             f"({b.hub_ids[0]}); it has {ds.column_names}"
         )
-    text = ds.remove_columns([c for c in ds.column_names if c not in b.columns or c == "image"])
+    text = ds.remove_columns(["image"])
     mapped = [b.to_row(rec, i) for i, rec in enumerate(text.to_list())]
     keep = [i for i, m in enumerate(mapped) if m[3]]
     if len(keep) < len(mapped):

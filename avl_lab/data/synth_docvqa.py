@@ -114,17 +114,19 @@ def make_sample(rng: random.Random, cfg: DocVQAConfig) -> Sample:
     if col + max(fnt.getlength(val) for _, val in rows) > width:
         aligned = False
     rules = rng.random() < 0.3
+    boxes = []
     for lab, val in rows:
         draw.text((margin, y), lab, font=fnt, fill=ink)
         vx = margin + (col if aligned else fnt.getlength(lab + " "))
         draw.text((vx, y), val, font=fnt, fill=ink)
+        boxes.append([round(vx), y, round(vx + fnt.getlength(val)), y + line])
         y += line
         if rules:
             draw.line((margin, y - 2, size - margin, y - 2), fill=jitter(rng, (200, 200, 200), 10))
 
     field = FIELDS[chosen[asked]]
     value = rows[asked][1]
-    meta = {"doc_type": title.lower(), "field": field.label, "n_fields": k,
+    meta = {"doc_type": title.lower(), "field": field.label, "n_fields": k, "box": boxes[asked],
             "fields": {lab[:-1]: val for lab, val in rows}}  # fmt: skip
     return Sample(img, f"What is the {field.noun}?", [value], meta)
 

@@ -109,14 +109,16 @@ def make_sample(rng: random.Random, cfg: TextVQAConfig) -> Sample:
         for j, t in enumerate(lines):
             tx = sx + (w - fnt.getlength(t)) / 2
             draw.text((tx, sy + 0.75 * pad + j * step), t, font=fnt, fill=contrast_text(fill))
-        signs.append({"colour": colour, "text": text})
+        box = [round(sx), round(sy), round(sx + w), round(sy + h)]
+        signs.append({"colour": colour, "text": text, "box": box})
 
     target = rng.choice(signs)
     phrase = target["text"].lower()
     n_partial = rng.choice((0, 0, 1, 2))
     answers = [phrase] * (cfg.n_answers - n_partial) + [phrase.split()[0]] * n_partial
     question = f"What is written on the {target['colour']} sign?"
-    return Sample(img, question, answers, {"signs": signs, "colour": target["colour"]})
+    meta = {"signs": signs, "colour": target["colour"], "box": target["box"]}
+    return Sample(img, question, answers, meta)
 
 
 TASK = SynthTask("synth-textvqa", "vqa_accuracy", TextVQAConfig, make_sample, short_answer_prompt)

@@ -11,6 +11,8 @@ import random
 
 __all__ = [
     "CITIES",
+    "FIRST_NAMES",
+    "LAST_NAMES",
     "COMPANIES",
     "WORDS",
     "account",
@@ -36,8 +38,9 @@ _LAST = (
 _COMPANY_A = "Acme Globex Northwind Bluebird Summit Pioneer Redwood Silverline Harbor Keystone"
 _COMPANY_B = "Corp Ltd Inc Supply Foods Labs Group Trading"
 _CITIES = (
-    "Springfield Riverside Fairview Greenville Madison Georgetown Clinton Salem Franklin Oakland "
-    "Portland Denver Austin Boston Dallas Seattle Chicago Phoenix Atlanta Houston"
+    "Springfield,IL Riverside,CA Fairview,TX Greenville,SC Madison,WI Georgetown,KY Clinton,IA "
+    "Salem,OR Franklin,TN Oakland,CA Portland,ME Denver,CO Austin,TX Boston,MA Dallas,TX "
+    "Seattle,WA Chicago,IL Phoenix,AZ Atlanta,GA Houston,TX"
 )
 _WORDS = (
     "park river north south east west garden coffee market station bakery library museum "
@@ -52,7 +55,7 @@ _WORDS = (
 FIRST_NAMES = tuple(_FIRST.split())
 LAST_NAMES = tuple(_LAST.split())
 COMPANIES = tuple(f"{a} {b}" for a in _COMPANY_A.split() for b in _COMPANY_B.split())
-CITIES = tuple(_CITIES.split())
+CITIES = tuple(c.replace(",", ", ") for c in _CITIES.split())
 WORDS = tuple(_WORDS.split())
 _LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
