@@ -14,6 +14,11 @@ from avl_lab.data.schema import CAPTION_PROMPT, SHORT_ANSWER_SUFFIX, row_feature
 S, INT, L = Value("string"), Value("int64"), List(Value("string"))
 
 
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVL_LAB_CACHE", str(tmp_path / "avl-cache"))
+
+
 def _img(i: int) -> dict:
     buf = io.BytesIO()
     PILImage.new("RGB", (20 + i, 10), (i * 40 % 256, 100, 200)).save(buf, format="PNG")
@@ -137,6 +142,7 @@ def test_adapter_reads_hub_layout_from_path(name, tmp_path):
     src = _write_hub_layout(tmp_path, name)
     out = data.load(name, SPLIT[name], path=tmp_path)
     _check_rows(name, out, src)
+    assert list((tmp_path / "avl-cache" / "parquet").iterdir())  # converted under our cache root
     head = data.load(name, "eval", limit=4, path=tmp_path)  # limit crosses the shard boundary
     assert head["id"] == out["id"][:4]
 

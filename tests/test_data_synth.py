@@ -109,3 +109,24 @@ def test_ocr_and_caption_content():
         assert len(set(row["answers"])) == 5
         for o in objs:
             assert f"{o['colour']} {o['shape']}" in row["answers"][2]
+
+
+@pytest.mark.parametrize("name", SYNTH)
+def test_sample_row_equals_loaded_row(name):
+    ds = data.load(name, "train", limit=3, cache=False)
+    loaded = ds[2]
+    row = data.sample_row(name, "train", 2)
+    assert {k: v for k, v in row.items() if k != "image"} == {
+        k: v for k, v in loaded.items() if k != "image"
+    }
+    assert row["image"].tobytes() == loaded["image"].tobytes()
+    with pytest.raises(ValueError, match="`index`"):
+        data.sample_row(name, "train", -1)
+
+
+def test_synthetic_path_option():
+    assert len(data.load("synth-ocr", "eval", limit=1, cache=False, path=None)) == 1
+    with pytest.raises(ValueError, match="`path` must be None"):
+        data.load("synth-ocr", "eval", limit=1, cache=False, path="/somewhere")
+    with pytest.raises(ValueError, match="`path` must be None"):
+        data.load("easy-vqa", "test", limit=1, path="/somewhere")

@@ -2,7 +2,15 @@
 
 import pytest
 
-from avl_lab.metrics import Accuracy, OCRBenchScore, accuracy, ocrbench_score
+from avl_lab.metrics import (
+    METRIC_NAMES,
+    Accuracy,
+    OCRBenchScore,
+    accuracy,
+    build_metric,
+    ocrbench_score,
+    sample_score,
+)
 
 CASES = [
     ("Hello World", ["hello world"], None, 1.0, "case"),
@@ -61,3 +69,16 @@ def test_accuracy_streaming():
     metric = Accuracy()
     metric.update(["a", "b", "c", "d"], [["a"], ["x"], ["C"], ["d"]])
     assert float(metric.compute()) == 0.75
+
+
+def test_registry_dispatch():
+    assert METRIC_NAMES == ("anls", "vqa_accuracy", "ocrbench", "cider", "accuracy")
+    assert sample_score("ocrbench", "X^{2}", ["x^{2}"], '{"dataset": "HME100k"}') == 0.0
+    assert sample_score("ocrbench", "X^{2}", ["x^{2}"], {"dataset": "IIIT5K"}) == 1.0
+    assert sample_score("anls", "helo", ["hello"]) == pytest.approx(0.8)
+    assert sample_score("vqa_accuracy", "two", ["2"] * 10) == 1.0
+    assert sample_score("accuracy", "Yes", ["yes"]) == 1.0
+    assert sample_score("cider", "a dog", ["a dog"]) is None
+    assert type(build_metric("vqa_accuracy")).__name__ == "VQAAccuracy"
+    with pytest.raises(ValueError, match="unknown metric 'bleu'.*anls"):
+        build_metric("bleu")

@@ -40,18 +40,20 @@ flickr30k      cider           test          local copy of lmms-lab/flickr30k
 ``eval`` also works for every dataset (and ``test``/``validation`` for the synthetic ones).
 Synthetic tasks take their config fields as keyword arguments (``seed``, ``image_size``,
 e.g. ``min_fields``/``max_fields`` for a curriculum) and ``cache=False``; real benchmarks
-take ``path=``. Corrupt images: read rows through :func:`iter_valid_rows`, which skips
+take ``path=``. :func:`sample_row` generates one synthetic row on the fly (same stream as
+``load``) for endless training data. Corrupt images: read rows through :func:`iter_valid_rows`, which skips
 undecodable images with a warning and counts them in a :class:`SkippedRows` for the run
 summary (or decode single values with :func:`safe_image`).
 """
 
 # import order is registration order, i.e. the order of names()
 from avl_lab.data import synth_docvqa, synth_textvqa, synth_ocr, synth_caption, easy_vqa, lmms  # isort: skip
+from avl_lab.data.cache import cache_root
 from avl_lab.data.images import CorruptImageWarning, SkippedRows, iter_valid_rows, safe_image
 from avl_lab.data.lmms import DatasetNotAvailableError
 from avl_lab.data.registry import TaskSpec, get, load, metric_for, names
 from avl_lab.data.schema import COLUMNS, row_features
-from avl_lab.data.synth import cache_root
+from avl_lab.data.synth import sample_row
 
 __all__ = [
     "COLUMNS",
@@ -69,6 +71,7 @@ __all__ = [
     "names",
     "row_features",
     "safe_image",
+    "sample_row",
     "synth_caption",
     "synth_docvqa",
     "synth_ocr",

@@ -40,8 +40,16 @@ def _questions(split: str) -> tuple[list[str], list[str], list[int], dict[int, s
     kind="package",
     description="easy-VQA (PyPI `easy-vqa`): simple shapes, one-word answers",
 )
-def load_easy_vqa(split: str, limit: int | None) -> Dataset:
-    """Rows of easy-VQA's ``train`` or ``test`` split, in question order."""
+def load_easy_vqa(split: str, limit: int | None, path: str | None = None) -> Dataset:
+    """Rows of easy-VQA's ``train`` or ``test`` split, in question order.
+
+    ``path`` is accepted for a uniform ``load`` signature and must be ``None`` (the data
+    ships inside the package).
+    """
+    if path is not None:
+        raise ValueError(
+            f"easy-vqa is read from the easy-vqa package: `path` must be None, got {path!r}"
+        )
     texts, answers, image_ids, paths = _questions(split)
     n = len(texts) if limit is None else min(limit, len(texts))
     image_bytes: dict[int, bytes] = {}

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetDict, Image, load_from_disk
 from datasets.table import InMemoryTable
 
+from avl_lab.data.cache import cache_root
 from avl_lab.data.registry import register
 from avl_lab.data.schema import CAPTION_PROMPT, COLUMNS, dump_meta, short_answer_prompt
 
@@ -174,8 +175,9 @@ def _split_files(root: Path, b: Benchmark, split: str) -> list[Path]:
 
 
 def _read_parquet(files: list[Path], limit: int | None) -> Dataset:
-    if limit is None:
-        return Dataset.from_parquet([str(f) for f in files])
+    if limit is None:  # memory-mapped Arrow copy under our cache root, not ~/.cache/huggingface
+        cache_dir = cache_root() / "parquet"
+        return Dataset.from_parquet([str(f) for f in files], cache_dir=str(cache_dir))
     batches: list[pa.RecordBatch] = []
     schema = None
     remaining = limit

@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import random
 import shutil
 import tempfile
@@ -33,6 +32,7 @@ from datasets import Dataset, load_from_disk
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from PIL import Image
 
+from avl_lab.data.cache import cache_root
 from avl_lab.data.render import font_signature, png_bytes
 from avl_lab.data.schema import dump_meta, row_features
 
@@ -45,8 +45,10 @@ __all__ = [
     "SynthConfig",
     "SynthTask",
     "build_split",
-    "cache_root",
+    "generate_row",
     "make_config",
+    "register_task",
+    "sample_row",
     "sample_rng",
 ]
 
@@ -105,6 +107,16 @@ class SynthTask:
     prompt: Callable[[str], str]
 
 
+#: Synthetic tasks by name (filled by :func:`register_task` in each task module).
+TASKS: dict[str, SynthTask] = {}
+
+
+def register_task(task: SynthTask) -> SynthTask:
+    """Record ``task`` in :data:`TASKS` (for :func:`sample_row`) and return it."""
+    TASKS[task.name] = task
+    return task
+
+
 def make_config(config_cls: type[C], overrides: dict[str, Any]) -> C:
     """``config_cls(**overrides)``, with a ``ValueError`` naming unknown fields."""
     known = {f.name for f in dataclasses.fields(config_cls)}
@@ -121,14 +133,6 @@ def sample_rng(task: str, seed: int, split: str, index: int) -> random.Random:
     return random.Random(f"{task}|{seed}|{split}|{index}")
 
 
-def cache_root() -> Path:
-    """``$AVL_LAB_CACHE``, else ``$XDG_CACHE_HOME/avl_lab``, else ``~/.cache/avl_lab``."""
-    env = os.environ.get("AVL_LAB_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "avl_lab"
-
-
 def _config_dir(task: str, config: SynthConfig) -> Path:
     key = json.dumps(
         {"config": dataclasses.asdict(config), "fonts": font_signature()}, sort_keys=True
@@ -137,18 +141,46 @@ def _config_dir(task: str, config: SynthConfig) -> Path:
     return cache_root() / "data" / task / f"v{GENERATOR_VERSION}-{digest}"
 
 
-def generate_row(task: SynthTask, config: SynthConfig, split: str, index: int) -> dict[str, Any]:
-    """Row ``index`` of ``split`` in the common schema (image as PNG bytes)."""
+def _fields(
+    task: SynthTask, config: SynthConfig, split: str, index: int
+) -> tuple[Sample, dict[str, Any]]:
     s = task.make(sample_rng(task.name, config.seed, split, index), config)
-    return {
+    row = {
         "id": f"{task.name}-{split}-s{config.seed}-{index:06d}",
-        "image": {"bytes": png_bytes(s.image), "path": None},
         "question": s.question,
         "prompt": task.prompt(s.question),
         "answers": list(s.answers),
         "metric": task.metric,
         "meta": dump_meta(s.meta),
     }
+    return s, row
+
+
+def generate_row(task: SynthTask, config: SynthConfig, split: str, index: int) -> dict[str, Any]:
+    """Row ``index`` of ``split`` in the common schema (image as PNG bytes)."""
+    s, row = _fields(task, config, split, index)
+    return {**row, "image": {"bytes": png_bytes(s.image), "path": None}}
+
+
+def sample_row(name: str, split: str, index: int, **overrides: Any) -> dict[str, Any]:
+    """Row ``index`` of a synthetic split, generated on the fly with a PIL image.
+
+    Equal to row ``index`` of :func:`avl_lab.data.load` (same seed stream), without
+    encoding or caching: handy for an endless training stream, e.g.
+    ``sample_row("synth-ocr", "train", step * batch + i)``.
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown synthetic task {name!r}; known: {', '.join(TASKS)}")
+    split = SPLIT_ALIASES.get(split, split)
+    if split not in SPLITS:
+        raise ValueError(
+            f"synthetic split must be one of {SPLITS} (or {tuple(SPLIT_ALIASES)}), got {split!r}"
+        )
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"`index` must be a non-negative int, got {index!r}")
+    task = TASKS[name]
+    s, row = _fields(task, make_config(task.config_cls, overrides), split, index)
+    return {**row, "image": s.image}
 
 
 def _generate(task: SynthTask, config: SynthConfig, split: str, n: int) -> Dataset:
@@ -180,7 +212,12 @@ def _cached(base: Path, split: str, n: int) -> Path | None:
 
 
 def build_split(
-    task: SynthTask, split: str, limit: int | None, overrides: dict[str, Any], cache: bool = True
+    task: SynthTask,
+    split: str,
+    limit: int | None,
+    overrides: dict[str, Any],
+    cache: bool = True,
+    path: str | None = None,
 ) -> Dataset:
     """Generate (or load from the cache) ``limit`` rows of ``split``.
 
@@ -196,7 +233,11 @@ def build_split(
         Config fields (``seed``, ``image_size`` and task fields).
     cache : bool
         Read and write the Arrow cache; ``False`` generates in memory only.
+    path : None
+        Accepted for a uniform ``load`` signature; synthetic data has no local copy.
     """
+    if path is not None:
+        raise ValueError(f"{task.name} is generated, not read: `path` must be None, got {path!r}")
     config = make_config(task.config_cls, overrides)
     n = DEFAULT_SIZES[split] if limit is None else limit
     if not cache:

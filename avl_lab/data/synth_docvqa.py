@@ -19,7 +19,15 @@ from avl_lab.data import values
 from avl_lab.data.registry import register
 from avl_lab.data.render import fit_font, jitter
 from avl_lab.data.schema import short_answer_prompt
-from avl_lab.data.synth import SPLIT_ALIASES, SPLITS, Sample, SynthConfig, SynthTask, build_split
+from avl_lab.data.synth import (
+    SPLIT_ALIASES,
+    SPLITS,
+    Sample,
+    SynthConfig,
+    SynthTask,
+    build_split,
+    register_task,
+)
 
 __all__ = ["FIELDS", "DocVQAConfig", "load_synth_docvqa", "make_sample"]
 
@@ -131,7 +139,9 @@ def make_sample(rng: random.Random, cfg: DocVQAConfig) -> Sample:
     return Sample(img, f"What is the {field.noun}?", [value], meta)
 
 
-TASK = SynthTask("synth-docvqa", "anls", DocVQAConfig, make_sample, short_answer_prompt)
+TASK = register_task(
+    SynthTask("synth-docvqa", "anls", DocVQAConfig, make_sample, short_answer_prompt)
+)
 
 
 @register(
@@ -142,6 +152,8 @@ TASK = SynthTask("synth-docvqa", "anls", DocVQAConfig, make_sample, short_answer
     kind="synthetic",
     description="rendered invoices/receipts/forms with 6-12 fields; 'What is the <field>?'",
 )
-def load_synth_docvqa(split: str, limit: int | None, cache: bool = True, **overrides) -> Dataset:
+def load_synth_docvqa(
+    split: str, limit: int | None, cache: bool = True, path: str | None = None, **overrides
+) -> Dataset:
     """Rows of ``synth-docvqa``; ``overrides`` are :class:`DocVQAConfig` fields."""
-    return build_split(TASK, split, limit, overrides, cache=cache)
+    return build_split(TASK, split, limit, overrides, cache=cache, path=path)

@@ -18,7 +18,15 @@ from PIL import Image, ImageDraw
 from avl_lab.data import values
 from avl_lab.data.registry import register
 from avl_lab.data.render import contrast_text, fit_font, jitter
-from avl_lab.data.synth import SPLIT_ALIASES, SPLITS, Sample, SynthConfig, SynthTask, build_split
+from avl_lab.data.synth import (
+    SPLIT_ALIASES,
+    SPLITS,
+    Sample,
+    SynthConfig,
+    SynthTask,
+    build_split,
+    register_task,
+)
 
 __all__ = ["QUESTION", "OCRConfig", "load_synth_ocr", "make_sample"]
 
@@ -89,7 +97,7 @@ def make_sample(rng: random.Random, cfg: OCRConfig) -> Sample:
     return Sample(img, QUESTION, [text], meta)
 
 
-TASK = SynthTask("synth-ocr", "ocrbench", OCRConfig, make_sample, lambda q: q)
+TASK = register_task(SynthTask("synth-ocr", "ocrbench", OCRConfig, make_sample, lambda q: q))
 
 
 @register(
@@ -100,6 +108,8 @@ TASK = SynthTask("synth-ocr", "ocrbench", OCRConfig, make_sample, lambda q: q)
     kind="synthetic",
     description="short texts (words, numbers, codes) to read; 'What is written in the image?'",
 )
-def load_synth_ocr(split: str, limit: int | None, cache: bool = True, **overrides) -> Dataset:
+def load_synth_ocr(
+    split: str, limit: int | None, cache: bool = True, path: str | None = None, **overrides
+) -> Dataset:
     """Rows of ``synth-ocr``; ``overrides`` are :class:`OCRConfig` fields."""
-    return build_split(TASK, split, limit, overrides, cache=cache)
+    return build_split(TASK, split, limit, overrides, cache=cache, path=path)

@@ -19,7 +19,15 @@ from avl_lab.data import values
 from avl_lab.data.registry import register
 from avl_lab.data.render import COLOURS, SHAPES, contrast_text, draw_shape, fit_font, jitter
 from avl_lab.data.schema import short_answer_prompt
-from avl_lab.data.synth import SPLIT_ALIASES, SPLITS, Sample, SynthConfig, SynthTask, build_split
+from avl_lab.data.synth import (
+    SPLIT_ALIASES,
+    SPLITS,
+    Sample,
+    SynthConfig,
+    SynthTask,
+    build_split,
+    register_task,
+)
 
 __all__ = ["SIGN_COLOURS", "TextVQAConfig", "load_synth_textvqa", "make_sample"]
 
@@ -121,7 +129,9 @@ def make_sample(rng: random.Random, cfg: TextVQAConfig) -> Sample:
     return Sample(img, question, answers, meta)
 
 
-TASK = SynthTask("synth-textvqa", "vqa_accuracy", TextVQAConfig, make_sample, short_answer_prompt)
+TASK = register_task(
+    SynthTask("synth-textvqa", "vqa_accuracy", TextVQAConfig, make_sample, short_answer_prompt)
+)
 
 
 @register(
@@ -132,6 +142,8 @@ TASK = SynthTask("synth-textvqa", "vqa_accuracy", TextVQAConfig, make_sample, sh
     kind="synthetic",
     description="two-word phrases on coloured signs among shapes; 'What is written on the red sign?'",
 )
-def load_synth_textvqa(split: str, limit: int | None, cache: bool = True, **overrides) -> Dataset:
+def load_synth_textvqa(
+    split: str, limit: int | None, cache: bool = True, path: str | None = None, **overrides
+) -> Dataset:
     """Rows of ``synth-textvqa``; ``overrides`` are :class:`TextVQAConfig` fields."""
-    return build_split(TASK, split, limit, overrides, cache=cache)
+    return build_split(TASK, split, limit, overrides, cache=cache, path=path)

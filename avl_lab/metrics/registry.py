@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from torchmetrics import Metric
 
@@ -43,8 +45,16 @@ def build_metric(name: str, **kwargs) -> Metric:
     return _BUILDERS[name](**kwargs)
 
 
-def sample_score(name: str, prediction: str, answers: Sequence[str]) -> float | None:
-    """Per-sample score for ``samples.jsonl``; ``None`` for corpus-only metrics (cider)."""
+def sample_score(
+    name: str, prediction: str, answers: Sequence[str], meta: Mapping[str, Any] | str | None = None
+) -> float | None:
+    """Per-sample score for ``samples.jsonl``; ``None`` for corpus-only metrics (cider).
+
+    ``meta`` is the row's ``meta`` (JSON string or dict); OCRBench uses its ``dataset``.
+    """
     _check(name)
+    if name == "ocrbench":
+        info = json.loads(meta) if isinstance(meta, str) else (meta or {})
+        return ocrbench_score(prediction, answers, info.get("dataset"))
     fn = SAMPLE_SCORERS.get(name)
     return None if fn is None else fn(prediction, answers)
