@@ -26,27 +26,66 @@ def _img(i: int) -> dict:
 
 
 def _docvqa(n):
-    feats = Features({"questionId": S, "question": S, "question_types": L, "image": Image(), "docId": INT,
-                      "ucsf_document_id": S, "ucsf_document_page_no": S, "answers": L, "data_split": S})  # fmt: skip
-    rows = {"questionId": [str(49153 + i) for i in range(n)],
-            "question": [f"what is the date mentioned in letter {i}?" for i in range(n)],
-            "question_types": [["handwritten", "form"]] * n, "image": [_img(i) for i in range(n)],
-            "docId": list(range(14465, 14465 + n)), "ucsf_document_id": ["txpp0227"] * n,
-            "ucsf_document_page_no": ["10"] * n, "answers": [[f"1/8/93 #{i}", f"January 8, 1993 #{i}"] for i in range(n)],
-            "data_split": ["val"] * n}  # fmt: skip
+    feats = Features(
+        {
+            "questionId": S,
+            "question": S,
+            "question_types": L,
+            "image": Image(),
+            "docId": INT,
+            "ucsf_document_id": S,
+            "ucsf_document_page_no": S,
+            "answers": L,
+            "data_split": S,
+        }
+    )
+    rows = {
+        "questionId": [str(49153 + i) for i in range(n)],
+        "question": [f"what is the date mentioned in letter {i}?" for i in range(n)],
+        "question_types": [["handwritten", "form"]] * n,
+        "image": [_img(i) for i in range(n)],
+        "docId": list(range(14465, 14465 + n)),
+        "ucsf_document_id": ["txpp0227"] * n,
+        "ucsf_document_page_no": ["10"] * n,
+        "answers": [[f"1/8/93 #{i}", f"January 8, 1993 #{i}"] for i in range(n)],
+        "data_split": ["val"] * n,
+    }
     return Dataset.from_dict(rows, features=feats)
 
 
 def _textvqa(n):
-    feats = Features({"image_id": S, "question_id": INT, "question": S, "question_tokens": L, "image": Image(),
-                      "image_width": INT, "image_height": INT, "flickr_original_url": S, "flickr_300k_url": S,
-                      "answers": L, "image_classes": L, "set_name": S, "ocr_tokens": L})  # fmt: skip
-    rows = {"image_id": [f"003a8ae2ef43b90{i}" for i in range(n)], "question_id": list(range(34602, 34602 + n)),
-            "question": [f"what is the brand of this camera {i}?" for i in range(n)],
-            "question_tokens": [["what", "is"]] * n, "image": [_img(i) for i in range(n)],
-            "image_width": [1024] * n, "image_height": [664] * n, "flickr_original_url": ["u"] * n,
-            "flickr_300k_url": ["u"] * n, "answers": [["nous les gosses"] * 7 + ["dakota"] * 3] * n,
-            "image_classes": [["Camera"]] * n, "set_name": ["val"] * n, "ocr_tokens": [["nous"]] * n}  # fmt: skip
+    feats = Features(
+        {
+            "image_id": S,
+            "question_id": INT,
+            "question": S,
+            "question_tokens": L,
+            "image": Image(),
+            "image_width": INT,
+            "image_height": INT,
+            "flickr_original_url": S,
+            "flickr_300k_url": S,
+            "answers": L,
+            "image_classes": L,
+            "set_name": S,
+            "ocr_tokens": L,
+        }
+    )
+    rows = {
+        "image_id": [f"003a8ae2ef43b90{i}" for i in range(n)],
+        "question_id": list(range(34602, 34602 + n)),
+        "question": [f"what is the brand of this camera {i}?" for i in range(n)],
+        "question_tokens": [["what", "is"]] * n,
+        "image": [_img(i) for i in range(n)],
+        "image_width": [1024] * n,
+        "image_height": [664] * n,
+        "flickr_original_url": ["u"] * n,
+        "flickr_300k_url": ["u"] * n,
+        "answers": [["nous les gosses"] * 7 + ["dakota"] * 3] * n,
+        "image_classes": [["Camera"]] * n,
+        "set_name": ["val"] * n,
+        "ocr_tokens": [["nous"]] * n,
+    }
     return Dataset.from_dict(rows, features=feats)
 
 
@@ -54,39 +93,74 @@ def _ocrbench(n):
     feats = Features(
         {"dataset": S, "question": S, "question_type": S, "answer": L, "image": Image()}
     )
-    rows = {"dataset": ["IIIT5K", "HME100k"] * (n // 2) + ["IIIT5K"] * (n % 2),
-            "question": [" what is written in the image? "] * n, "question_type": ["Regular Text Recognition"] * n,
-            "answer": [[f"WORD{i}"] for i in range(n)], "image": [_img(i) for i in range(n)]}  # fmt: skip
+    rows = {
+        "dataset": ["IIIT5K", "HME100k"] * (n // 2) + ["IIIT5K"] * (n % 2),
+        "question": [" what is written in the image? "] * n,
+        "question_type": ["Regular Text Recognition"] * n,
+        "answer": [[f"WORD{i}"] for i in range(n)],
+        "image": [_img(i) for i in range(n)],
+    }
     return Dataset.from_dict(rows, features=feats)
 
 
 def _nocaps(n):
-    feats = Features({"image": Image(), "image_coco_url": S, "image_date_captured": S, "image_file_name": S,
-                      "image_height": INT, "image_width": INT, "image_id": INT, "image_license": INT,
-                      "image_open_images_id": S, "annotations_ids": List(INT), "annotations_captions": L})  # fmt: skip
-    rows = {"image": [_img(i) for i in range(n)], "image_coco_url": ["u"] * n, "image_date_captured": ["d"] * n,
-            "image_file_name": [f"{i}.jpg" for i in range(n)], "image_height": [10] * n, "image_width": [20] * n,
-            "image_id": list(range(n)), "image_license": [0] * n, "image_open_images_id": ["x"] * n,
-            "annotations_ids": [list(range(10))] * n,
-            "annotations_captions": [[f"a dog {i} on grass", f"a brown dog {i}"] for i in range(n)]}  # fmt: skip
+    feats = Features(
+        {
+            "image": Image(),
+            "image_coco_url": S,
+            "image_date_captured": S,
+            "image_file_name": S,
+            "image_height": INT,
+            "image_width": INT,
+            "image_id": INT,
+            "image_license": INT,
+            "image_open_images_id": S,
+            "annotations_ids": List(INT),
+            "annotations_captions": L,
+        }
+    )
+    rows = {
+        "image": [_img(i) for i in range(n)],
+        "image_coco_url": ["u"] * n,
+        "image_date_captured": ["d"] * n,
+        "image_file_name": [f"{i}.jpg" for i in range(n)],
+        "image_height": [10] * n,
+        "image_width": [20] * n,
+        "image_id": list(range(n)),
+        "image_license": [0] * n,
+        "image_open_images_id": ["x"] * n,
+        "annotations_ids": [list(range(10))] * n,
+        "annotations_captions": [[f"a dog {i} on grass", f"a brown dog {i}"] for i in range(n)],
+    }
     return Dataset.from_dict(rows, features=feats)
 
 
 def _flickr(n):
     feats = Features({"image": Image(), "caption": L, "sentids": L, "img_id": S, "filename": S})
-    rows = {"image": [_img(i) for i in range(n)], "caption": [[f"two men {i} play", f"men {i} playing"] for i in range(n)],
-            "sentids": [["0", "1"]] * n, "img_id": [str(100 + i) for i in range(n)],
-            "filename": [f"{i}.jpg" for i in range(n)]}  # fmt: skip
+    rows = {
+        "image": [_img(i) for i in range(n)],
+        "caption": [[f"two men {i} play", f"men {i} playing"] for i in range(n)],
+        "sentids": [["0", "1"]] * n,
+        "img_id": [str(100 + i) for i in range(n)],
+        "filename": [f"{i}.jpg" for i in range(n)],
+    }
     return Dataset.from_dict(rows, features=feats)
 
 
-MAKERS = {"docvqa": (_docvqa, "DocVQA/validation-0000{}-of-00002.parquet"),
-          "textvqa": (_textvqa, "data/validation-0000{}-of-00002.parquet"),
-          "ocrbench": (_ocrbench, "data/test-0000{}-of-00002.parquet"),
-          "nocaps": (_nocaps, "data/validation-0000{}-of-00002.parquet"),
-          "flickr30k": (_flickr, "data/test-0000{}-of-00002.parquet")}  # fmt: skip
-SPLIT = {"docvqa": "validation", "textvqa": "validation", "ocrbench": "test", "nocaps": "validation",
-         "flickr30k": "test"}  # fmt: skip
+MAKERS = {
+    "docvqa": (_docvqa, "DocVQA/validation-0000{}-of-00002.parquet"),
+    "textvqa": (_textvqa, "data/validation-0000{}-of-00002.parquet"),
+    "ocrbench": (_ocrbench, "data/test-0000{}-of-00002.parquet"),
+    "nocaps": (_nocaps, "data/validation-0000{}-of-00002.parquet"),
+    "flickr30k": (_flickr, "data/test-0000{}-of-00002.parquet"),
+}
+SPLIT = {
+    "docvqa": "validation",
+    "textvqa": "validation",
+    "ocrbench": "test",
+    "nocaps": "validation",
+    "flickr30k": "test",
+}
 
 
 def _write_hub_layout(root, name, n=5):
@@ -169,9 +243,17 @@ def test_absent_benchmark_says_how_to_provide_it(tmp_path, monkeypatch):
         data.load("docvqa", "validation", hub_cache=tmp_path / "hub")
     msg = str(err.value)
     assert isinstance(err.value, FileNotFoundError)
-    for part in ("lmms-lab/DocVQA", "config DocVQA", "'validation'", "AVL_LAB_DATA_DIR", "path=",
-                 "DocVQA/validation-*.parquet", "questionId, question, answers, image",
-                 str(tmp_path / "docvqa"), "huggingface-cli download"):  # fmt: skip
+    for part in (
+        "lmms-lab/DocVQA",
+        "config DocVQA",
+        "'validation'",
+        "AVL_LAB_DATA_DIR",
+        "path=",
+        "DocVQA/validation-*.parquet",
+        "questionId, question, answers, image",
+        str(tmp_path / "docvqa"),
+        "huggingface-cli download",
+    ):
         assert part in msg, part
     with pytest.raises(DatasetNotAvailableError, match="missing"):
         data.load("ocrbench", "test", path=tmp_path / "nowhere")

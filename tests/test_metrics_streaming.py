@@ -30,8 +30,10 @@ def _data():
     vocab = "red blue sign exit park stop open gate main street one two"
     words = vocab.split()
     preds = [" ".join(rng.sample(words, rng.randint(1, 3))) for _ in range(14)]
-    refs = [[" ".join(rng.sample(words, rng.randint(1, 3))) for _ in range(5)] + [p] * (i % 4)
-            for i, p in enumerate(preds)]  # fmt: skip
+    refs = [
+        [" ".join(rng.sample(words, rng.randint(1, 3))) for _ in range(5)] + [p] * (i % 4)
+        for i, p in enumerate(preds)
+    ]
     gen = torch.Generator().manual_seed(0)
     scores_a, scores_b = torch.rand(14, 32, generator=gen), torch.rand(14, 32, generator=gen)
     stored = torch.rand(14, generator=gen).tolist()
@@ -40,8 +42,14 @@ def _data():
 
 
 def _metrics():
-    return {"anls": ANLS(), "vqa": VQAAccuracy(), "ocr": OCRBenchScore(),
-            "cider": CIDEr(tokenizer="python"), "ppci": PPCI(p=30), "cache": CacheAccounting()}  # fmt: skip
+    return {
+        "anls": ANLS(),
+        "vqa": VQAAccuracy(),
+        "ocr": OCRBenchScore(),
+        "cider": CIDEr(tokenizer="python"),
+        "ppci": PPCI(p=30),
+        "cache": CacheAccounting(),
+    }
 
 
 def _feed(metrics, idx, preds, refs, a, b, stored, used):

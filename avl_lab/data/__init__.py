@@ -41,13 +41,15 @@ flickr30k      cider           test          local copy of lmms-lab/flickr30k
 Synthetic tasks take their config fields as keyword arguments (``seed``, ``image_size``,
 e.g. ``min_fields``/``max_fields`` for a curriculum) and ``cache=False``; real benchmarks
 take ``path=``. :func:`sample_row` generates one synthetic row on the fly (same stream as
-``load``) for endless training data. Corrupt images: read rows through :func:`iter_valid_rows`, which skips
-undecodable images with a warning and counts them in a :class:`SkippedRows` for the run
-summary (or decode single values with :func:`safe_image`).
+``load``) for endless training data. Corrupt images: read rows through
+:func:`iter_valid_rows`, which skips undecodable images with a warning and counts them in
+a :class:`SkippedRows` for the run summary (or decode single values with
+:func:`safe_image`).
 """
 
 # import order is registration order, i.e. the order of names()
-from avl_lab.data import synth_docvqa, synth_textvqa, synth_ocr, synth_caption, easy_vqa, lmms  # isort: skip
+from avl_lab.data import synth_docvqa, synth_textvqa, synth_ocr, synth_caption  # isort: skip
+from avl_lab.data import easy_vqa, lmms  # isort: skip
 from avl_lab.data.cache import cache_root
 from avl_lab.data.images import CorruptImageWarning, SkippedRows, iter_valid_rows, safe_image
 from avl_lab.data.lmms import DatasetNotAvailableError

@@ -124,18 +124,58 @@ def _flickr(r: dict, i: int):
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
-        Benchmark("docvqa", ("lmms-lab/DocVQA", "lmms-lab-encoder/DocVQA"), "DocVQA", "validation", "anls",
-                  ("questionId", "question", "answers", "image"), _docvqa, "DocVQA val (lmms-eval docvqa_val)"),
-        Benchmark("textvqa", ("lmms-lab/textvqa", "lmms-lab-encoder/textvqa"), None, "validation", "vqa_accuracy",
-                  ("question_id", "question", "answers", "image"), _textvqa, "TextVQA val (lmms-eval textvqa_val)"),
-        Benchmark("ocrbench", ("echo840/OCRBench",), None, "test", "ocrbench",
-                  ("question", "answer", "dataset", "question_type", "image"), _ocrbench, "OCRBench (1,000 questions)"),
-        Benchmark("nocaps", ("lmms-lab/NoCaps", "lmms-lab-encoder/NoCaps"), None, "validation", "cider",
-                  ("image_id", "annotations_captions", "image"), _nocaps, "NoCaps val (lmms-eval nocaps_val)"),
-        Benchmark("flickr30k", ("lmms-lab/flickr30k", "lmms-lab-encoder/flickr30k"), None, "test", "cider",
-                  ("img_id", "caption", "image"), _flickr, "Flickr30k test (lmms-eval flickr30k_test)"),
+        Benchmark(
+            "docvqa",
+            ("lmms-lab/DocVQA", "lmms-lab-encoder/DocVQA"),
+            "DocVQA",
+            "validation",
+            "anls",
+            ("questionId", "question", "answers", "image"),
+            _docvqa,
+            "DocVQA val (lmms-eval docvqa_val)",
+        ),
+        Benchmark(
+            "textvqa",
+            ("lmms-lab/textvqa", "lmms-lab-encoder/textvqa"),
+            None,
+            "validation",
+            "vqa_accuracy",
+            ("question_id", "question", "answers", "image"),
+            _textvqa,
+            "TextVQA val (lmms-eval textvqa_val)",
+        ),
+        Benchmark(
+            "ocrbench",
+            ("echo840/OCRBench",),
+            None,
+            "test",
+            "ocrbench",
+            ("question", "answer", "dataset", "question_type", "image"),
+            _ocrbench,
+            "OCRBench (1,000 questions)",
+        ),
+        Benchmark(
+            "nocaps",
+            ("lmms-lab/NoCaps", "lmms-lab-encoder/NoCaps"),
+            None,
+            "validation",
+            "cider",
+            ("image_id", "annotations_captions", "image"),
+            _nocaps,
+            "NoCaps val (lmms-eval nocaps_val)",
+        ),
+        Benchmark(
+            "flickr30k",
+            ("lmms-lab/flickr30k", "lmms-lab-encoder/flickr30k"),
+            None,
+            "test",
+            "cider",
+            ("img_id", "caption", "image"),
+            _flickr,
+            "Flickr30k test (lmms-eval flickr30k_test)",
+        ),
     )
-}  # fmt: skip
+}
 
 
 def _hub_snapshot(hub_id: str, cache_dir: str | Path | None) -> Path | None:
@@ -238,8 +278,10 @@ def _not_available(
         f"benchmark {b.name!r} ({b.hub_ids[0]}{cfg}, split {split!r}) has no local copy; nothing "
         f"is downloaded. Looked in:\n" + "\n".join(lines) + "\nProvide it in one of these ways:\n"
         f"  1. avl_lab.data.load({b.name!r}, {split!r}, path='<dir>')\n"
-        f"  2. export {DATA_DIR_ENV}=<root> with the files in <root>/{b.name}/ or <root>/{b.hub_ids[0]}/\n"
-        f"  3. the Hugging Face hub cache, e.g. on a machine with network: `huggingface-cli download "
+        f"  2. export {DATA_DIR_ENV}=<root> with the files in <root>/{b.name}/ or "
+        f"<root>/{b.hub_ids[0]}/\n"
+        f"  3. the Hugging Face hub cache, e.g. on a machine with network: "
+        f"`huggingface-cli download "
         f"{b.hub_ids[0]} --repo-type dataset` and copy ~/.cache/huggingface/hub here\n"
         f"Layout: the hub repo's parquet files ({sub}{split}-*.parquet) or a Dataset/DatasetDict "
         f"save_to_disk directory, with lmms-eval's columns: {', '.join(b.columns)}."

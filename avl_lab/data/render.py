@@ -110,7 +110,8 @@ def png_bytes(img: Image.Image) -> bytes:
 
 def jitter(rng: random.Random, rgb: tuple[int, int, int], amount: int) -> tuple[int, int, int]:
     """``rgb`` with each channel moved by up to ``amount``."""
-    return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in rgb)  # type: ignore[return-value]
+    r, g, b = (max(0, min(255, c + rng.randint(-amount, amount))) for c in rgb)
+    return (r, g, b)
 
 
 def contrast_text(rgb: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -70,7 +70,8 @@ class CaptionConfig(SynthConfig):
         super().__post_init__()
         if not 2 <= self.min_objects <= self.max_objects <= 5:
             raise ValueError(
-                f"need 2 <= `min_objects` <= `max_objects` <= 5, got {self.min_objects}, {self.max_objects}"
+                "need 2 <= `min_objects` <= `max_objects` <= 5, "
+                f"got {self.min_objects}, {self.max_objects}"
             )
 
 

@@ -52,7 +52,8 @@ class OCRConfig(SynthConfig):
         super().__post_init__()
         if not 1 <= self.min_tokens <= self.max_tokens <= 4:
             raise ValueError(
-                f"need 1 <= `min_tokens` <= `max_tokens` <= 4, got {self.min_tokens}, {self.max_tokens}"
+                "need 1 <= `min_tokens` <= `max_tokens` <= 4, "
+                f"got {self.min_tokens}, {self.max_tokens}"
             )
 
 

@@ -140,7 +140,7 @@ TASK = register_task(
     splits=SPLITS,
     aliases=SPLIT_ALIASES,
     kind="synthetic",
-    description="two-word phrases on coloured signs among shapes; 'What is written on the red sign?'",
+    description="two-word phrases on coloured signs; 'What is written on the red sign?'",
 )
 def load_synth_textvqa(
     split: str, limit: int | None, cache: bool = True, path: str | None = None, **overrides

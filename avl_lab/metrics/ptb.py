@@ -180,7 +180,7 @@ def tokenize_captions(
     if method not in METHODS:
         raise ValueError(f"`tokenizer` must be one of {METHODS}, got {method!r}")
     keys = [k for k, caps in captions.items() for _ in caps]
-    lines = [c.replace("\n", " ") for caps in captions.values() for c in caps]
+    lines = [c.replace("\r", " ").replace("\n", " ") for caps in captions.values() for c in caps]
     used = "ptb" if method == "ptb" or (method == "auto" and java_available()) else "python"
     if used == "ptb":
         try:
