@@ -64,8 +64,16 @@ def _cuda_op(q: Tensor, k: Tensor, v: Tensor, active: Tensor, scale: float, stri
     mod = build.load("cuda") if strict else build.try_load("cuda")
     if mod is None:
         return None
-    k, v = _unit_stride(k), _unit_stride(v)
+    vec = q.shape[3] // 32  # each lane loads D/32 contiguous values with one vector load
+    k, v = _aligned(k, vec), _aligned(v, vec)
     return mod.core_attention(q.contiguous(), k, v, active.contiguous(), scale)
+
+
+def _aligned(t: Tensor, vec: int) -> Tensor:
+    t = _unit_stride(t)
+    if all(s % vec == 0 for s in t.stride()[:3]) and t.data_ptr() % (vec * t.element_size()) == 0:
+        return t
+    return t.clone(memory_format=torch.contiguous_format)  # fresh, aligned storage
 
 
 def _cpu_op(q: Tensor, k: Tensor, v: Tensor, active: Tensor, scale: float, strict: bool):
