@@ -9,10 +9,15 @@ and KV heads, head_dim 128). Columns, all timed in one process and interleaved:
   (+ head-averaged probs, which the op also returns);
 * ``op``         — ``avl_lab.ext.core_attention`` on the active rows.
 
+The last two run on two cache layouts with the same values: ``head`` = ``[B, Hkv, N, D]``
+contiguous (what the engine holds), ``token`` = a ``[B, N, Hkv, D]`` buffer passed as its
+``[B, Hkv, N, D]`` transposed view (a selected token's rows for all heads are contiguous).
+Full attention always reads the head-major cache.
+
 Every layer has its own buffers and active set; ``L`` layers are cycled (as many as fit in
-``--budget-gib``, at most 32) so the caches are cold. GB/s counts the K/V bytes a variant
-must read (all rows for full attention, active rows otherwise); "x BW" is time over the
-time the bandwidth probe (``x.sum()`` over 512 MiB, same run) would take for those bytes.
+``--budget-gib``, at most 32) so the caches are cold. GB/s counts the K/V bytes of the
+active rows; "x BW" is the op's time over the time the bandwidth probe (``x.sum()`` over
+512 MiB, same run) would take to read those bytes.
 
 Usage: ``python benchmarks/core_attention.py [--device cuda] [--quick]``
 """
@@ -70,101 +75,139 @@ def active_rows(shape: Shape, batch: int, gen: torch.Generator) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def make_layers(shape, batch, dtype, device, budget_gib, gen):
+@dataclass
+class Layer:
+    """One layer's buffers: the cache head-major (``k``/``v`` ``[B, Hkv, N, D]``) and
+    token-major (``kt``/``vt`` storage ``[B, N, Hkv, D]``), the active rows and the flat row
+    ids the index_select baselines use (built once: they only change at update steps)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    kt: torch.Tensor
+    vt: torch.Tensor
+    a: torch.Tensor
+    flat_head: torch.Tensor
+    flat_tok: torch.Tensor
+
+
+def make_layers(shape: Shape, batch: int, dtype, device, budget_gib: float, gen) -> list[Layer]:
     B, H, Hkv, D, N = batch, shape.heads, shape.kv_heads, shape.head_dim, shape.rows
-    layer_bytes = 2 * B * Hkv * N * D * torch.finfo(dtype).bits // 8
-    n_layers = int(max(2, min(32, budget_gib * 2**30 // layer_bytes)))
+    n_layers = int(max(2, min(32, budget_gib * 2**30 // (2 * kv_bytes(shape, B, dtype)))))
     layers = []
     for _ in range(n_layers):
         q = torch.randn(B, H, 1, D, generator=gen).to(device, dtype)
         k = torch.randn(B, Hkv, N, D, generator=gen).to(device, dtype)
         v = torch.randn(B, Hkv, N, D, generator=gen).to(device, dtype)
         a = active_rows(shape, B, gen).to(device)
-        # Flat row ids for index_select over k.view(-1, D), built once per layer (they only
-        # change at update steps), so the baseline pays for the copy alone.
-        base = torch.arange(B, device=device)[:, None] * Hkv + torch.arange(Hkv, device=device)
-        flat = (base[:, :, None] * N + a[:, None, :]).reshape(-1)
-        layers.append((q, k, v, a, flat))
-    return layers, layer_bytes
+        bh = torch.arange(B, device=device)[:, None] * Hkv + torch.arange(Hkv, device=device)
+        flat_head = (bh[:, :, None] * N + a[:, None, :]).reshape(-1)  # rows of k.view(-1, D)
+        flat_tok = (torch.arange(B, device=device)[:, None] * N + a).reshape(-1)
+        kt, vt = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+        layers.append(Layer(q, k, v, kt, vt, a, flat_head, flat_tok))
+    return layers
 
 
-def variants(layers, shape, dtype, impl):
+def kv_bytes(shape: Shape, batch: int, dtype, rows: int | None = None) -> int:
+    """K and V bytes of ``rows`` (default all) cache rows of one layer."""
+    rows = shape.rows if rows is None else rows
+    return 2 * batch * shape.kv_heads * rows * shape.head_dim * torch.finfo(dtype).bits // 8
+
+
+def variants(layers: list[Layer], shape: Shape, dtype, impl: str) -> dict:
     """Closures ``fn(i)`` running one variant on layer ``i % L``."""
     L = len(layers)
-    B, H, _, D = layers[0][0].shape
-    Hkv, n = shape.kv_heads, layers[0][3].shape[1]
+    B, H, _, D = layers[0].q.shape
+    Hkv, n, N = shape.kv_heads, layers[0].a.shape[1], shape.rows
     G, scale = H // Hkv, D**-0.5
-    gqa = G > 1
-    kbuf = torch.empty(B * Hkv * n, D, dtype=dtype, device=layers[0][0].device)
+    dev = layers[0].q.device
+    kbuf = torch.empty(B * Hkv * n, D, dtype=dtype, device=dev)
     vbuf = torch.empty_like(kbuf)
-    full_idx = [torch.arange(shape.rows, device=kbuf.device).expand(B, -1).contiguous()]
+    full_idx = torch.arange(N, device=dev).expand(B, -1).contiguous()
 
-    def sdpa_full(i):
-        q, k, v, _, _ = layers[i % L]
-        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
-
-    def matmul_full(i):
-        q, k, v, _, _ = layers[i % L]
-        s = torch.matmul(q.view(B, Hkv, G, D), k.transpose(-1, -2)) * scale
-        p = torch.softmax(s, dim=-1, dtype=torch.float32).to(dtype)
-        return torch.matmul(p, v).view(B, H, 1, D)
-
-    def op_full(i):
-        q, k, v, _, _ = layers[i % L]
-        return core_attention(q, k, v, full_idx[0], scale, impl=impl)
-
-    def index_select(i):
-        q, k, v, _, flat = layers[i % L]
-        torch.index_select(k.view(-1, D), 0, flat, out=kbuf)
-        torch.index_select(v.view(-1, D), 0, flat, out=vbuf)
-        ka, va = kbuf.view(B, Hkv, n, D), vbuf.view(B, Hkv, n, D)
+    def attend(q, ka, va):  # ka, va [B, Hkv, n, D], any strides
         s = torch.matmul(q.view(B, Hkv, G, D), ka.transpose(-1, -2)) * scale
         p = torch.softmax(s, dim=-1, dtype=torch.float32)
         out = torch.matmul(p.to(dtype), va).view(B, H, 1, D)
         return out, p.mean(dim=(1, 2))
 
-    def op(i):
-        q, k, v, a, _ = layers[i % L]
-        return core_attention(q, k, v, a, scale, impl=impl)
+    def sdpa_full(i):
+        x = layers[i % L]
+        return F.scaled_dot_product_attention(x.q, x.k, x.v, scale=scale, enable_gqa=G > 1)
+
+    def matmul_full(i):
+        x = layers[i % L]
+        s = torch.matmul(x.q.view(B, Hkv, G, D), x.k.transpose(-1, -2)) * scale
+        p = torch.softmax(s, dim=-1, dtype=torch.float32).to(dtype)
+        return torch.matmul(p, x.v).view(B, H, 1, D)
+
+    def op_full(i):
+        x = layers[i % L]
+        return core_attention(x.q, x.k, x.v, full_idx, scale, impl=impl)
+
+    def idx_head(i):
+        x = layers[i % L]
+        torch.index_select(x.k.view(-1, D), 0, x.flat_head, out=kbuf)
+        torch.index_select(x.v.view(-1, D), 0, x.flat_head, out=vbuf)
+        return attend(x.q, kbuf.view(B, Hkv, n, D), vbuf.view(B, Hkv, n, D))
+
+    def idx_tok(i):  # whole tokens (all heads) gathered, then strided matmuls
+        x = layers[i % L]
+        kb, vb = kbuf.view(B * n, Hkv * D), vbuf.view(B * n, Hkv * D)
+        torch.index_select(x.kt.view(-1, Hkv * D), 0, x.flat_tok, out=kb)
+        torch.index_select(x.vt.view(-1, Hkv * D), 0, x.flat_tok, out=vb)
+        return attend(x.q, *(t.view(B, n, Hkv, D).transpose(1, 2) for t in (kb, vb)))
+
+    def op_head(i):
+        x = layers[i % L]
+        return core_attention(x.q, x.k, x.v, x.a, scale, impl=impl)
+
+    def op_tok(i):
+        x = layers[i % L]
+        return core_attention(
+            x.q, x.kt.transpose(1, 2), x.vt.transpose(1, 2), x.a, scale, impl=impl
+        )
 
     return {
         "sdpa_full": sdpa_full,
         "matmul_full": matmul_full,
         "op_full": op_full,
-        "index_select": index_select,
-        "op": op,
+        "idx_head": idx_head,
+        "op_head": op_head,
+        "idx_tok": idx_tok,
+        "op_tok": op_tok,
     }
 
 
-def check(fns, layers, dtype) -> None:
+def check(fns: dict, layers: list[Layer], dtype) -> None:
     """Every variant must agree with the reference before anything is timed."""
-    q, k, v, a, _ = layers[0]
-    ref_out, ref_p = core_attention_ref(q, k, v, a)
-    full = torch.ones_like(a[:, :1]) * torch.arange(k.shape[2], device=a.device)
-    full_out = core_attention_ref(q, k, v, full)[0]
+    x = layers[0]
+    ref_out, ref_p = core_attention_ref(x.q, x.k, x.v, x.a)
+    full = torch.arange(x.k.shape[2], device=x.a.device).expand(x.a.shape[0], -1)
+    full_out = core_attention_ref(x.q, x.k, x.v, full)[0]
     tol = {"atol": 2e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
-    for name in ("sdpa_full", "matmul_full"):
-        torch.testing.assert_close(fns[name](0).float(), full_out.float(), **tol, msg=name)
-    torch.testing.assert_close(fns["op_full"](0)[0].float(), full_out.float(), **tol)
-    for name in ("index_select", "op"):
+    for name in ("sdpa_full", "matmul_full", "op_full"):
+        got = fns[name](0)
+        got = got[0] if isinstance(got, tuple) else got
+        torch.testing.assert_close(got.float(), full_out.float(), **tol, msg=name)
+    for name in ("idx_head", "op_head", "idx_tok", "op_tok"):
         out, p = fns[name](0)
         torch.testing.assert_close(out.float(), ref_out.float(), **tol, msg=name)
         torch.testing.assert_close(p, ref_p, atol=1e-5, rtol=1e-3, msg=name)
 
 
-def run_case(shape, batch, dname, device, args, probe_gbs, gen):
+def run_case(shape: Shape, batch: int, dname: str, device, args, probe_gbs: float, gen) -> dict:
     dtype = DTYPES[dname]
-    layers, layer_bytes = make_layers(shape, batch, dtype, device, args.budget_gib, gen)
+    layers = make_layers(shape, batch, dtype, device, args.budget_gib, gen)
     impl = "cuda" if device.type == "cuda" else "cpu"
     fns = variants(layers, shape, dtype, impl)
     check(fns, layers, dtype)
     calls = len(layers) if device.type == "cuda" else 1
-    rounds = args.rounds or (15 if args.quick else (40 if layer_bytes < 3e8 else 20))
+    big = kv_bytes(shape, batch, dtype) > 3e8
+    rounds = args.rounds or (12 if args.quick else (15 if big else 30))
     st = round_robin(fns, rounds, calls, device, warmup=3, seed=args.seed)
-    n = layers[0][3].shape[1]
-    sel_bytes = layer_bytes * n / shape.rows
+    n = layers[0].a.shape[1]
     best = min(("sdpa_full", "matmul_full", "op_full"), key=lambda k: st[k].median)
-    del layers, fns
     return {
         "shape": shape,
         "batch": batch,
@@ -172,29 +215,36 @@ def run_case(shape, batch, dname, device, args, probe_gbs, gen):
         "n": n,
         "st": st,
         "best": best,
-        "layer_bytes": layer_bytes,
-        "sel_bytes": sel_bytes,
+        "sel_bytes": kv_bytes(shape, batch, dtype, n),
         "probe": probe_gbs,
+        "layers": len(layers),
     }
 
 
-def row(r) -> str:
+LAYOUTS = {"head": ("idx_head", "op_head"), "token": ("idx_tok", "op_tok")}
+
+
+def rows(r: dict) -> list[str]:
     st: dict[str, Stat] = r["st"]
-    op, sd, bf, ix = st["op"], st["sdpa_full"], st[r["best"]], st["index_select"]
-    gbs = r["sel_bytes"] / (op.median * 1e-6) / 1e9
+    sd, bf = st["sdpa_full"], st[r["best"]]
     sh = r["shape"]
-    return (
-        f"| {sh.name} {sh.rows}/{r['n']} | {r['batch']} | {r['dtype']} | {sd.cell()} | "
-        f"{bf.cell()} {r['best'].replace('_full', '')} | {ix.cell()} | {op.cell()} | "
-        f"{op.median / sd.median:.2f} | {op.median / bf.median:.2f} | "
-        f"{op.median / ix.median:.2f} | {gbs:.1f} | {r['probe'] / gbs:.2f} |"
-    )
+    out = []
+    for layout, (ix_name, op_name) in LAYOUTS.items():
+        op, ix = st[op_name], st[ix_name]
+        gbs = r["sel_bytes"] / (op.median * 1e-6) / 1e9
+        out.append(
+            f"| {sh.name} {sh.rows}/{r['n']} | {r['batch']} | {r['dtype']} | {layout} | "
+            f"{sd.cell()} | {bf.cell()} {r['best'].replace('_full', '')} | {ix.cell()} | "
+            f"{op.cell()} | {op.median / sd.median:.2f} | {op.median / bf.median:.2f} | "
+            f"{op.median / ix.median:.2f} | {gbs:.1f} | {r['probe'] / gbs:.2f} |"
+        )
+    return out
 
 
 HEADER = (
-    "| shape rows/active | B | dtype | SDPA full µs | best full µs | index_select µs | "
-    "op µs | op/SDPA | op/best | op/idx | op GB/s | op x BW |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| shape rows/active | B | dtype | cache layout | SDPA full µs | best full µs | "
+    "index_select µs | op µs | op/SDPA | op/best | op/idx | op GB/s | op x BW |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -234,8 +284,12 @@ def main(argv: list[str] | None = None) -> int:
             for d in args.dtypes:
                 r = run_case(SHAPES[s], b, d, device, args, probe, gen)
                 results.append(r)
-                print(row(r), flush=True)
-    print("\nbest full: fastest of sdpa / matmul(+softmax) / op over all rows (named).")
+                print("\n".join(rows(r)), flush=True)
+    print(
+        "\nbest full: fastest of sdpa / matmul(+softmax) / op over all rows (named); full "
+        "attention always reads the head-major cache. x BW: op time / (selected K+V bytes / "
+        "probe GB/s)."
+    )
     return 0
 
 

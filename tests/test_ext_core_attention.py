@@ -87,11 +87,19 @@ def assert_matches_ref(q, k, v, a, impl, scale=None):
     return out, probs
 
 
+def token_major(t: torch.Tensor) -> torch.Tensor:
+    """The same values stored ``[B, N, H, D]``, viewed as ``[B, H, N, D]``."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["head", "token"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_op_matches_reference(shape, dtype, device):
+def test_op_matches_reference(shape, dtype, layout, device):
     q, k, v, a = make_case(*shape, dtype, device)
+    if layout == "token":
+        k, v = token_major(k), token_major(v)
     assert_matches_ref(q, k, v, a, impl=device)
 
 
@@ -114,8 +122,7 @@ def test_strided_caches(dtype, device):
     q, k, v, a = make_case(B, Hq, Hkv, 2 * N, D, "pad:90", dtype, device)
     a = a.clamp(max=N - 1)  # indices into the first N rows (duplicates are fine)
     assert_matches_ref(q, k[:, :, :N], v[:, :, :N], a, impl=device)
-    kt = k.transpose(1, 2).contiguous().transpose(1, 2)  # token-major storage
-    vt = v.transpose(1, 2).contiguous().transpose(1, 2)
+    kt, vt = token_major(k)[:, :, :N], token_major(v)[:, :, :N]  # token-major, sliced
     assert not kt.is_contiguous()
     assert_matches_ref(q, kt, vt, a, impl=device)
 
