@@ -14,9 +14,12 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["attach", "models", "policies", "ext", "engine", "CacheStats", "__version__"]
+__all__ = [
+    "CacheStats", "__version__", "attach", "data", "engine", "evaluate", "ext", "metrics", "models",
+    "policies",
+]
 
-_SUBMODULES = {"models", "policies", "ext", "engine", "data", "metrics"}
+_SUBMODULES = {"models", "policies", "ext", "engine", "data", "metrics", "evaluation", "evaluate", "testing"}
 
 
 def __getattr__(name: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +26,30 @@ class PruneState:
     index: Tensor
     valid: Tensor
     layer_kwargs: dict | None = None  # gathered decoder-layer kwargs, built once
+
+
+@dataclass
+class Timing:
+    """Wall time of one ``generate`` call: prefill (to the first decode step) and decode."""
+
+    start: float = 0.0
+    first_decode: float | None = None
+    end: float = 0.0
+    decode_steps: int = 0
+
+    @property
+    def prefill_s(self) -> float:
+        return (self.first_decode if self.first_decode is not None else self.end) - self.start
+
+    @property
+    def decode_s(self) -> float:
+        return 0.0 if self.first_decode is None else self.end - self.first_decode
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 @dataclass
@@ -62,6 +87,14 @@ class Run:
         self.seed = seed
         self.generator: torch.Generator | None = None
         self._n_text: Tensor | None = None
+        self.timing = Timing()
+
+    def begin(self) -> None:
+        self.timing.start = _now(self.base_layout.pos.device)
+
+    def finish(self) -> None:
+        self.timing.end = _now(self.base_layout.pos.device)
+        self.timing.decode_steps = self.step
 
     # --- called by the cache -------------------------------------------------------------------
     @property
@@ -77,6 +110,8 @@ class Run:
         if q_len != 1:
             raise NotImplementedError("avl_lab decodes one token per step (got a multi-token step)")
         if layer_idx == 0:
+            if self.step == 0:
+                self.timing.first_decode = _now(self.layout.pos.device)
             self.step += 1
             self.update = self.policy.is_update_step(self.step)
             if self.trace is not None:

@@ -84,9 +84,11 @@ class Session:
         max_new = _max_new_tokens(kwargs, self.model, input_ids.shape[1])
         run = Run(self.policy, layout, self.num_layers, max_new, record=self.record, seed=self.seed)
         self.run = run
+        run.begin()
         try:
             out = self.model.generate(**kwargs, past_key_values=run.cache)
         finally:
+            run.finish()
             self.run = None
             self.last_run = run
         self.stats = run.stats()

@@ -1,5 +1,6 @@
-"""Models: the offline tiny random LLaVAs and the loader for named/local checkpoints."""
+"""Models: the offline tiny random LLaVAs, the embedded ``avl-tiny`` and real checkpoints."""
 
+from avl_lab.models.loader import ModelNotAvailableError, embedded_path, load, names
 from avl_lab.models.tiny import TinyConfig, tiny_random
 
-__all__ = ["TinyConfig", "tiny_random"]
+__all__ = ["ModelNotAvailableError", "TinyConfig", "embedded_path", "load", "names", "tiny_random"]

@@ -1,0 +1,80 @@
+"""The evaluation LightningModule: batched generation under a policy, scored per sample."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import lightning as L
+import torch
+
+from avl_lab.data import safe_image
+from avl_lab.engine.session import attach
+from avl_lab.evaluation.config import EvalConfig
+from avl_lab.evaluation.prompting import chat_prompt
+from avl_lab.evaluation.records import RecordLog
+from avl_lab.metrics import CacheAccounting, build_metric, sample_score
+
+
+class EvalModule(L.LightningModule):
+    """``test_step`` generates answers for a batch of rows and appends one record per sample."""
+
+    def __init__(self, model, processor, cfg: EvalConfig, metric: str, samples: RecordLog,
+                 skipped: RecordLog) -> None:
+        super().__init__()
+        self.model = model
+        self.processor = processor
+        self.cfg = cfg
+        self.metric_name = metric
+        self.samples = samples
+        self.skipped_log = skipped
+        self.task_metric = build_metric(metric)
+        self.cache_metric = CacheAccounting()
+
+    def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        rows, images = self._decode_images(batch)
+        if not rows:
+            return
+        texts = [chat_prompt(self.processor, r["prompt"]) for r in rows]
+        inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
+        inputs = inputs.to(self.device)
+        gen = self.cfg.generation
+        start = time.perf_counter()
+        with torch.no_grad(), attach(self.model, dict(self.cfg.policy), seed=self.cfg.seed) as session:
+            out = session.generate(**inputs, max_new_tokens=gen.max_new_tokens,
+                                   num_beams=gen.num_beams, do_sample=False)
+        latency = time.perf_counter() - start
+        new = out[:, inputs["input_ids"].shape[1]:]
+        preds = [p.strip() for p in self.processor.batch_decode(new, skip_special_tokens=True)]
+        stats, timing = session.stats, session.last_run.timing
+        pad = self.processor.tokenizer.pad_token_id
+        batch_id = uuid.uuid4().hex[:12]
+        records = []
+        for i, (row, pred) in enumerate(zip(rows, preds, strict=True)):
+            records.append({
+                "id": row["id"], "prompt": row["prompt"], "prediction": pred,
+                "references": list(row["answers"]),
+                "score": sample_score(self.metric_name, pred, row["answers"]),
+                "stored": stats.per_sample_stored[i], "used": stats.per_sample_used[i],
+                "latency_s": latency, "prefill_s": timing.prefill_s, "decode_s": timing.decode_s,
+                "new_tokens": int((new[i] != pad).sum()) if pad is not None else new.shape[1],
+                "batch": batch_id, "batch_size": len(rows),
+            })
+        self.samples.append(records)
+        self.task_metric.update(preds, [list(r["answers"]) for r in rows])
+        self.cache_metric.update(torch.tensor(stats.per_sample_stored), torch.tensor(stats.per_sample_used))
+        self.log("score", self.task_metric, prog_bar=True, batch_size=len(rows))
+
+    def _decode_images(self, batch):
+        """Decode each row's image; corrupt ones are skipped (warned) and logged in skipped.jsonl."""
+        rows, images, skipped = [], [], []
+        for row in batch:
+            image = safe_image(row["image"], row_id=row["id"])
+            if image is None:
+                skipped.append({"id": row["id"]})
+                continue
+            rows.append(row)
+            images.append(image.convert("RGB"))
+        self.skipped_log.append(skipped)
+        return rows, images

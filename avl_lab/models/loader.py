@@ -1,0 +1,129 @@
+"""``avl_lab.models.load``: the embedded ``avl-tiny``, the offline random models, real checkpoints.
+
+Real checkpoints (``llava-hf/llava-1.5-7b-hf``, ``llava-hf/llava-v1.6-vicuna-7b-hf``, ...) load
+from a local directory or the local Hugging Face cache only; there is no download.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, ProcessorMixin
+
+from avl_lab.models.tiny import tiny_random
+
+log = logging.getLogger(__name__)
+
+RANDOM_MODELS = {"tiny-random-llava": "llava", "tiny-random-llava-next": "llava_next"}
+EMBEDDED = "avl-tiny"
+KNOWN_CHECKPOINTS = (
+    "llava-hf/llava-1.5-7b-hf",
+    "llava-hf/llava-1.5-13b-hf",
+    "llava-hf/llava-v1.6-vicuna-7b-hf",
+    "llava-hf/llava-v1.6-vicuna-13b-hf",
+)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelNotAvailableError(FileNotFoundError):
+    """A named model's weights are not on this machine; the message says how to provide them."""
+
+
+def embedded_path() -> Path:
+    """Where the shipped ``avl-tiny`` weights live (inside the package)."""
+    return Path(__file__).resolve().parent.parent / "assets" / EMBEDDED
+
+
+def names() -> list[str]:
+    """Model names ``load`` understands besides local paths."""
+    return [EMBEDDED, *RANDOM_MODELS, *KNOWN_CHECKPOINTS]
+
+
+def load(
+    name: str, dtype: str = "float32", device: str = "cpu", seed: int = 0
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Load ``(model, processor)`` by name or local path, in eval mode.
+
+    Parameters
+    ----------
+    name : str
+        ``avl-tiny``, ``tiny-random-llava``, ``tiny-random-llava-next``, a local checkpoint
+        directory, or a Hugging Face id already in the local cache.
+    dtype : str
+        ``float32`` | ``bfloat16`` | ``float16``.
+    device : str
+        Torch device for the model.
+    seed : int
+        Seed of the random models.
+
+    Raises
+    ------
+    ModelNotAvailableError
+        The weights are not on this machine.
+    ValueError
+        Unknown ``dtype``.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"`model.dtype` must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if name in RANDOM_MODELS:
+        model, processor = tiny_random(RANDOM_MODELS[name], seed=seed)
+    else:
+        path = _resolve(name)
+        model, processor = _from_pretrained(path, _DTYPES[dtype])
+    model = model.to(device=device, dtype=_DTYPES[dtype]).eval()
+    return model, processor
+
+
+def _resolve(name: str) -> Path:
+    if name == EMBEDDED:
+        path = embedded_path()
+        if not (path / "config.json").exists():
+            raise ModelNotAvailableError(
+                f"the embedded model avl-tiny is not in this checkout ({path}); train it with "
+                "`python -m avl_lab.train` or use model=tiny-random-llava"
+            )
+        return path
+    path = Path(os.path.expanduser(name))
+    if (path / "config.json").exists():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception as err:  # not in the local cache (or not a valid id)
+        raise ModelNotAvailableError(
+            f"model {name!r} not found: it is neither a local checkpoint directory (with "
+            "config.json) nor in the local Hugging Face cache, and avl_lab never downloads. "
+            f"Put the checkpoint in a directory and pass model=/path/to/dir, or run "
+            f"`huggingface-cli download {name}` on a machine with network and copy "
+            "~/.cache/huggingface here. Known names: " + ", ".join(names())
+        ) from err
+
+
+def _from_pretrained(path: Path, dtype: torch.dtype):
+    from transformers import (
+        AutoConfig,
+        AutoProcessor,
+        LlavaForConditionalGeneration,
+        LlavaNextForConditionalGeneration,
+    )
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    cls = {
+        "llava": LlavaForConditionalGeneration,
+        "llava_next": LlavaNextForConditionalGeneration,
+    }.get(config.model_type)
+    if cls is None:
+        raise ValueError(
+            f"`model` {path} is a {config.model_type!r} checkpoint; avl_lab supports llava and "
+            "llava_next"
+        )
+    model = cls.from_pretrained(path, dtype=dtype, local_files_only=True, attn_implementation="sdpa")
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True, use_fast=False)
+    if getattr(processor, "tokenizer", None) is not None:
+        processor.tokenizer.padding_side = "left"
+    log.info("loaded %s from %s", type(model).__name__, path)
+    return model, processor
