@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test sweep lint clean
+.PHONY: install test sweep lint clean postgres
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,15 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
-test: install
+# The multi-worker sweep test starts a real PostgreSQL server: install it when missing
+# (Debian/Ubuntu, as root); without it that one test skips with its reason.
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) ; } || \
+	  echo "note: PostgreSQL could not be installed; its sweep test will skip"
+
+test: install postgres
 	$(PY) -m pytest -q
 
 sweep: install

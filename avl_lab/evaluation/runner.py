@@ -37,6 +37,18 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+_MODEL_CACHE: dict[tuple, tuple] = {}
+
+
+def _load_model(cfg: EvalConfig):
+    """Load the model, reusing the last one in this process (sweeps evaluate many configs)."""
+    key = (cfg.model.name, cfg.model.dtype, cfg.model.seed)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()
+        _MODEL_CACHE[key] = models.load(cfg.model.name, dtype=cfg.model.dtype, seed=cfg.model.seed)
+    return _MODEL_CACHE[key]
+
+
 def _check_out_dir(out: Path, cfg: EvalConfig) -> None:
     """Refuse to mix results of different configs in one ``out_dir``."""
     meta = out / "run.json"
@@ -80,11 +92,12 @@ def evaluate(cfg: EvalConfig | dict | str | Path | list[str] | None = None, **ov
     total = set(dm.load()["id"])
     rank = 0
     if total - done:
-        model, processor = models.load(cfg.model.name, dtype=cfg.model.dtype, seed=cfg.model.seed)
+        model, processor = _load_model(cfg)
         module = EvalModule(model, processor, cfg, dm.metric, samples, skipped)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             warnings.filterwarnings("ignore", ".*LightningModule.configure_optimizers.*")
+            warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")
             trainer = L.Trainer(
                 accelerator=cfg.accelerator, devices=_devices(cfg.devices), strategy=cfg.strategy,
                 logger=False, enable_checkpointing=False, enable_model_summary=False,
