@@ -37,6 +37,11 @@ def embedded_path() -> Path:
     return Path(__file__).resolve().parent.parent / "assets" / EMBEDDED
 
 
+def default_model() -> str:
+    """The embedded default: ``avl-tiny`` when its weights are shipped, else the random LLaVA."""
+    return EMBEDDED if (embedded_path() / "config.json").exists() else "tiny-random-llava"
+
+
 def names() -> list[str]:
     """Model names ``load`` understands besides local paths."""
     return [EMBEDDED, *RANDOM_MODELS, *KNOWN_CHECKPOINTS]

@@ -20,8 +20,11 @@ def register(name: str, example: Mapping[str, Any] | None = None) -> Callable:
     """
 
     def wrap(obj: Callable[..., Policy]) -> Callable[..., Policy]:
-        if name in _REGISTRY and _REGISTRY[name] is not obj:
-            raise ValueError(f"policy name {name!r} is already registered")
+        old = _REGISTRY.get(name)
+        redefined = old is not None and (old.__module__, old.__qualname__) == (
+            obj.__module__, obj.__qualname__)  # e.g. a notebook cell run twice
+        if old is not None and old is not obj and not redefined:
+            raise ValueError(f"policy name {name!r} is already registered by {old.__qualname__}")
         _REGISTRY[name] = obj
         _EXAMPLES[name] = dict(example or {})
         if isinstance(obj, type):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -13,7 +12,8 @@ import optuna
 from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
-from avl_lab.evaluation import EvalConfig, evaluate, result_key
+from avl_lab.evaluation import EvalConfig
+from avl_lab.evaluation.cached import evaluate_policy
 from avl_lab.study.config import OBJECTIVES, PAPER_DEFAULT, StudyConfig
 from avl_lab.study.space import suggest, to_policy
 
@@ -53,11 +53,7 @@ def load(cfg: StudyConfig, storage: str | RDBStorage, offset: int = 0) -> optuna
 
 def eval_point(base: EvalConfig, policy: dict[str, Any], out: Path) -> dict[str, Any]:
     """Evaluate ``policy`` once; results are cached under ``out/evals/<config hash>``."""
-    cfg = dataclasses.replace(base, policy=policy)
-    cfg = dataclasses.replace(cfg, out_dir=str(out / "evals" / result_key(cfg)), progress=False)
-    s = evaluate(cfg)
-    return {"score": s.score, "stored": s.stored, "used": s.used, "n": s.n, "metric": s.metric,
-            "out_dir": cfg.out_dir}
+    return evaluate_policy(base, policy, out)
 
 
 def _count(study: optuna.Study, *states: TrialState) -> int:

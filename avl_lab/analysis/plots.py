@@ -1,0 +1,67 @@
+"""Seaborn figures of the attention analyses (one PNG each)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid")
+    return plt, sns
+
+
+def plot_modality(df: pd.DataFrame, path: Path) -> None:
+    plt, sns = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data=df, x="step", y="share", hue="modality", marker="o", ax=ax)
+    ax.set(xlabel="decode step", ylabel="attention share (mean over layers, samples)",
+           title="Fig 1: attention by token type during decode")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_sparsity(df: pd.DataFrame, heat: torch.Tensor, path: Path) -> None:
+    plt, sns = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 2]})
+    sns.barplot(data=df, x="layer", y="fraction", ax=a, color="C0")
+    a.set(ylabel="image-token fraction with 80% of attention",
+          title="Fig 3: sparsity of vision attention")
+    sns.heatmap(heat.numpy(), ax=b, cmap="viridis", cbar_kws={"label": "attention"})
+    b.set(xlabel="image token", ylabel="layer", title="one sample's image attention per layer")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_layer_ppci(df: pd.DataFrame, path: Path) -> None:
+    plt, sns = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data=df, x="layer", y="ppci", hue="p", marker="o", palette="deep", ax=ax)
+    ax.set(ylim=(0, 1.05), ylabel="p% PPCI vs layer 0", title="Fig 4: heterogeneity across layers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_step_ppci(df: pd.DataFrame, path: Path) -> None:
+    plt, sns = _plt()
+    ps = sorted(df["p"].unique())
+    fig, axes = plt.subplots(1, len(ps), figsize=(6 * len(ps), 4), squeeze=False)
+    for ax, p in zip(axes[0], ps, strict=True):
+        sns.lineplot(data=df[df["p"] == p], x="step", y="ppci", hue="layer", palette="viridis",
+                     ax=ax)
+        ax.set(ylim=(0, 1.05), ylabel=f"{p}% PPCI vs step 0",
+               title=f"Fig 5: continuity across decode steps (p={p})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
