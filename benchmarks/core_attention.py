@@ -102,7 +102,9 @@ def make_layers(shape: Shape, batch: int, dtype, device, budget_gib: float, gen)
         a = active_rows(shape, B, gen).to(device)
         bh = torch.arange(B, device=device)[:, None] * Hkv + torch.arange(Hkv, device=device)
         flat_head = (bh[:, :, None] * N + a[:, None, :]).reshape(-1)  # rows of k.view(-1, D)
-        flat_tok = (torch.arange(B, device=device)[:, None] * N + a).reshape(-1)
+        tok = torch.arange(B, device=device)[:, None, None] * N + a[:, None, :]  # [B, 1, n]
+        heads = torch.arange(Hkv, device=device)[None, :, None]
+        flat_tok = (tok * Hkv + heads).reshape(-1)  # rows of kt.view(-1, D), head-major order
         kt, vt = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
         layers.append(Layer(q, k, v, kt, vt, a, flat_head, flat_tok))
     return layers
@@ -151,12 +153,11 @@ def variants(layers: list[Layer], shape: Shape, dtype, impl: str) -> dict:
         torch.index_select(x.v.view(-1, D), 0, x.flat_head, out=vbuf)
         return attend(x.q, kbuf.view(B, Hkv, n, D), vbuf.view(B, Hkv, n, D))
 
-    def idx_tok(i):  # whole tokens (all heads) gathered, then strided matmuls
+    def idx_tok(i):  # rows gathered from the token-major cache into head-major buffers
         x = layers[i % L]
-        kb, vb = kbuf.view(B * n, Hkv * D), vbuf.view(B * n, Hkv * D)
-        torch.index_select(x.kt.view(-1, Hkv * D), 0, x.flat_tok, out=kb)
-        torch.index_select(x.vt.view(-1, Hkv * D), 0, x.flat_tok, out=vb)
-        return attend(x.q, *(t.view(B, n, Hkv, D).transpose(1, 2) for t in (kb, vb)))
+        torch.index_select(x.kt.view(-1, D), 0, x.flat_tok, out=kbuf)
+        torch.index_select(x.vt.view(-1, D), 0, x.flat_tok, out=vbuf)
+        return attend(x.q, kbuf.view(B, Hkv, n, D), vbuf.view(B, Hkv, n, D))
 
     def op_head(i):
         x = layers[i % L]
@@ -193,7 +194,11 @@ def check(fns: dict, layers: list[Layer], dtype) -> None:
     for name in ("idx_head", "op_head", "idx_tok", "op_tok"):
         out, p = fns[name](0)
         torch.testing.assert_close(out.float(), ref_out.float(), **tol, msg=name)
-        torch.testing.assert_close(p, ref_p, atol=1e-5, rtol=1e-3, msg=name)
+        # index_select scores are computed in the cache dtype; the op accumulates in fp32.
+        ptol = (
+            {"atol": 1e-5, "rtol": 1e-3} if name.startswith("op") else {"atol": 1e-4, "rtol": 0.1}
+        )
+        torch.testing.assert_close(p, ref_p, **ptol, msg=name)
 
 
 def run_case(shape: Shape, batch: int, dname: str, device, args, probe_gbs: float, gen) -> dict:
