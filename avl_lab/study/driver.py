@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_trials
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
 from avl_lab.evaluation import EvalConfig
@@ -29,7 +29,7 @@ def make_storage(url: str, cfg: StudyConfig) -> RDBStorage:
     return RDBStorage(
         url, engine_kwargs=engine_kwargs, heartbeat_interval=cfg.heartbeat_interval,
         grace_period=cfg.grace_period,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=cfg.max_retry),
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry),
     )
 
 
