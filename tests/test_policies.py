@@ -207,3 +207,10 @@ def test_budget_as_rows_and_as_ratio(llava):
     _, by_ratio = run_policy(model, inputs, {"name": "h2o", "ratio": 40 / n}, 4)
     for a, b in zip(by_rows.last_run.cache.layers, by_ratio.last_run.cache.layers, strict=True):
         assert int(a.valid.sum()) == int(b.valid.sum()) == 40
+
+
+@pytest.mark.parametrize("spec", [{"name": "fastv", "layer": 9}, {"name": "prefill_prune", "P": 50, "layer": 4}])
+def test_prune_layer_beyond_the_model_names_the_field(llava, spec):
+    model, processor = llava
+    with pytest.raises(ValueError, match="`layer` must be in"):
+        run_policy(model, make_inputs(processor, n=1), spec, 2)

@@ -106,17 +106,11 @@ def _processor(kind: str, cfg: TinyConfig, tok: Any) -> ProcessorMixin:
         do_convert_rgb=True,
     )
     if kind == "llava":
-        image_processor = CLIPImageProcessorPil(**common)
-        return LlavaProcessor(
-            image_processor=image_processor,
-            tokenizer=tok,
-            patch_size=cfg.patch_size,
-            vision_feature_select_strategy="default",
-            num_additional_image_tokens=1,
-            chat_template=CHAT_TEMPLATE,
-        )
-    image_processor = LlavaNextImageProcessorPil(image_grid_pinpoints=_pinpoints(side), **common)
-    return LlavaNextProcessor(
+        image_processor, cls = CLIPImageProcessorPil(**common), LlavaProcessor
+    else:
+        image_processor = LlavaNextImageProcessorPil(image_grid_pinpoints=_pinpoints(side), **common)
+        cls = LlavaNextProcessor
+    return cls(
         image_processor=image_processor,
         tokenizer=tok,
         patch_size=cfg.patch_size,

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 
 import torch
 
-from avl_lab.policies.base import Context, Policy, check_percent, count_of
-from avl_lab.policies.prefill_prune import check_layer, keep_top_images
+from avl_lab.policies.base import Context, check_percent, count_of
+from avl_lab.policies.prefill_prune import PrunesAfterLayer, keep_top_images
 from avl_lab.policies.registry import register
 
 
 @register("fastv", example={"keep": 50, "layer": 2})
 @dataclass
-class FastV(Policy):
+class FastV(PrunesAfterLayer):
     """Parameters
     ----------
     keep : float
@@ -34,15 +34,7 @@ class FastV(Policy):
         if self.tokens is not None and (isinstance(self.tokens, bool) or not isinstance(self.tokens, int)
                                         or self.tokens < 0):
             raise ValueError(f"`tokens` must be a non-negative integer, got {self.tokens!r}")
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
-            raise ValueError(f"`layer` must be a non-negative integer, got {self.layer!r}")
-
-    @property
-    def prune_layer(self) -> int:
-        return self.layer
-
-    def setup(self, cache, ctx: Context) -> None:
-        check_layer(self.layer, ctx)
+        self._check_layer_field()
 
     def prune_tokens(self, layer, ctx: Context):
         if self.tokens is None:

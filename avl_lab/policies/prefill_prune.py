@@ -21,14 +21,30 @@ def keep_top_images(layer, ctx: Context, k: Tensor) -> Tensor:
     return ~img | top_rows(ctx.scores, img, k)
 
 
-def check_layer(layer: int, ctx: Context) -> None:
-    if not 0 <= layer < ctx.num_layers:
-        raise ValueError(f"`layer` must be in [0, {ctx.num_layers - 1}] for this model, got {layer}")
+class PrunesAfterLayer(Policy):
+    """Shared plumbing of prefill-pruning policies: an integer field ``layer`` after which
+    :meth:`Policy.prune_tokens` runs, validated on construction and against the model."""
+
+    layer: int
+
+    def _check_layer_field(self) -> None:
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"`layer` must be a non-negative integer, got {self.layer!r}")
+
+    @property
+    def prune_layer(self) -> int:
+        return self.layer
+
+    def setup(self, cache, ctx: Context) -> None:
+        if not 0 <= self.layer < ctx.num_layers:
+            raise ValueError(
+                f"`layer` must be in [0, {ctx.num_layers - 1}] for this model, got {self.layer}"
+            )
 
 
 @register("prefill_prune", example={"P": 90, "layer": 2})
 @dataclass
-class PrefillPrune(Policy):
+class PrefillPrune(PrunesAfterLayer):
     """Parameters
     ----------
     P : float
@@ -42,15 +58,7 @@ class PrefillPrune(Policy):
 
     def __post_init__(self) -> None:
         check_percent("P", self.P, allow_none=False)
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
-            raise ValueError(f"`layer` must be a non-negative integer, got {self.layer!r}")
-
-    @property
-    def prune_layer(self) -> int:
-        return self.layer
-
-    def setup(self, cache, ctx: Context) -> None:
-        check_layer(self.layer, ctx)
+        self._check_layer_field()
 
     def prune_tokens(self, layer, ctx: Context):
         return keep_top_images(layer, ctx, count_of(self.P, ctx.n_image))
