@@ -24,10 +24,11 @@ NEW = 24
 def test_each_row_equals_that_row_alone(tiny, name):
     _, model, processor = tiny
     spec = policies.example(name)
-    batch, _ = run_policy(model, make_inputs(processor, n=3), spec, NEW)
+    new = 12  # enough decode steps for update steps, H2O/TextH2O/streaming eviction in decode
+    batch, _ = run_policy(model, make_inputs(processor, n=3), spec, new)
     for i in range(3):
         alone_inputs = make_inputs(processor, rows=[i])
-        alone, _ = run_policy(model, alone_inputs, spec, NEW)
+        alone, _ = run_policy(model, alone_inputs, spec, new)
         assert torch.equal(batch.tokens[i : i + 1], alone.tokens), (name, i)
         torch.testing.assert_close(batch.logits[:, i : i + 1], alone.logits, atol=1e-4, rtol=0)
 
