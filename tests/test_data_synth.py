@@ -62,8 +62,8 @@ def test_schema_and_image_size(name):
     assert len(set(ds["id"])) == 8
     for row in ds:
         img = row["image"]
-        assert img.mode == "RGB" and img.size[0] == img.size[1] >= 224
-        assert (img.size[0] // 14) ** 2 >= 256  # >= 256 image tokens at patch 14
+        assert img.mode == "RGB" and img.size[0] == img.size[1] >= 160
+        assert (img.size[0] // 10) ** 2 >= 256  # >= 256 image tokens at patch 10
         assert row["metric"] == data.metric_for(name)
         assert row["answers"] and all(len(_tokens(a)) >= 2 for a in row["answers"][:1])
         assert isinstance(json.loads(row["meta"]), dict)
@@ -75,12 +75,12 @@ def test_docvqa_content():
     for row in ds:
         meta = json.loads(row["meta"])
         counts.add(meta["n_fields"])
-        assert 6 <= meta["n_fields"] <= 12
+        assert 6 <= meta["n_fields"] <= 8
         assert re.fullmatch(r"What is the [\w ]+\?", row["question"])
         assert row["prompt"] == row["question"] + SHORT_ANSWER_SUFFIX
         assert row["answers"] == [meta["fields"][meta["field"]]]
-        assert row["image"].size == (336, 336)
-    assert len(counts) > 3
+        assert row["image"].size == (160, 160)
+    assert len(counts) == 3
     small = data.load(
         "synth-docvqa", "eval", limit=5, cache=False, min_fields=2, max_fields=3, image_size=224
     )

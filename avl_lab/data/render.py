@@ -28,7 +28,11 @@ __all__ = [
     "text_box",
 ]
 
-FONT_FILES = {"regular": "DejaVuSans.ttf", "bold": "DejaVuSans-Bold.ttf"}
+FONT_FILES = {
+    "regular": "DejaVuSans.ttf",
+    "bold": "DejaVuSans-Bold.ttf",
+    "mono": "DejaVuSansMono-Bold.ttf",
+}
 _SYSTEM_DIRS = (
     "/usr/share/fonts/truetype/dejavu",
     "/usr/share/fonts/TTF",
@@ -53,7 +57,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 
 @lru_cache(maxsize=4)
 def font_path(style: str = "regular") -> Path:
-    """Path of the DejaVu Sans font file for ``style`` ("regular" or "bold")."""
+    """Path of the DejaVu font file for ``style`` ("regular", "bold" or "mono": Sans Mono Bold)."""
     if style not in FONT_FILES:
         raise ValueError(f"font `style` must be one of {tuple(FONT_FILES)}, got {style!r}")
     name = FONT_FILES[style]

@@ -55,7 +55,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Bump whenever generated pixels or text change; part of every cache key.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 SPLITS = ("train", "eval")
 SPLIT_ALIASES = {"test": "eval", "validation": "eval", "val": "eval"}
 DEFAULT_SIZES = {"train": 10_000, "eval": 500}
@@ -70,11 +70,13 @@ class SynthConfig:
     seed : int
         Base seed; with the split name and the sample index it seeds each sample.
     image_size : int
-        Side of the square RGB image in pixels (224 gives 256 patches of 14 px).
+        Side of the square RGB image in pixels (160 gives 256 patches of 10 px; text is
+        drawn on a 16 x 16 grid of cells, one character per cell, see
+        :mod:`avl_lab.data.grid`).
     """
 
     seed: int = 0
-    image_size: int = 224
+    image_size: int = 160
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:

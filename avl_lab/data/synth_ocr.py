@@ -1,10 +1,10 @@
 """``synth-ocr``: "What is written in the image?"; OCRBench-style score.
 
-Each image shows a short text of two or three tokens -- words (capitalised, lower or upper
-case), numbers and codes such as ``KX-48`` -- in DejaVu Sans (regular or bold) at a
-random size, position and colour on a plain background, on one line or, when long, two.
-The reference is the text with its line break as a space; the OCRBench score checks that
-it occurs (case-insensitively) in the prediction.
+Each image shows a short text of two or three tokens -- upper-case words, numbers and
+codes such as ``KX-48`` -- on the 16 x 16 character grid of :mod:`avl_lab.data.grid`, at a
+random cell and colour on a plain background, on one line or (randomly, or when longer
+than a line) two. The reference is the text with its line break as a space; the OCRBench
+score checks that it occurs (case-insensitively) in the prediction.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from datasets import Dataset
 from PIL import Image, ImageDraw
 
 from avl_lab.data import values
+from avl_lab.data.grid import GRID, draw_grid_text
 from avl_lab.data.registry import register
-from avl_lab.data.render import contrast_text, fit_font, jitter
+from avl_lab.data.render import contrast_text, jitter
 from avl_lab.data.synth import (
     SPLIT_ALIASES,
     SPLITS,
@@ -31,6 +32,7 @@ from avl_lab.data.synth import (
 __all__ = ["QUESTION", "OCRConfig", "load_synth_ocr", "make_sample"]
 
 QUESTION = "What is written in the image?"
+_WORDS = tuple(w for w in values.WORDS if len(w) <= 7)
 _BACKGROUNDS = ((250, 250, 250), (235, 230, 215), (210, 230, 245), (40, 40, 50), (30, 70, 60))
 
 
@@ -60,8 +62,7 @@ class OCRConfig(SynthConfig):
 def _token(rng: random.Random) -> str:
     kind = rng.random()
     if kind < 0.6:
-        word = rng.choice(values.WORDS)
-        return rng.choice((word, word.capitalize(), word.capitalize(), word.upper()))
+        return rng.choice(_WORDS).upper()
     if kind < 0.8:
         return str(rng.randint(10, 9999))
     letters = "".join(rng.choice("ABCDEFGHJKLMNPRSTUVWXYZ") for _ in range(2))
@@ -73,29 +74,22 @@ def make_sample(rng: random.Random, cfg: OCRConfig) -> Sample:
     size = cfg.image_size
     tokens = [_token(rng) for _ in range(rng.randint(cfg.min_tokens, cfg.max_tokens))]
     text = " ".join(tokens)
+    lines = [text]
+    if len(tokens) > 1 and (len(text) > GRID or rng.random() < 0.3):  # wrap onto two lines
+        cut = (len(tokens) + 1) // 2
+        lines = [" ".join(tokens[:cut]), " ".join(tokens[cut:])]
     bg = jitter(rng, rng.choice(_BACKGROUNDS), 8)
     img = Image.new("RGB", (size, size), bg)
     draw = ImageDraw.Draw(img)
-    style = rng.choice(("regular", "bold"))
-    margin = size * 0.06
-    max_size = round(size * rng.uniform(0.10, 0.16))
-    lines = [text]
-    fnt = fit_font(lines, size - 2 * margin, max_size, min_size=10, style=style)
-    if fnt.size < 0.8 * max_size and len(tokens) > 1:  # wrap onto two lines
-        cut = (len(tokens) + 1) // 2
-        lines = [" ".join(tokens[:cut]), " ".join(tokens[cut:])]
-        fnt = fit_font(lines, size - 2 * margin, max_size, min_size=10, style=style)
-    ascent, descent = fnt.getmetrics()
-    step = round((ascent + descent) * 1.1)
-    block_w = max(fnt.getlength(t) for t in lines)
-    block_h = step * len(lines)
-    x = rng.uniform(margin, max(margin, size - margin - block_w))
-    y = rng.uniform(margin, max(margin, size - margin - block_h))
     ink = jitter(rng, contrast_text(bg), 15)
+    width = max(len(t) for t in lines)
+    col = rng.randint(0, GRID - width)
+    gap = rng.choice((1, 2))
+    row = rng.randint(0, GRID - 1 - gap * (len(lines) - 1))
     for j, t in enumerate(lines):
-        draw.text((x, y + j * step), t, font=fnt, fill=ink)
-    meta = {"lines": len(lines), "font": style, "font_size": fnt.size}
-    return Sample(img, QUESTION, [text], meta)
+        draw_grid_text(draw, col, row + gap * j, t, size, ink)
+    meta = {"lines": len(lines), "cell": [col, row]}
+    return Sample(img, QUESTION, [" ".join(lines)], meta)
 
 
 TASK = register_task(SynthTask("synth-ocr", "ocrbench", OCRConfig, make_sample, lambda q: q))

@@ -1,10 +1,11 @@
 """``synth-textvqa``: words on coloured signs among shapes; "What is written on the red sign?".
 
 A scene (sky, ground, a few muted distractor shapes) holds 2-3 signs of distinct colours,
-each on a post and carrying a two-word phrase in bold capitals (``PARK AVE``-style:
-two words, or a word and a number). The question names one sign by colour. Like TextVQA,
-each sample has 10 reference answers: the phrase (lower-case, as annotators write it) and,
-for up to two "annotators", only its first word; scoring is VQA accuracy.
+each on a post and carrying a two-word phrase in capitals (``PARK AVE``-style: two words,
+or a word and a number) on the 16 x 16 character grid of :mod:`avl_lab.data.grid`; a sign
+is the phrase's cells plus one cell of margin. The question names one sign by colour. Like
+TextVQA, each sample has 10 reference answers: the phrase (lower-case, as annotators write
+it) and, for up to two "annotators", only its first word; scoring is VQA accuracy.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from datasets import Dataset
 from PIL import Image, ImageDraw
 
 from avl_lab.data import values
+from avl_lab.data.grid import GRID, cell_size, draw_grid_text
 from avl_lab.data.registry import register
-from avl_lab.data.render import COLOURS, SHAPES, contrast_text, draw_shape, fit_font, jitter
+from avl_lab.data.render import COLOURS, SHAPES, contrast_text, draw_shape, jitter
 from avl_lab.data.schema import short_answer_prompt
 from avl_lab.data.synth import (
     SPLIT_ALIASES,
@@ -35,7 +37,7 @@ SIGN_COLOURS = ("red", "blue", "green", "yellow", "orange", "purple", "white", "
 _MUTED = ((150, 150, 150), (140, 110, 80), (230, 170, 190), (90, 160, 160), (180, 180, 120))
 _SKIES = ((190, 220, 245), (215, 225, 235), (240, 225, 200))
 _GROUNDS = ((150, 190, 120), (190, 170, 130), (170, 170, 170))
-_SIGN_WORDS = tuple(w for w in values.WORDS if len(w) <= 8)
+_SIGN_WORDS = tuple(w for w in values.WORDS if len(w) <= 6)
 _NUMBER_WORDS = ("EXIT", "GATE", "ROUTE", "ROOM", "DOCK", "PIER", "LOT", "BAY")
 
 
@@ -46,7 +48,7 @@ class TextVQAConfig(SynthConfig):
     Attributes
     ----------
     min_signs, max_signs : int
-        Number of signs per scene (1-4).
+        Number of signs per scene (1-3).
     n_answers : int
         Reference answers per question (TextVQA has 10).
     """
@@ -57,9 +59,9 @@ class TextVQAConfig(SynthConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 1 <= self.min_signs <= self.max_signs <= 4:
+        if not 1 <= self.min_signs <= self.max_signs <= 3:
             raise ValueError(
-                f"need 1 <= `min_signs` <= `max_signs` <= 4, got {self.min_signs}, {self.max_signs}"
+                f"need 1 <= `min_signs` <= `max_signs` <= 3, got {self.min_signs}, {self.max_signs}"
             )
         if not 3 <= self.n_answers <= 20:
             raise ValueError(f"`n_answers` must be in [3, 20], got {self.n_answers}")
@@ -82,42 +84,38 @@ def _scene(rng: random.Random, draw: ImageDraw.ImageDraw, size: int) -> None:
         draw_shape(draw, rng.choice(SHAPES), cx, cy, r, jitter(rng, rng.choice(_MUTED), 10))
 
 
+def _sign_rows(rng: random.Random, n: int) -> list[int]:
+    """Text rows of ``n`` signs, 4+ rows apart (a sign spans its row +- 1)."""
+    while True:
+        rows = sorted(rng.sample(range(1, GRID - 1), n))
+        if all(b - a >= 4 for a, b in zip(rows, rows[1:])):
+            return rows
+
+
 def make_sample(rng: random.Random, cfg: TextVQAConfig) -> Sample:
     """Draw one scene and its question."""
     size = cfg.image_size
+    cell = cell_size(size)
     img = Image.new("RGB", (size, size))
     draw = ImageDraw.Draw(img)
     _scene(rng, draw, size)
 
     n = rng.randint(cfg.min_signs, cfg.max_signs)
-    slots = rng.sample(range(4), n)  # 2 x 2 grid of slots
     colours = rng.sample(SIGN_COLOURS, n)
-    half = size / 2
-    signs = []
-    for slot, colour in zip(slots, colours):
+    placed = []
+    for row, colour in zip(_sign_rows(rng, n), colours):
         text = _phrase(rng)
-        x0, y0 = (slot % 2) * half, (slot // 2) * half
-        pad = half * 0.06
-        max_font = round(half * 0.2)
-        lines = [text]
-        fnt = fit_font(lines, half - 4 * pad, max_font, min_size=9, style="bold")
-        if fnt.size < 0.75 * max_font:  # long phrase: one word per line, larger glyphs
-            lines = text.split()
-            fnt = fit_font(lines, half - 4 * pad, max_font, min_size=9, style="bold")
-        ascent, descent = fnt.getmetrics()
-        step = round((ascent + descent) * 1.05)
-        tw = max(fnt.getlength(t) for t in lines)
-        w, h = tw + 2 * pad, step * len(lines) + 1.5 * pad
-        sx = x0 + rng.uniform(pad / 2, half - w - pad / 2)
-        sy = y0 + rng.uniform(pad / 2, max(pad / 2, half * 0.6 - h / 2))
-        post_x = sx + w / 2
-        draw.rectangle((post_x - 2, sy + h, post_x + 2, y0 + half - pad / 2), fill=(90, 90, 90))
+        col = rng.randint(1, GRID - 1 - len(text))
+        placed.append((row, col, text, colour))
+        post_x = (col + len(text) / 2) * cell
+        draw.rectangle((post_x - 1, (row + 2) * cell, post_x + 1, size), fill=(90, 90, 90))
+    signs = []
+    for row, col, text, colour in placed:
         fill = COLOURS[colour]
-        draw.rectangle((sx, sy, sx + w, sy + h), fill=fill, outline=(40, 40, 40), width=2)
-        for j, t in enumerate(lines):
-            tx = sx + (w - fnt.getlength(t)) / 2
-            draw.text((tx, sy + 0.75 * pad + j * step), t, font=fnt, fill=contrast_text(fill))
-        box = [round(sx), round(sy), round(sx + w), round(sy + h)]
+        box = [round((col - 1) * cell), round((row - 1) * cell),
+               round((col + len(text) + 1) * cell) - 1, round((row + 2) * cell) - 1]  # fmt: skip
+        draw.rectangle(box, fill=fill, outline=(40, 40, 40), width=1)
+        draw_grid_text(draw, col, row, text, size, contrast_text(fill))
         signs.append({"colour": colour, "text": text, "box": box})
 
     target = rng.choice(signs)

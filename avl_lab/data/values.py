@@ -23,6 +23,13 @@ __all__ = [
     "doc_id",
     "person",
     "phone",
+    "short_account",
+    "short_amount",
+    "short_city",
+    "short_code",
+    "short_date",
+    "short_person",
+    "short_phone",
     "zip_code",
 ]
 
@@ -112,3 +119,39 @@ def phone(rng: random.Random) -> str:
 def zip_code(rng: random.Random) -> str:
     """``"90210"``."""
     return f"{rng.randint(10000, 99999)}"
+
+
+# Short upper-case values for the 16-column character grid (at most 10 characters).
+def short_date(rng: random.Random) -> str:
+    """``"12/03/21"``."""
+    return f"{rng.randint(1, 12):02d}/{rng.randint(1, 28):02d}/{rng.randint(0, 29):02d}"
+
+
+def short_amount(rng: random.Random, high: int = 999_999) -> str:
+    """``"$1,234.50"`` (between $1 and $9,999.99 by default)."""
+    return f"${rng.randint(100, high) / 100:,.2f}"
+
+
+def short_person(rng: random.Random) -> str:
+    """``"M JOHNSON"``: an initial and a last name."""
+    return f"{rng.choice(FIRST_NAMES)[0]} {rng.choice(LAST_NAMES).upper()}"
+
+
+def short_phone(rng: random.Random) -> str:
+    """``"555-2849"``."""
+    return f"555-{rng.randint(1000, 9999)}"
+
+
+def short_account(rng: random.Random) -> str:
+    """``"4821-7730"``."""
+    return f"{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}"
+
+
+def short_city(rng: random.Random) -> str:
+    """``"BOSTON MA"`` (upper case, at most 10 characters)."""
+    return rng.choice([c.replace(",", "").upper() for c in CITIES if len(c) <= 11])
+
+
+def short_code(rng: random.Random, prefix: str = "REF") -> str:
+    """``"REF-KXM42"``."""
+    return f"{prefix}-{''.join(rng.choice(_LETTERS) for _ in range(3))}{rng.randint(10, 99)}"

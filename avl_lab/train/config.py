@@ -1,0 +1,88 @@
+"""Training configuration of ``avl-tiny``: typed dataclasses, OmegaConf dotlist overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import OmegaConf
+
+from avl_lab.models.avl_tiny import AvlTinyConfig
+
+__all__ = ["TASKS", "TrainConfig", "load_train_config"]
+
+#: Training tasks, in the order of ``TrainConfig.task_weights``.
+TASKS = ("synth-docvqa", "synth-textvqa", "synth-ocr", "synth-caption", "easy-vqa")
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``python -m avl_lab.train`` takes (override with ``key=value``)."""
+
+    out_dir: str = "runs/train/avl-tiny"
+    """Run directory: checkpoints, ``metrics.csv``, ``curve.png``, ``export/``."""
+    export_dir: str | None = None
+    """Where the final ``save_pretrained`` goes (``<out_dir>/export`` when null)."""
+    model: AvlTinyConfig = field(default_factory=AvlTinyConfig)
+    """Model sizes (see :class:`avl_lab.models.avl_tiny.AvlTinyConfig`)."""
+    seed: int = 0
+    """Seeds the weights, the data stream and Lightning (``seed_everything``)."""
+    batch_size: int = 8
+    """Samples per optimiser step."""
+    max_steps: int = 2000
+    """Optimiser steps; the cosine schedule decays over this many."""
+    max_minutes: float | None = None
+    """Stop after this much training wall time in total (kept across resumes); null: no limit."""
+    lr: float = 1.5e-3
+    """Peak AdamW learning rate."""
+    min_lr_ratio: float = 0.05
+    """Final learning rate as a fraction of ``lr``."""
+    warmup_steps: int = 100
+    """Linear warm-up steps."""
+    weight_decay: float = 0.05
+    """AdamW weight decay (matrices only)."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping."""
+    task_weights: list[float] = field(default_factory=lambda: [0.3, 0.2, 0.25, 0.15, 0.1])
+    """Sampling weights of :data:`TASKS` (docvqa, textvqa, ocr, caption, easy-vqa)."""
+    curriculum_steps: int = 300
+    """For this many steps docvqa has fewer fields (2-4) and ocr 1-2 tokens."""
+    ckpt_every_minutes: float = 5.0
+    """Write ``last.ckpt`` this often (wall time)."""
+    eval_every_steps: int = 250
+    """Greedy-generation evaluation on a fixed eval set every this many steps (0 = off)."""
+    eval_samples: int = 8
+    """Eval samples per task for the in-training evaluation."""
+    max_new_tokens: int = 32
+    """Generation length of the in-training evaluation."""
+    log_every_steps: int = 10
+    """Loss logging interval."""
+    num_threads: int = 2
+    """``torch.set_num_threads``."""
+    resume: bool = True
+    """Resume from ``<out_dir>/checkpoints/last.ckpt`` if it exists."""
+    export: bool = True
+    """Save the trained model + processor (``save_pretrained``) at the end."""
+
+    def __post_init__(self) -> None:
+        if len(self.task_weights) != len(TASKS) or min(self.task_weights) < 0:
+            raise ValueError(
+                f"`task_weights` must be {len(TASKS)} non-negative weights for {TASKS}"
+            )
+        if sum(self.task_weights) <= 0:
+            raise ValueError("`task_weights` must not all be zero")
+        for name in ("batch_size", "max_steps", "num_threads", "log_every_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"`lr` must be in (0, 1), got {self.lr}")
+        if self.warmup_steps < 0 or self.eval_every_steps < 0 or self.curriculum_steps < 0:
+            raise ValueError("`warmup_steps`, `eval_every_steps`, `curriculum_steps` must be >= 0")
+
+
+def load_train_config(overrides: list[str] | None = None) -> TrainConfig:
+    """:class:`TrainConfig` with ``key=value`` dotlist overrides merged and validated."""
+    base = OmegaConf.structured(TrainConfig)
+    merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides or [])))
+    cfg = OmegaConf.to_object(merged)
+    assert isinstance(cfg, TrainConfig)
+    return cfg

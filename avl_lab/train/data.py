@@ -1,0 +1,139 @@
+"""Endless, seeded training stream over the synthetic train splits and easy-vqa train.
+
+Sample ``i`` of the stream is a pure function of ``(seed, i)``: its task is drawn from
+``task_weights`` with ``random.Random(f"avl-tiny|{seed}|{i}")`` and its row is
+``sample_row(task, "train", i)`` (easy-vqa: question ``j`` of its train split). A resumed
+run starts the stream at ``global_step * batch_size``, so resuming gives the very batches
+an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from functools import lru_cache
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset
+
+from avl_lab import data
+from avl_lab.evaluation.prompting import chat_prompt
+from avl_lab.train.config import TASKS, TrainConfig
+
+__all__ = ["TrainDataModule", "TrainStream", "answer_target", "collate", "training_row"]
+
+_EASY_CURRICULUM = {
+    "synth-docvqa": {"min_fields": 2, "max_fields": 4},
+    "synth-ocr": {"min_tokens": 1, "max_tokens": 2},
+}
+
+
+@lru_cache(maxsize=1)
+def _easy_vqa_train() -> tuple[list[str], list[str], list[int], dict]:
+    import easy_vqa
+
+    questions, answers, image_ids = easy_vqa.get_train_questions()
+    return questions, answers, [int(i) for i in image_ids], easy_vqa.get_train_image_paths()
+
+
+@lru_cache(maxsize=4096)
+def _easy_image(path: str) -> Image.Image:
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def training_row(task: str, index: int, easy: bool = False) -> dict[str, Any]:
+    """Row ``index`` of ``task``'s train split (``easy``: the curriculum's simpler visuals)."""
+    if task == "easy-vqa":
+        questions, answers, ids, paths = _easy_vqa_train()
+        j = index % len(questions)
+        from avl_lab.data.schema import short_answer_prompt
+
+        return {"image": _easy_image(paths[ids[j]]), "prompt": short_answer_prompt(questions[j]),
+                "answers": [answers[j]], "meta": "{}", "task": task}  # fmt: skip
+    row = data.sample_row(task, "train", index, **(_EASY_CURRICULUM.get(task, {}) if easy else {}))
+    return {**row, "task": task}
+
+
+def answer_target(task: str, row: dict[str, Any]) -> str:
+    """The string the model learns to generate for ``row``.
+
+    The first reference, except synth-textvqa, whose target is the sign's text as printed
+    (upper case; the metric is case-insensitive).
+    """
+    if task == "synth-textvqa":
+        meta = json.loads(row["meta"])
+        return next(s["text"] for s in meta["signs"] if s["colour"] == meta["colour"])
+    return row["answers"][0]
+
+
+class TrainStream(IterableDataset):
+    """Endless ``(image, prompt, target)`` samples from global index ``start`` on."""
+
+    def __init__(self, cfg: TrainConfig, start: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.start = start
+
+    def sample(self, i: int) -> dict[str, Any]:
+        rng = random.Random(f"avl-tiny|{self.cfg.seed}|{i}")
+        task = rng.choices(TASKS, weights=self.cfg.task_weights)[0]
+        easy = i < self.cfg.curriculum_steps * self.cfg.batch_size
+        row = training_row(task, i, easy=easy)
+        return {"image": row["image"], "prompt": row["prompt"], "target": answer_target(task, row)}
+
+    def __iter__(self):
+        i = self.start
+        while True:
+            yield self.sample(i)
+            i += 1
+
+
+def collate(processor: Any, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``/``attention_mask``/``labels`` and ``pixel_values``.
+
+    The prompt is tokenised alone (exactly as at inference) and the target `` <answer></s>``
+    appended; labels are -100 everywhere but on the target tokens.
+    """
+    tok = processor.tokenizer
+    prompts = [chat_prompt(processor, b["prompt"]) for b in batch]
+    enc = processor(images=[b["image"] for b in batch], text=prompts, padding=False)
+    seqs, labels = [], []
+    for ids, b in zip(enc["input_ids"], batch):
+        target = tok(" " + b["target"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        seqs.append(list(ids) + target)
+        labels.append([-100] * len(ids) + target)
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
+    label_t = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, (s, lab) in enumerate(zip(seqs, labels)):
+        input_ids[r, : len(s)] = torch.tensor(s)
+        label_t[r, : len(s)] = torch.tensor(lab)
+        mask[r, : len(s)] = 1
+    pixel_values = torch.from_numpy(np.stack([np.asarray(p) for p in enc["pixel_values"]]))
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": label_t,
+            "pixel_values": pixel_values}  # fmt: skip
+
+
+class TrainDataModule(L.LightningDataModule):
+    """The seeded training stream; resumes where the last checkpoint's step left off."""
+
+    def __init__(self, cfg: TrainConfig, processor: Any) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.processor = processor
+
+    def train_dataloader(self) -> DataLoader:
+        step = self.trainer.global_step if self.trainer is not None else 0
+        stream = TrainStream(self.cfg, start=step * self.cfg.batch_size)
+        return DataLoader(
+            stream,
+            batch_size=self.cfg.batch_size,
+            collate_fn=lambda b: collate(self.processor, b),
+            num_workers=0,
+        )

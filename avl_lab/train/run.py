@@ -1,0 +1,101 @@
+"""``train(cfg)``: build, fit (resumable), checkpoint, plot and export ``avl-tiny``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from avl_lab.models.avl_tiny import build_avl_tiny
+from avl_lab.train.callbacks import CurveLogger, GenerationEval, plot_curve
+from avl_lab.train.config import TrainConfig
+from avl_lab.train.data import TrainDataModule
+from avl_lab.train.module import AvlTinyModule
+
+__all__ = ["export", "train"]
+
+log = logging.getLogger(__name__)
+
+
+def export(module: AvlTinyModule, processor: Any, out: Path, extra: dict[str, Any]) -> Path:
+    """``save_pretrained`` model (safetensors) + processor into ``out``, with a summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    model = module.model.eval()
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+    model.save_pretrained(out)
+    processor.tokenizer.padding_side = "left"
+    processor.save_pretrained(out)
+    (out / "train_summary.json").write_text(json.dumps(extra, indent=2, default=str) + "\n")
+    log.info("exported avl-tiny to %s", out)
+    return out
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train ``avl-tiny`` as ``cfg`` says; returns a summary (steps, samples, wall time)."""
+    torch.set_num_threads(cfg.num_threads)
+    L.seed_everything(cfg.seed, workers=True)
+    out = Path(cfg.out_dir)
+    ckpt_dir = out / "checkpoints"
+    model, processor = build_avl_tiny(cfg.model, seed=cfg.seed)
+    model.train()
+    module = AvlTinyModule(model, cfg)
+    dm = TrainDataModule(cfg, processor)
+    curve = CurveLogger(out, cfg.log_every_steps)
+    callbacks = [
+        curve,
+        GenerationEval(curve, cfg.eval_samples, cfg.eval_every_steps, cfg.max_new_tokens),
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="step{step:06d}",
+            save_last=True,
+            save_top_k=1,
+            train_time_interval=timedelta(minutes=cfg.ckpt_every_minutes),
+            auto_insert_metric_name=False,
+        ),
+    ]
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=cfg.max_steps,
+        max_time=None if cfg.max_minutes is None else timedelta(minutes=cfg.max_minutes),
+        gradient_clip_val=cfg.grad_clip,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(out),
+        deterministic=False,
+    )
+    last = ckpt_dir / "last.ckpt"
+    ckpt_path = str(last) if cfg.resume and last.exists() else None
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+    t0 = time.monotonic()
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.save_checkpoint(last)
+    summary = {
+        "steps": trainer.global_step,
+        "samples": trainer.global_step * cfg.batch_size,
+        "wall_s_this_run": round(time.monotonic() - t0, 1),
+        "params": sum(p.numel() for p in model.parameters()),
+        "config": dataclasses.asdict(cfg),
+    }
+    if (out / "metrics.csv").exists():
+        plot_curve(out / "metrics.csv", out / "curve.png")
+    if cfg.export:
+        target = Path(cfg.export_dir) if cfg.export_dir else out / "export"
+        export(module, processor, target, summary)
+        if (out / "curve.png").exists():
+            shutil.copy(out / "curve.png", target / "training_curve.png")
+            shutil.copy(out / "metrics.csv", target / "training_metrics.csv")
+    return summary
