@@ -25,10 +25,10 @@ Registered names and splits:
 =============  ==============  ============  =================================================
 name           metric          splits        source
 =============  ==============  ============  =================================================
-synth-docvqa   anls            train, eval   generated forms/receipts/invoices (336 px)
-synth-textvqa  vqa_accuracy    train, eval   generated signs in scenes (224 px)
-synth-ocr      ocrbench        train, eval   generated text images (224 px)
-synth-caption  cider           train, eval   generated shape scenes (224 px), 5 captions
+synth-docvqa   anls            train, eval   grid-text forms/receipts (160 px)
+synth-textvqa  vqa_accuracy    train, eval   grid-text signs in scenes (160 px)
+synth-ocr      ocrbench        train, eval   grid-text images (160 px)
+synth-caption  cider           train, eval   generated shape scenes (160 px), 5 captions
 easy-vqa       accuracy        train, test   the ``easy-vqa`` PyPI package (64 px)
 docvqa         anls            validation    local copy of lmms-lab/DocVQA (config DocVQA)
 textvqa        vqa_accuracy    validation    local copy of lmms-lab/textvqa
@@ -36,6 +36,9 @@ ocrbench       ocrbench        test          local copy of echo840/OCRBench
 nocaps         cider           validation    local copy of lmms-lab/NoCaps
 flickr30k      cider           test          local copy of lmms-lab/flickr30k
 =============  ==============  ============  =================================================
+
+The text of the synthetic tasks is drawn on a 16 x 16 character grid (one monospace capital
+per 10 px cell = one ViT patch at 160 px, see :mod:`avl_lab.data.grid`).
 
 ``eval`` also works for every dataset (and ``test``/``validation`` for the synthetic ones).
 Synthetic tasks take their config fields as keyword arguments (``seed``, ``image_size``,
