@@ -83,12 +83,18 @@ def round_robin(
     return {k: Stat.of(v) for k, v in samples.items()}
 
 
-def read_bandwidth_probe(device: torch.device, mbytes: int = 512, rounds: int = 15) -> float:
-    """Achieved read bandwidth in GB/s of ``x.sum()`` over a buffer far larger than the caches.
+class ReadProbe:
+    """``probe(i)`` sums one of two buffers far larger than the caches (alternating, so that
+    consecutive calls stay cold); ``nbytes`` per call. Timed among the variants of a run, it
+    measures the read bandwidth available under the same conditions."""
 
-    Two buffers are alternated so that consecutive samples do not hit a warm cache.
-    """
-    n = mbytes * 2**20 // 4
-    bufs = [torch.ones(n, device=device) for _ in range(2)]
-    stat = round_robin({"sum": lambda i: bufs[i % 2].sum()}, rounds, 1, device, warmup=2)
-    return n * 4 / (stat["sum"].median * 1e-6) / 1e9
+    def __init__(self, device: torch.device, mbytes: int = 256) -> None:
+        n = mbytes * 2**20 // 4
+        self.bufs = [torch.ones(n, device=device) for _ in range(2)]
+        self.nbytes = n * 4
+
+    def __call__(self, i: int) -> torch.Tensor:
+        return self.bufs[i % 2].sum()
+
+    def gbs(self, stat: Stat) -> float:
+        return self.nbytes / (stat.median * 1e-6) / 1e9

@@ -16,8 +16,8 @@ Full attention always reads the head-major cache.
 
 Every layer has its own buffers and active set; ``L`` layers are cycled (as many as fit in
 ``--budget-gib``, at most 32) so the caches are cold. GB/s counts the K/V bytes of the
-active rows; "x BW" is the op's time over the time the bandwidth probe (``x.sum()`` over
-512 MiB, same run) would take to read those bytes.
+active rows; the probe is ``x.sum()`` over a 256 MiB buffer (two alternated), timed in the
+same round-robin as the variants; "x BW" = op time / (active K/V bytes / probe GB/s).
 
 Usage: ``python benchmarks/core_attention.py [--device cuda] [--quick]``
 """
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from _timing import Stat, read_bandwidth_probe, round_robin
+from _timing import ReadProbe, Stat, round_robin
 
 from avl_lab.ext import core_attention, core_attention_ref
 
@@ -201,12 +201,13 @@ def check(fns: dict, layers: list[Layer], dtype) -> None:
         torch.testing.assert_close(p, ref_p, **ptol, msg=name)
 
 
-def run_case(shape: Shape, batch: int, dname: str, device, args, probe_gbs: float, gen) -> dict:
+def run_case(shape: Shape, batch: int, dname: str, device, args, probe: ReadProbe, gen) -> dict:
     dtype = DTYPES[dname]
     layers = make_layers(shape, batch, dtype, device, args.budget_gib, gen)
     impl = "cuda" if device.type == "cuda" else "cpu"
     fns = variants(layers, shape, dtype, impl)
     check(fns, layers, dtype)
+    fns["probe"] = probe
     calls = len(layers) if device.type == "cuda" else 1
     big = kv_bytes(shape, batch, dtype) > 3e8
     rounds = args.rounds or (12 if args.quick else (15 if big else 30))
@@ -221,7 +222,7 @@ def run_case(shape: Shape, batch: int, dname: str, device, args, probe_gbs: floa
         "st": st,
         "best": best,
         "sel_bytes": kv_bytes(shape, batch, dtype, n),
-        "probe": probe_gbs,
+        "probe": probe.gbs(st["probe"]),
         "layers": len(layers),
     }
 
@@ -241,15 +242,15 @@ def rows(r: dict) -> list[str]:
             f"| {sh.name} {sh.rows}/{r['n']} | {r['batch']} | {r['dtype']} | {layout} | "
             f"{sd.cell()} | {bf.cell()} {r['best'].replace('_full', '')} | {ix.cell()} | "
             f"{op.cell()} | {op.median / sd.median:.2f} | {op.median / bf.median:.2f} | "
-            f"{op.median / ix.median:.2f} | {gbs:.1f} | {r['probe'] / gbs:.2f} |"
+            f"{op.median / ix.median:.2f} | {gbs:.1f} | {r['probe']:.1f} | {r['probe'] / gbs:.2f} |"
         )
     return out
 
 
 HEADER = (
     "| shape rows/active | B | dtype | cache layout | SDPA full µs | best full µs | "
-    "index_select µs | op µs | op/SDPA | op/best | op/idx | op GB/s | op x BW |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "index_select µs | op µs | op/SDPA | op/best | op/idx | op GB/s | probe GB/s | op x BW |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -277,11 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    probe = read_bandwidth_probe(device)
-    print(
-        f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"read-bandwidth probe {probe:.1f} GB/s\n"
-    )
+    probe = ReadProbe(device, mbytes=1024 if device.type == "cuda" else 256)
+    print(f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}\n")
     print(HEADER, flush=True)
     results = []
     for s in args.shapes:

@@ -36,8 +36,11 @@ def _cpu_isa_flags() -> tuple[str, list[str]]:
     """ISA tag and flags for the CPU build (the tag goes into the extension name so that a
     shared extensions directory never hands a binary to a CPU that cannot run it)."""
     cap = torch.backends.cpu.get_cpu_capability().upper()
-    if cap in ("AVX2", "AVX512"):
-        return "avx2", ["-mavx2", "-mfma", "-mf16c"]
+    avx2 = ["-mavx2", "-mfma", "-mf16c"]
+    if cap == "AVX512":
+        return "avx512", [*avx2, "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]
+    if cap == "AVX2":
+        return "avx2", avx2
     return "generic", []
 
 

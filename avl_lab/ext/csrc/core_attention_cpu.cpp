@@ -22,18 +22,21 @@
 #include <limits>
 #include <vector>
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__F16C__)
 #include <immintrin.h>
-#define AVL_AVX2 1
+#define AVL_SIMD 16
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define AVL_SIMD 8
 #else
-#define AVL_AVX2 0
+#define AVL_SIMD 0
 #endif
 
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kPrefetchRows = 16;   // head-major: rows of one head fetched ahead
-constexpr int64_t kPrefetchTokens = 1;  // token-major: tokens (all heads) fetched ahead
+constexpr int64_t kTokenBlock = 8;      // token-major: tokens per block (see for_pairs)
 constexpr int64_t kMinRowsPerSplit = 128;
 
 inline void prefetch_row(const void* p, int64_t bytes) {
@@ -43,66 +46,149 @@ inline void prefetch_row(const void* p, int64_t bytes) {
   for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 2);
 }
 
-#if AVL_AVX2
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const c10::BFloat16* p) {
+// --- SIMD: W floats per vector; loads convert bf16/fp16 to float ------------------------------
+#if AVL_SIMD == 16
+constexpr int W = 16;
+using vf = __m512;
+inline vf vzero() { return _mm512_setzero_ps(); }
+inline vf vset(float x) { return _mm512_set1_ps(x); }
+inline vf vld(const float* p) { return _mm512_loadu_ps(p); }
+inline vf vld(const c10::BFloat16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline vf vld(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline void vst(float* p, vf x) { _mm512_storeu_ps(p, x); }
+inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+inline vf vfnma(vf a, vf b, vf c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a * b
+inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
+inline float vsum(vf x) { return _mm512_reduce_add_ps(x); }
+inline vf vround(vf x) {
+  return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+inline vf vpow2n(vf p, vf n) { return _mm512_scalef_ps(p, n); }  // p * 2^n
+inline vf vzero_below(vf y, vf x, float lo) {
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, vset(lo), _CMP_GE_OQ), y);
+}
+#elif AVL_SIMD == 8
+constexpr int W = 8;
+using vf = __m256;
+inline vf vzero() { return _mm256_setzero_ps(); }
+inline vf vset(float x) { return _mm256_set1_ps(x); }
+inline vf vld(const float* p) { return _mm256_loadu_ps(p); }
+inline vf vld(const c10::BFloat16* p) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
-inline __m256 load8(const c10::Half* p) {
+inline vf vld(const c10::Half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
-inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+inline void vst(float* p, vf x) { _mm256_storeu_ps(p, x); }
+inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+inline vf vfnma(vf a, vf b, vf c) { return _mm256_fnmadd_ps(a, b, c); }
+inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+inline vf vsub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+inline float vsum(vf x) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
+inline vf vround(vf x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline vf vpow2n(vf p, vf n) {  // n in [-126, 127]
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+inline vf vzero_below(vf y, vf x, float lo) {
+  return _mm256_and_ps(y, _mm256_cmp_ps(x, vset(lo), _CMP_GE_OQ));
+}
+#else
+constexpr int W = 1;
 #endif
 
-// s[g] = q[g] . row for the G query heads (q is float [G, D]).
-template <typename T>
-inline void dot_heads(const float* q, int64_t G, const T* row, int64_t D, float* s) {
-#if AVL_AVX2
-  if (D % 8 == 0) {
-    for (int64_t g0 = 0; g0 < G; g0 += 4) {
-      const int64_t gn = std::min<int64_t>(4, G - g0);
-      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                       _mm256_setzero_ps()};
-      for (int64_t d = 0; d < D; d += 8) {
-        const __m256 x = load8(row + d);
-        for (int64_t g = 0; g < gn; ++g)
-          acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (g0 + g) * D + d), x, acc[g]);
-      }
-      for (int64_t g = 0; g < gn; ++g) s[g0 + g] = hsum8(acc[g]);
-    }
-    return;
-  }
+#if AVL_SIMD
+// exp(x) for x <= 0 (scores minus their max): Cody-Waite reduction x = n ln2 + r, degree-7
+// Taylor polynomial on |r| <= ln2 / 2 (relative error < 1e-7); 0 below -87 and for -inf.
+inline vf vexp(vf x) {
+  const vf xc = vmax(x, vset(-87.f));
+  const vf t = vround(vmul(xc, vset(1.44269504088896341f)));
+  vf r = vfnma(t, vset(0.693359375f), xc);  // x - t ln2, ln2 split in two
+  r = vfnma(t, vset(-2.12194440e-4f), r);
+  vf p = vset(1.f / 5040);
+  p = vfma(p, r, vset(1.f / 720));
+  p = vfma(p, r, vset(1.f / 120));
+  p = vfma(p, r, vset(1.f / 24));
+  p = vfma(p, r, vset(1.f / 6));
+  p = vfma(p, r, vset(0.5f));
+  p = vfma(p, r, vset(1.f));
+  p = vfma(p, r, vset(1.f));
+  return vzero_below(vpow2n(p, t), x, -87.f);
+}
 #endif
-  for (int64_t g = 0; g < G; ++g) {
-    float a = 0.f;
-    for (int64_t d = 0; d < D; ++d) a += q[g * D + d] * static_cast<float>(row[d]);
-    s[g] = a;
+
+// s[j] = exp(s[j] - m) for j in [0, n), returning the sum (m finite; -inf scores give 0).
+inline float exp_shift_sum(float* s, int64_t n, float m) {
+  float l = 0.f;
+  int64_t j = 0;
+#if AVL_SIMD
+  const vf mv = vset(m);
+  vf acc = vzero();
+  for (; j + W <= n; j += W) {
+    const vf e = vexp(vsub(vld(s + j), mv));
+    vst(s + j, e);
+    acc = vadd(acc, e);
   }
+  l = vsum(acc);
+#endif
+  for (; j < n; ++j) {
+    const float e = s[j] - m < -87.f ? 0.f : std::exp(s[j] - m);
+    s[j] = e;
+    l += e;
+  }
+  return l;
 }
 
-// acc[g] += p[g] * row for the G heads (acc is float [G, D]).
-template <typename T>
-inline void axpy_heads(const float* p, int64_t G, const T* row, int64_t D, float* acc) {
-#if AVL_AVX2
-  if (D % 8 == 0) {
-    for (int64_t d = 0; d < D; d += 8) {
-      const __m256 x = load8(row + d);
-      for (int64_t g = 0; g < G; ++g) {
-        float* o = acc + g * D + d;
-        _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_set1_ps(p[g]), x, _mm256_loadu_ps(o)));
-      }
+// Row kernels. NV > 0: D = NV * W fixed at compile time (q / acc stay in registers);
+// NV == 0: any D with D % W == 0; NV < 0: scalar.
+template <int NV, typename T>
+inline float dot(const float* q, const T* r, int64_t D) {
+#if AVL_SIMD
+  if constexpr (NV >= 0) {
+    vf a0 = vzero(), a1 = vzero();  // two chains hide the FMA latency
+    const int64_t nv = NV > 0 ? NV : D / W;
+#pragma GCC unroll 8
+    for (int64_t i = 0; i + 1 < nv; i += 2) {
+      a0 = vfma(vld(q + i * W), vld(r + i * W), a0);
+      a1 = vfma(vld(q + (i + 1) * W), vld(r + (i + 1) * W), a1);
     }
+    if (nv % 2) a0 = vfma(vld(q + (nv - 1) * W), vld(r + (nv - 1) * W), a0);
+    return vsum(vadd(a0, a1));
+  }
+#endif
+  float a = 0.f;
+  for (int64_t d = 0; d < D; ++d) a += q[d] * static_cast<float>(r[d]);
+  return a;
+}
+
+template <int NV, typename T>
+inline void axpy(float p, const T* r, float* acc, int64_t D) {  // acc += p * r
+#if AVL_SIMD
+  if constexpr (NV >= 0) {
+    const vf pv = vset(p);
+    const int64_t nv = NV > 0 ? NV : D / W;
+#pragma GCC unroll 8
+    for (int64_t i = 0; i < nv; ++i) vst(acc + i * W, vfma(pv, vld(r + i * W), vld(acc + i * W)));
     return;
   }
 #endif
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t d = 0; d < D; ++d) acc[g * D + d] += p[g] * static_cast<float>(row[d]);
+  for (int64_t d = 0; d < D; ++d) acc[d] += p * static_cast<float>(r[d]);
 }
 
 struct Shape {
@@ -112,15 +198,17 @@ struct Shape {
   float scale;
 };
 
-// Visit (head, row) pairs of a task in the order that matches the cache layout: a
-// head-major cache [B, Hkv, N, D] is read head by head (each head's rows form one slab); a
-// token-major one ([B, N, Hkv, D] viewed as [B, Hkv, N, D]) token by token, so that a
-// selected token's K (or V) block for all heads, Hkv * D contiguous values, is one stream.
+// Visit (head, row) pairs of a task in the order that matches the cache layout. A head-major
+// cache [B, Hkv, N, D] is read head by head (each head's rows form one slab). A token-major one
+// ([B, N, Hkv, D] viewed as [B, Hkv, N, D]) is read in blocks of kTokenBlock tokens, head by head
+// inside a block; while a block is processed, its successor is prefetched chunk by chunk
+// (prefetch distance = one block), so the selected tokens stream in as Hkv * D runs.
 template <typename F>
 inline void for_pairs(bool token_outer, int64_t h0, int64_t h1, int64_t j0, int64_t j1, F&& f) {
   if (token_outer) {
-    for (int64_t j = j0; j < j1; ++j)
-      for (int64_t h = h0; h < h1; ++h) f(h, j);
+    for (int64_t jb = j0; jb < j1; jb += kTokenBlock)
+      for (int64_t h = h0; h < h1; ++h)
+        for (int64_t j = jb; j < std::min(j1, jb + kTokenBlock); ++j) f(h, j);
   } else {
     for (int64_t h = h0; h < h1; ++h)
       for (int64_t j = j0; j < j1; ++j) f(h, j);
@@ -130,21 +218,21 @@ inline void for_pairs(bool token_outer, int64_t h0, int64_t h1, int64_t j0, int6
 // One task: kv heads [h0, h1) of batch b, rows [j0, j1) of `active` (split `split`). For its
 // query heads hq it leaves exp(s - m) in S[b, hq, j], and m, l = sum exp and
 // acc = sum exp * V in the split's slots of part_m / part_l / part_acc.
-template <typename T>
+template <typename T, int NV>
 void attend_task(const Shape& sh, const T* q, const T* k, const T* v, const int64_t* act,
                  int64_t b, int64_t h0, int64_t h1, int64_t split, float* S, float* part_m,
                  float* part_l, float* part_acc, std::vector<float>& qf,
-                 std::vector<float>& accf, std::vector<float>& m, std::vector<float>& tmp) {
+                 std::vector<float>& accf, std::vector<float>& m) {
   const int64_t G = sh.G, D = sh.D, n = sh.n, ns = sh.nsplit;
   const int64_t j0 = split * sh.chunk, j1 = std::min(n, j0 + sh.chunk);
   const int64_t hq0 = h0 * G, nq = (h1 - h0) * G;  // query heads of the task
   const int64_t row_bytes = D * static_cast<int64_t>(sizeof(T));
-  const int64_t pf = sh.token_outer ? kPrefetchTokens : kPrefetchRows;
+  const int64_t pf = sh.token_outer ? kTokenBlock : kPrefetchRows;
   const int64_t* idx = act + b * n;
   const T* kb = k + b * sh.k_sb;
   const T* vb = v + b * sh.v_sb;
   const T* qb = q + (b * sh.Hq + hq0) * D;
-  for (int64_t i = 0; i < nq * D; ++i) qf[i] = static_cast<float>(qb[i]);
+  for (int64_t i = 0; i < nq * D; ++i) qf[i] = static_cast<float>(qb[i]) * sh.scale;
   float* Sb = S + (b * sh.Hq + hq0) * n;  // query head i of the task at Sb + i * n
   std::fill(m.begin(), m.begin() + nq, kNegInf);
 
@@ -153,13 +241,9 @@ void attend_task(const Shape& sh, const T* q, const T* k, const T* v, const int6
     if (j + pf < j1 && idx[j + pf] >= 0)
       prefetch_row(kb + h * sh.k_sh + idx[j + pf] * sh.k_sn, row_bytes);
     const int64_t a = idx[j], i0 = (h - h0) * G;
-    if (a < 0) {
-      for (int64_t g = 0; g < G; ++g) Sb[(i0 + g) * n + j] = kNegInf;
-      return;
-    }
-    dot_heads(qf.data() + i0 * D, G, kb + h * sh.k_sh + a * sh.k_sn, D, tmp.data());
+    const T* row = kb + h * sh.k_sh + a * sh.k_sn;
     for (int64_t g = 0; g < G; ++g) {
-      const float s = tmp[g] * sh.scale;
+      const float s = a < 0 ? kNegInf : dot<NV>(qf.data() + (i0 + g) * D, row, D);
       Sb[(i0 + g) * n + j] = s;
       m[i0 + g] = std::max(m[i0 + g], s);
     }
@@ -170,31 +254,55 @@ void attend_task(const Shape& sh, const T* q, const T* k, const T* v, const int6
       if (idx[j] >= 0) prefetch_row(vb + h * sh.v_sh + idx[j] * sh.v_sn, row_bytes);
 
   for (int64_t i = 0; i < nq; ++i) {
-    float* s = Sb + i * n;
-    const float mi = m[i];
-    float l = 0.f;
-    for (int64_t j = j0; j < j1; ++j) {
-      const float e = (mi == kNegInf) ? 0.f : std::exp(s[j] - mi);  // exp(-inf) = 0: padding
-      s[j] = e;
-      l += e;
-    }
-    part_m[(b * sh.Hq + hq0 + i) * ns + split] = mi;
-    part_l[(b * sh.Hq + hq0 + i) * ns + split] = l;
+    float* s = Sb + i * n + j0;
+    if (m[i] == kNegInf) std::fill(s, s + (j1 - j0), 0.f);  // no valid row in this split
+    part_l[(b * sh.Hq + hq0 + i) * ns + split] =
+        m[i] == kNegInf ? 0.f : exp_shift_sum(s, j1 - j0, m[i]);
+    part_m[(b * sh.Hq + hq0 + i) * ns + split] = m[i];
   }
 
   // Pass 2: weighted sum of the V rows into a float accumulator [nq, D].
+  float* out0 = part_acc + ((b * sh.Hq + hq0) * ns + split) * D;  // head i at + i * ns * D
+#if AVL_SIMD
+  if constexpr (NV > 0 && NV <= 8) {
+    if (G == 1) {  // per head, the accumulator lives in registers for a whole block of rows
+      const int64_t blk = sh.token_outer ? kTokenBlock : j1 - j0;
+      for (int64_t h = h0; h < h1; ++h)
+        for (int i = 0; i < NV; ++i) vst(out0 + (h - h0) * ns * D + i * W, vzero());
+      for (int64_t jb = j0; jb < j1; jb += blk) {
+        for (int64_t h = h0; h < h1; ++h) {
+          float* o = out0 + (h - h0) * ns * D;
+          const T* vh = vb + h * sh.v_sh;
+          const float* p = Sb + (h - h0) * n;
+          vf acc[NV];
+          for (int i = 0; i < NV; ++i) acc[i] = vld(o + i * W);
+          for (int64_t j = jb; j < std::min(j1, jb + blk); ++j) {
+            if (j + pf < j1 && idx[j + pf] >= 0) prefetch_row(vh + idx[j + pf] * sh.v_sn, row_bytes);
+            if (idx[j] < 0) continue;
+            const vf pj = vset(p[j]);
+            const T* row = vh + idx[j] * sh.v_sn;
+#pragma GCC unroll 8
+            for (int i = 0; i < NV; ++i) acc[i] = vfma(pj, vld(row + i * W), acc[i]);
+          }
+          for (int i = 0; i < NV; ++i) vst(o + i * W, acc[i]);
+        }
+      }
+      return;
+    }
+  }
+#endif
   std::fill(accf.begin(), accf.begin() + nq * D, 0.f);
   for_pairs(sh.token_outer, h0, h1, j0, j1, [&](int64_t h, int64_t j) {
     if (j + pf < j1 && idx[j + pf] >= 0)
       prefetch_row(vb + h * sh.v_sh + idx[j + pf] * sh.v_sn, row_bytes);
     const int64_t a = idx[j], i0 = (h - h0) * G;
     if (a < 0) return;
-    for (int64_t g = 0; g < G; ++g) tmp[g] = Sb[(i0 + g) * n + j];
-    axpy_heads(tmp.data(), G, vb + h * sh.v_sh + a * sh.v_sn, D, accf.data() + i0 * D);
+    const T* row = vb + h * sh.v_sh + a * sh.v_sn;
+    for (int64_t g = 0; g < G; ++g)
+      axpy<NV>(Sb[(i0 + g) * n + j], row, accf.data() + (i0 + g) * D, D);
   });
   for (int64_t i = 0; i < nq; ++i)
-    std::copy(accf.begin() + i * D, accf.begin() + (i + 1) * D,
-              part_acc + ((b * sh.Hq + hq0 + i) * ns + split) * D);
+    std::copy(accf.begin() + i * D, accf.begin() + (i + 1) * D, out0 + i * ns * D);
 }
 
 template <typename T>
@@ -218,14 +326,18 @@ void run(const Shape& sh, const at::Tensor& q, const at::Tensor& k, const at::Te
   // Tasks: (batch, split) with all kv heads when token-outer, else (batch, kv head, split).
   const int64_t hper = sh.token_outer ? sh.Hkv : 1;
   const int64_t tasks = B * (sh.Hkv / hper) * ns;
+  // Row kernels: D fixed at compile time for the common head dims, else generic.
+  auto task = &attend_task<T, -1>;
+  if (AVL_SIMD && D == 128) task = &attend_task<T, 128 / W>;
+  else if (AVL_SIMD && D == 64) task = &attend_task<T, 64 / W>;
+  else if (AVL_SIMD && D % W == 0) task = &attend_task<T, 0>;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     const int64_t nq = hper * G;
-    std::vector<float> qf(nq * D), accf(nq * D), m(nq), tmp(G);
+    std::vector<float> qf(nq * D), accf(nq * D), m(nq);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t split = t % ns, bh = t / ns;
       const int64_t b = bh / (sh.Hkv / hper), h0 = (bh % (sh.Hkv / hper)) * hper;
-      attend_task<T>(sh, qp, kp, vp, ap, b, h0, h0 + hper, split, S, part_m, part_l, part_acc,
-                     qf, accf, m, tmp);
+      task(sh, qp, kp, vp, ap, b, h0, h0 + hper, split, S, part_m, part_l, part_acc, qf, accf, m);
     }
   });
 
