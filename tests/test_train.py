@@ -32,8 +32,9 @@ def test_config_overrides_and_errors():
         TrainConfig(task_weights=[1.0])
     with pytest.raises(ValueError, match="`lr`"):
         load_train_config(["lr=2"])
-    assert lr_factor(0, 10, 100, 0.1) == pytest.approx(0.1)
-    assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_factor(0, 10, 0.0, 0.1) == pytest.approx(0.1)
+    assert lr_factor(50, 10, 0.0, 0.1) == pytest.approx(1.0)
+    assert lr_factor(100, 10, 1.0, 0.1) == pytest.approx(0.1)
 
 
 def test_stream_is_seeded_and_labels_cover_only_the_answer():
@@ -72,3 +73,7 @@ def test_tiny_run_loss_drops_checkpoints_resume_and_export(tmp_path):
     assert out_ids.shape[1] <= enc["input_ids"].shape[1] + 3
     assert model.generation_config.eos_token_id == proc.tokenizer.eos_token_id
     assert not torch.isnan(model(**enc).logits).any()
+    again = train(load_train_config([*args, "export_only=true", f"export_dir={tmp_path / 'e2'}"]))
+    assert again["steps"] == 14
+    reloaded, _ = load(str(tmp_path / "e2"))
+    torch.testing.assert_close(reloaded(**enc).logits, model(**enc).logits)

@@ -10,6 +10,7 @@ letters, digits and punctuation that the model must read from the pixels are nev
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -99,8 +100,9 @@ def _corpus() -> list[str]:
     return [" ".join(t.lower().split(" ")) for t in texts if not any(c.isdigit() for c in t)]
 
 
-def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Train the ``avl-tiny`` tokenizer (deterministic, offline, a few seconds)."""
+@functools.lru_cache(maxsize=4)
+def _trained_bpe(vocab_size: int) -> str:
+    """The trained BPE as JSON (cached: training it takes a few seconds)."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
@@ -112,8 +114,13 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
+    return tok.to_str()
+
+
+def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """Train the ``avl-tiny`` tokenizer (deterministic, offline, a few seconds)."""
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+        tokenizer_object=Tokenizer.from_str(_trained_bpe(vocab_size)),
         pad_token="<pad>",
         bos_token="<s>",
         eos_token="</s>",

@@ -29,7 +29,7 @@ class TrainConfig:
     batch_size: int = 8
     """Samples per optimiser step."""
     max_steps: int = 2000
-    """Optimiser steps; the cosine schedule decays over this many."""
+    """Optimiser steps (the cosine decays over this or ``max_minutes``, whichever binds)."""
     max_minutes: float | None = None
     """Stop after this much training wall time in total (kept across resumes); null: no limit."""
     lr: float = 1.5e-3
@@ -62,6 +62,8 @@ class TrainConfig:
     """Resume from ``<out_dir>/checkpoints/last.ckpt`` if it exists."""
     export: bool = True
     """Save the trained model + processor (``save_pretrained``) at the end."""
+    export_only: bool = False
+    """Do not train: export ``<out_dir>/checkpoints/last.ckpt`` (e.g. a run still going)."""
 
     def __post_init__(self) -> None:
         if len(self.task_weights) != len(TASKS) or min(self.task_weights) < 0:

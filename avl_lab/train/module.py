@@ -1,4 +1,8 @@
-"""The ``avl-tiny`` LightningModule: next-token loss on answer tokens, AdamW, warm-up + cosine."""
+"""The ``avl-tiny`` LightningModule: next-token loss on answer tokens, AdamW, warm-up + cosine.
+
+The cosine runs over the training budget: ``max_steps`` or ``max_minutes``, whichever
+binds first.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,21 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from avl_lab.train.config import TrainConfig
 
 __all__ = ["AvlTinyModule", "lr_factor"]
 
 
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to ``min_ratio``."""
+def lr_factor(step: int, warmup: int, progress: float, min_ratio: float) -> float:
+    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to ``min_ratio``.
+
+    ``progress`` in [0, 1] is the fraction of the training budget used.
+    """
     if step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 class AvlTinyModule(L.LightningModule):
@@ -39,7 +46,25 @@ class AvlTinyModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=self.cfg.batch_size)
         return loss
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def progress(self) -> float:
+        """Training progress in [0, 1]: steps done or wall time used, whichever is further.
+
+        With a wall-time budget (``max_minutes``) the cosine decay thus ends on time even
+        when the machine is slower than planned.
+        """
+        done = self.global_step / self.cfg.max_steps
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is not None and self.cfg.max_minutes:
+            done = max(done, timer.time_elapsed("train") / (60 * self.cfg.max_minutes))
+        return min(1.0, done)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        c = self.cfg
+        factor = lr_factor(self.global_step, c.warmup_steps, self.progress(), c.min_lr_ratio)
+        for group in self.trainer.optimizers[0].param_groups:
+            group["lr"] = c.lr * factor
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
         opt = torch.optim.AdamW(
@@ -47,8 +72,4 @@ class AvlTinyModule(L.LightningModule):
              {"params": no_decay, "weight_decay": 0.0}],
             lr=self.cfg.lr, betas=(0.9, 0.98),
         )  # fmt: skip
-        c = self.cfg
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, c.warmup_steps, c.max_steps, c.min_lr_ratio)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return opt  # the learning rate is set before every step (on_train_batch_start)

@@ -39,6 +39,24 @@ def export(module: AvlTinyModule, processor: Any, out: Path, extra: dict[str, An
     return out
 
 
+def _export_checkpoint(
+    cfg: TrainConfig, module: AvlTinyModule, processor: Any, ckpt: Path
+) -> dict[str, Any]:
+    if not ckpt.exists():
+        raise FileNotFoundError(f"`export_only` needs a checkpoint, none at {ckpt}")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    module.load_state_dict(state["state_dict"])
+    out = Path(cfg.out_dir)
+    summary = {"steps": state["global_step"], "samples": state["global_step"] * cfg.batch_size,
+               "checkpoint": str(ckpt), "config": dataclasses.asdict(cfg)}  # fmt: skip
+    target = Path(cfg.export_dir) if cfg.export_dir else out / "export"
+    export(module, processor, target, summary)
+    if (out / "metrics.csv").exists():
+        plot_curve(out / "metrics.csv", target / "training_curve.png")
+        shutil.copy(out / "metrics.csv", target / "training_metrics.csv")
+    return summary
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train ``avl-tiny`` as ``cfg`` says; returns a summary (steps, samples, wall time)."""
     torch.set_num_threads(cfg.num_threads)
@@ -77,6 +95,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         deterministic=False,
     )
     last = ckpt_dir / "last.ckpt"
+    if cfg.export_only:
+        return _export_checkpoint(cfg, module, processor, last)
     ckpt_path = str(last) if cfg.resume and last.exists() else None
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)

