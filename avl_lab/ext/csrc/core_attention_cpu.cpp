@@ -452,5 +452,6 @@ std::vector<at::Tensor> core_attention_cpu(const at::Tensor& q, const at::Tensor
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("core_attention", &core_attention_cpu,
         "Core-cache decode attention over the active rows (CPU)", py::arg("q"), py::arg("k"),
-        py::arg("v"), py::arg("active"), py::arg("scale"));
+        py::arg("v"), py::arg("active"), py::arg("scale"),
+        py::call_guard<py::gil_scoped_release>());
 }

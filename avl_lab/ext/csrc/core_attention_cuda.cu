@@ -423,5 +423,6 @@ std::vector<at::Tensor> core_attention_cuda(const at::Tensor& q, const at::Tenso
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("core_attention", &core_attention_cuda,
         "Core-cache decode attention over the active rows (CUDA)", py::arg("q"), py::arg("k"),
-        py::arg("v"), py::arg("active"), py::arg("scale"));
+        py::arg("v"), py::arg("active"), py::arg("scale"),
+        py::call_guard<py::gil_scoped_release>());
 }
