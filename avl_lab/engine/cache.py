@@ -11,6 +11,11 @@ Each layer stores ``keys``/``values`` ``[B, Hkv, R, D]`` plus per-row tensors ``
 Rows of one batch may hold different numbers of valid rows: the shorter ones are padded with
 invalid filler up to the longest. Eviction (:meth:`AVLLayer.evict`) compacts the storage, so
 evicted rows really leave memory.
+
+Storage is token-major, ``[B, R, Hkv, D]``: one selected row is one contiguous run of
+``Hkv * D`` values for all heads, which the core-attention op streams at close to bandwidth
+(a head-major row is a short random read per head). ``keys``/``values`` are ``[B, Hkv, R, D]``
+views of it, the layout transformers and the op's API use.
 """
 
 from __future__ import annotations
@@ -34,10 +39,35 @@ class AVLLayer(DynamicLayer):
     is_croppable = False
 
     def __init__(self, layer_idx: int, cache: AVLCache) -> None:
+        self._k: Tensor | None = None  # [B, R, Hkv, D] token-major storage
+        self._v: Tensor | None = None
         super().__init__()
         self.layer_idx = layer_idx
         self.cache = cache
         self.rows: dict[str, Tensor] = {}
+
+    # --- storage: token-major tensors, head-major views ------------------------------------
+    @property
+    def keys(self) -> Tensor | None:
+        """``[B, Hkv, R, D]`` view of the token-major key storage."""
+        return None if self._k is None else self._k.transpose(1, 2)
+
+    @keys.setter
+    def keys(self, value: Tensor | None) -> None:
+        self._k = None if value is None or value.dim() != 4 else value.transpose(1, 2).contiguous()
+
+    @property
+    def values(self) -> Tensor | None:
+        """``[B, Hkv, R, D]`` view of the token-major value storage."""
+        return None if self._v is None else self._v.transpose(1, 2)
+
+    @values.setter
+    def values(self, value: Tensor | None) -> None:
+        self._v = None if value is None or value.dim() != 4 else value.transpose(1, 2).contiguous()
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.is_initialized = True
 
     # --- bookkeeping views -------------------------------------------------------------------
     @property
@@ -63,7 +93,7 @@ class AVLLayer(DynamicLayer):
     @property
     def num_rows(self) -> int:
         """Physical rows ``R`` (valid + filler)."""
-        return 0 if self.keys is None or self.keys.dim() < 3 else self.keys.shape[-2]
+        return 0 if self._k is None else self._k.shape[1]
 
     def state(self, name: str) -> Tensor:
         """``[B, R]`` policy state ``name`` (registered with :meth:`AVLCache.register_state`)."""
@@ -85,10 +115,10 @@ class AVLLayer(DynamicLayer):
         if not self.is_initialized or self.num_rows == 0:
             self.lazy_initialization(key_states, value_states)
             self.keys, self.values, self.rows = key_states, value_states, new_rows
-        else:
-            self.keys = torch.cat([self.keys, key_states], dim=-2)
-            self.values = torch.cat([self.values, value_states], dim=-2)
-            self.rows = {k: torch.cat([t, new_rows[k]], dim=1) for k, t in self.rows.items()}
+            return key_states, value_states  # prefill attention reads the fresh head-major states
+        self._k = torch.cat([self._k, key_states.transpose(1, 2)], dim=1)
+        self._v = torch.cat([self._v, value_states.transpose(1, 2)], dim=1)
+        self.rows = {k: torch.cat([t, new_rows[k]], dim=1) for k, t in self.rows.items()}
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
@@ -106,7 +136,7 @@ class AVLLayer(DynamicLayer):
     def _map_batch(self, fn: Callable[[Tensor], Tensor]) -> None:
         if self.num_rows == 0:
             return
-        self.keys, self.values = fn(self.keys), fn(self.values)
+        self._k, self._v = fn(self._k), fn(self._v)
         self.rows = {k: fn(t) for k, t in self.rows.items()}
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -138,10 +168,10 @@ class AVLLayer(DynamicLayer):
             return None
         # Stable sort puts kept rows first, in their original order.
         order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :m]  # [B, m]
-        B, H, _, D = self.keys.shape
-        kv_idx = order[:, None, :, None].expand(B, H, m, D)
-        self.keys = self.keys.gather(2, kv_idx)
-        self.values = self.values.gather(2, kv_idx)
+        B, _, H, D = self._k.shape
+        kv_idx = order[:, :, None, None].expand(B, m, H, D)
+        self._k = self._k.gather(1, kv_idx)
+        self._v = self._v.gather(1, kv_idx)
         rows = {k: t.gather(1, order) for k, t in self.rows.items()}
         rows["valid"] = torch.arange(m, device=counts.device)[None, :] < counts[:, None]
         self.rows = rows
@@ -151,7 +181,7 @@ class AVLLayer(DynamicLayer):
         """Bytes physically held by this layer's keys and values."""
         if self.num_rows == 0:
             return 0
-        return self.keys.numel() * self.keys.element_size() * 2
+        return self._k.numel() * self._k.element_size() * 2
 
 
 class AVLCache(Cache):
