@@ -10,6 +10,7 @@ returns None so that ``impl="auto"`` can fall back to the reference.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -17,7 +18,7 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["ExtensionBuildError", "load", "try_load", "reset"]
+__all__ = ["ExtensionBuildError", "load", "try_load", "reset", "toolchain_problem"]
 
 CSRC = Path(__file__).parent / "csrc"
 KINDS = ("cpu", "cuda")
@@ -65,6 +66,24 @@ def _build(kind: str) -> ModuleType:
         extra_cuda_cflags=["-O3", "-lineinfo"],
         verbose=False,
     )
+
+
+def toolchain_problem(kind: str = "cpu") -> str | None:
+    """Why ``kind`` cannot even be attempted here (no ninja, compiler or GPU), else None.
+
+    Tests skip on this; a build that fails although the toolchain is present is a failure.
+    """
+    from torch.utils.cpp_extension import is_ninja_available
+
+    if os.environ.get("AVL_LAB_NO_EXT", "") not in ("", "0"):
+        return "disabled by AVL_LAB_NO_EXT"
+    if not is_ninja_available():
+        return "ninja is not installed"
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        return "no C++ compiler on PATH"
+    if kind == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
 
 
 def load(kind: str) -> ModuleType:
