@@ -11,6 +11,7 @@ import torch
 
 from avl_lab.ext import core_attention, core_attention_ref
 from avl_lab.ext.build import toolchain_problem
+from avl_lab.ext.op import CUDA_HEAD_DIMS
 
 CPU = pytest.param(
     "cpu",
@@ -51,7 +52,8 @@ SHAPES = [
     (3, 4, 2, 9, 128, "none:5"),
     (3, 4, 4, 20, 64, "mixed:6"),
     (2, 4, 2, 16, 64, "dup:12"),
-    (2, 6, 3, 33, 20, "pad:10"),  # head dim not a multiple of 8: scalar path (CPU)
+    (2, 8, 4, 100, 256, "pad:60"),
+    (2, 6, 3, 33, 20, "pad:10"),  # head dim not a multiple of 8: scalar path (CPU only)
 ]
 
 
@@ -107,7 +109,26 @@ def test_op_matches_reference(shape, dtype, layout, device):
     q, k, v, a = make_case(*shape, dtype, device)
     if layout == "token":
         k, v = token_major(k), token_major(v)
+    if device == "cuda" and shape[4] not in CUDA_HEAD_DIMS:
+        with pytest.raises(ValueError, match="head dims"):
+            core_attention(q, k, v, a, impl="cuda")
+        assert_matches_ref(q, k, v, a, impl="auto")  # auto falls back to the reference
+        return
     assert_matches_ref(q, k, v, a, impl=device)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_treats_out_of_range_indices_as_padding():
+    """The CUDA op does not validate index values (a host sync per call); it skips them."""
+    q, k, v, a = make_case(2, 8, 4, 100, 128, "rand:30", torch.float32, "cuda")
+    bad = a.clone()
+    bad[:, 5] = 100  # == N
+    out, probs = core_attention(q, k, v, bad, impl="cuda")
+    a[:, 5] = -1
+    ref_out, ref_probs = core_attention_ref(q, k, v, a)
+    torch.testing.assert_close(out, ref_out, **TOL[torch.float32])
+    torch.testing.assert_close(probs, ref_probs, atol=1e-6, rtol=1e-4)
 
 
 @pytest.mark.parametrize("device", DEVICES)
