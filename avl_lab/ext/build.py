@@ -4,7 +4,12 @@ Each op is compiled by :func:`torch.utils.cpp_extension.load` on first use and c
 torch extensions directory (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``),
 so later processes only load it (~1.5 s). A failed build is remembered: :func:`load` raises
 :class:`ExtensionBuildError` with the build's message, and :func:`try_load` warns once and
-returns None so that ``impl="auto"`` can fall back to the reference.
+returns None so that ``impl="auto"`` can fall back to the reference. Setting the environment
+variable ``AVL_LAB_NO_EXT=1`` skips the builds (the reference is used, with one warning).
+
+The CPU op is compiled for the ISA torch reports (AVX-512 or AVX2 code paths, else portable
+C++), and the ISA is part of the extension's name, so a shared extensions directory never
+hands a binary to a CPU that cannot run it.
 """
 
 from __future__ import annotations
