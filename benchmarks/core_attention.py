@@ -10,8 +10,9 @@ and KV heads, head_dim 128). Columns, all timed in one process and interleaved:
 * ``op``         — ``avl_lab.ext.core_attention`` on the active rows.
 
 The last two run on two cache layouts with the same values: ``head`` = ``[B, Hkv, N, D]``
-contiguous (what the engine holds), ``token`` = a ``[B, N, Hkv, D]`` buffer passed as its
-``[B, Hkv, N, D]`` transposed view (a selected token's rows for all heads are contiguous).
+contiguous (stock Hugging Face caches), ``token`` = a ``[B, N, Hkv, D]`` buffer passed as its
+``[B, Hkv, N, D]`` transposed view (how ``avl_lab.engine`` stores its cache: a selected
+token's rows for all heads are one contiguous run).
 Full attention always reads the head-major cache.
 
 Every layer has its own buffers and active set; ``L`` layers are cycled (as many as fit in

@@ -9,7 +9,8 @@ The layers run unmodified; only their cache and attention function differ (regis
 * ``full (op)``: the same rows through ``core_attention`` (isolates the op from the row cut);
 * ``avl``: an A-VL S=45 C=30 cache: 20 text + 45% of the image rows stored (1,316 rows),
   attention over text + 30% of the image rows (884 rows, the new token included) through
-  ``core_attention``; ``avl/tok`` is the same with the cache stored token-major.
+  ``core_attention``; ``avl/tok`` is the same with the cache stored token-major (the
+  layout ``avl_lab.engine`` uses).
 
 Each step writes the new token's K/V into a preallocated slot (no reallocation), so the time
 is the layers' own work. The bytes bound is (weights + full K/V) / (weights + active K/V)
