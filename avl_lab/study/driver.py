@@ -24,13 +24,26 @@ def default_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'study.db').resolve()}"
 
 
-def make_storage(url: str, cfg: StudyConfig) -> RDBStorage:
+def make_storage(url: str, cfg: StudyConfig, attempts: int = 6) -> RDBStorage:
+    """The study's storage. Workers starting together on a fresh database race to create
+    Optuna's schema (one gets "already exists"); the loser retries and finds it made."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    return RDBStorage(
-        url, engine_kwargs=engine_kwargs, heartbeat_interval=cfg.heartbeat_interval,
-        grace_period=cfg.grace_period,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry),
-    )
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=cfg.heartbeat_interval,
+                grace_period=cfg.grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    max_retry=cfg.max_retry),
+            )
+        except SQLAlchemyError as err:
+            if attempt == attempts - 1:
+                raise
+            log.warning("storage %s not ready (%s); retrying", url, type(err).__name__)
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def make_sampler(cfg: StudyConfig, offset: int) -> optuna.samplers.BaseSampler:
