@@ -39,31 +39,45 @@ class AVLLayer(DynamicLayer):
     is_croppable = False
 
     def __init__(self, layer_idx: int, cache: AVLCache) -> None:
-        self._k: Tensor | None = None  # [B, R, Hkv, D] token-major storage
+        self._k: Tensor | None = None  # [B, capacity, Hkv, D] token-major storage
         self._v: Tensor | None = None
+        self._n = 0  # rows in use; the rest is room for the rows still to come
         super().__init__()
         self.layer_idx = layer_idx
         self.cache = cache
         self.rows: dict[str, Tensor] = {}
 
-    # --- storage: token-major tensors, head-major views ------------------------------------
+    # --- storage: token-major buffers with room to grow, head-major views --------------------
     @property
     def keys(self) -> Tensor | None:
-        """``[B, Hkv, R, D]`` view of the token-major key storage."""
-        return None if self._k is None else self._k.transpose(1, 2)
+        """``[B, Hkv, R, D]`` view of the rows in use."""
+        return None if self._k is None else self._k[:, : self._n].transpose(1, 2)
 
     @keys.setter
-    def keys(self, value: Tensor | None) -> None:
-        self._k = None if value is None or value.dim() != 4 else value.transpose(1, 2).contiguous()
+    def keys(self, value: None) -> None:  # only transformers' reset/init assign (None)
+        if value is not None:
+            raise TypeError("AVLLayer storage is written through update() and evict()")
+        self._k, self._n = None, 0
 
     @property
     def values(self) -> Tensor | None:
-        """``[B, Hkv, R, D]`` view of the token-major value storage."""
-        return None if self._v is None else self._v.transpose(1, 2)
+        """``[B, Hkv, R, D]`` view of the rows in use."""
+        return None if self._v is None else self._v[:, : self._n].transpose(1, 2)
 
     @values.setter
-    def values(self, value: Tensor | None) -> None:
-        self._v = None if value is None or value.dim() != 4 else value.transpose(1, 2).contiguous()
+    def values(self, value: None) -> None:
+        if value is not None:
+            raise TypeError("AVLLayer storage is written through update() and evict()")
+        self._v = None
+
+    def _store(self, k_tok: Tensor, v_tok: Tensor, extra: int = 0) -> None:
+        """Hold token-major rows ``[B, n, Hkv, D]`` in fresh buffers with room for the rows
+        the run will still append (so a decode step writes one slot instead of copying)."""
+        B, n, H, D = k_tok.shape
+        cap = n + max(extra, self.cache.run.rows_to_come())
+        self._k, self._v = k_tok.new_empty(B, cap, H, D), v_tok.new_empty(B, cap, H, D)
+        self._k[:, :n], self._v[:, :n] = k_tok, v_tok
+        self._n = n
 
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -92,8 +106,8 @@ class AVLLayer(DynamicLayer):
 
     @property
     def num_rows(self) -> int:
-        """Physical rows ``R`` (valid + filler)."""
-        return 0 if self._k is None else self._k.shape[1]
+        """Rows in use ``R`` (valid + filler)."""
+        return 0 if self._k is None else self._n
 
     def state(self, name: str) -> Tensor:
         """``[B, R]`` policy state ``name`` (registered with :meth:`AVLCache.register_state`)."""
@@ -114,10 +128,15 @@ class AVLLayer(DynamicLayer):
             new_rows[name] = torch.full_like(new_rows["pos"], value, dtype=dtype)
         if not self.is_initialized or self.num_rows == 0:
             self.lazy_initialization(key_states, value_states)
-            self.keys, self.values, self.rows = key_states, value_states, new_rows
+            self._store(key_states.transpose(1, 2), value_states.transpose(1, 2))
+            self.rows = new_rows
             return key_states, value_states  # prefill attention reads the fresh head-major states
-        self._k = torch.cat([self._k, key_states.transpose(1, 2)], dim=1)
-        self._v = torch.cat([self._v, value_states.transpose(1, 2)], dim=1)
+        q = key_states.shape[2]
+        if self._n + q > self._k.shape[1]:  # more rows than planned: grow once
+            self._store(self._k[:, : self._n], self._v[:, : self._n], extra=max(q, 16))
+        self._k[:, self._n : self._n + q] = key_states.transpose(1, 2)
+        self._v[:, self._n : self._n + q] = value_states.transpose(1, 2)
+        self._n += q
         self.rows = {k: torch.cat([t, new_rows[k]], dim=1) for k, t in self.rows.items()}
         return self.keys, self.values
 
@@ -136,7 +155,7 @@ class AVLLayer(DynamicLayer):
     def _map_batch(self, fn: Callable[[Tensor], Tensor]) -> None:
         if self.num_rows == 0:
             return
-        self._k, self._v = fn(self._k), fn(self._v)
+        self._store(fn(self._k[:, : self._n]), fn(self._v[:, : self._n]))
         self.rows = {k: fn(t) for k, t in self.rows.items()}
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -170,16 +189,15 @@ class AVLLayer(DynamicLayer):
         order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :m]  # [B, m]
         B, _, H, D = self._k.shape
         kv_idx = order[:, :, None, None].expand(B, m, H, D)
-        self._k = self._k.gather(1, kv_idx)
-        self._v = self._v.gather(1, kv_idx)
+        self._store(self._k[:, : self._n].gather(1, kv_idx), self._v[:, : self._n].gather(1, kv_idx))
         rows = {k: t.gather(1, order) for k, t in self.rows.items()}
         rows["valid"] = torch.arange(m, device=counts.device)[None, :] < counts[:, None]
         self.rows = rows
         return order
 
     def kv_bytes(self) -> int:
-        """Bytes physically held by this layer's keys and values."""
-        if self.num_rows == 0:
+        """Bytes physically allocated for this layer's keys and values (room to grow included)."""
+        if self._k is None:
             return 0
         return self._k.numel() * self._k.element_size() * 2
 

@@ -97,6 +97,10 @@ class Run:
         self.timing.decode_steps = self.step
 
     # --- called by the cache -------------------------------------------------------------------
+    def rows_to_come(self) -> int:
+        """Decode rows a layer will still append in this call (one per remaining decode step)."""
+        return max(0, self.max_new_tokens - 1 - self.step)
+
     @property
     def tokens_seen(self) -> int:
         return self.layout.length + self.step
