@@ -10,13 +10,14 @@ import pytest
 import avl_lab
 from avl_lab.models import embedded_path, load
 
-# task -> minimum score on the first 16 eval samples (CIDEr on the x1 scale)
+# task -> minimum score on the first 16 eval samples (CIDEr on the x1 scale). Measured on
+# the shipped checkpoint: docvqa 0.039, caption 0.869, easy-vqa 0.688. synth-ocr and
+# synth-textvqa score 0 with it (it has not learnt to read characters yet), so they have
+# no floor here.
 FLOORS = {
-    "synth-docvqa": 0.0,
-    "synth-textvqa": 0.0,
-    "synth-ocr": 0.0,
-    "synth-caption": 0.0,
-    "easy-vqa": 0.0,
+    "synth-docvqa": 0.02,
+    "synth-caption": 0.6,
+    "easy-vqa": 0.5,
 }
 
 pytestmark = pytest.mark.skipif(

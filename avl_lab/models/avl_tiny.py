@@ -34,7 +34,7 @@ __all__ = ["AvlTinyConfig", "build_avl_tiny", "build_processor", "build_tokenize
 
 @dataclass
 class AvlTinyConfig:
-    """Sizes of ``avl-tiny`` (defaults: ~2.8 M parameters, ~11 MB in fp32)."""
+    """Sizes of ``avl-tiny`` (defaults: ~2.5 M parameters, ~10 MB in fp32)."""
 
     image_size: int = 160
     """Input side in pixels."""
