@@ -37,7 +37,9 @@ def dominates(a: pd.Series, b: pd.Series, objectives: list[str]) -> bool:
 
 
 def front_table(df: pd.DataFrame) -> str:
-    front = df[df["front"]].drop(columns=["front"])
+    """The front, one row per distinct configuration (samplers may propose one twice; the
+    evaluation cache makes the repeat free, and ``pareto.csv`` keeps every trial)."""
+    front = df[df["front"]].drop_duplicates(subset=list(PARAMS)).drop(columns=["front"])
     return front.to_string(index=False, float_format=lambda x: f"{x:.4f}")
 
 
