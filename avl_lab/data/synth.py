@@ -113,8 +113,19 @@ class SynthTask:
 TASKS: dict[str, SynthTask] = {}
 
 
-def register_task(task: SynthTask) -> SynthTask:
-    """Record ``task`` in :data:`TASKS` (for :func:`sample_row`) and return it."""
+def register_task(task: SynthTask, description: str) -> SynthTask:
+    """Record ``task`` in :data:`TASKS` (for :func:`sample_row`) and register its loader
+    ``(split, limit, cache=True, path=None, **config_overrides) -> Dataset`` by name."""
+    from avl_lab.data.registry import register
+
+    def load(split: str, limit: int | None, cache: bool = True, path: str | None = None,
+             **overrides: Any) -> Dataset:
+        return build_split(task, split, limit, overrides, cache=cache, path=path)
+
+    load.__doc__ = (f"Rows of ``{task.name}``; ``overrides`` are "
+                    f":class:`{task.config_cls.__name__}` fields.")
+    register(task.name, metric=task.metric, splits=SPLITS, aliases=SPLIT_ALIASES,
+             kind="synthetic", description=description)(load)
     TASKS[task.name] = task
     return task
 

@@ -12,23 +12,18 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from datasets import Dataset
 from PIL import Image, ImageDraw
 
-from avl_lab.data.registry import register
 from avl_lab.data.render import COLOURS, SHAPES, draw_shape, jitter
 from avl_lab.data.schema import CAPTION_PROMPT
 from avl_lab.data.synth import (
-    SPLIT_ALIASES,
-    SPLITS,
     Sample,
     SynthConfig,
     SynthTask,
-    build_split,
     register_task,
 )
 
-__all__ = ["CAPTION_COLOURS", "POSITIONS", "CaptionConfig", "load_synth_caption", "make_sample"]
+__all__ = ["CAPTION_COLOURS", "POSITIONS", "CaptionConfig", "make_sample"]
 
 CAPTION_COLOURS = ("red", "blue", "green", "yellow", "orange", "purple")
 #: Grid cell (row, col) -> position name.
@@ -121,19 +116,7 @@ def make_sample(rng: random.Random, cfg: CaptionConfig) -> Sample:
     return Sample(img, CAPTION_PROMPT, _captions(objs), {"objects": objs})
 
 
-TASK = register_task(SynthTask("synth-caption", "cider", CaptionConfig, make_sample, lambda q: q))
-
-
-@register(
-    "synth-caption",
-    metric="cider",
-    splits=SPLITS,
-    aliases=SPLIT_ALIASES,
-    kind="synthetic",
+TASK = register_task(
+    SynthTask("synth-caption", "cider", CaptionConfig, make_sample, lambda q: q),
     description="2-5 shapes (shape, colour, size, position); five paraphrased captions",
 )
-def load_synth_caption(
-    split: str, limit: int | None, cache: bool = True, path: str | None = None, **overrides
-) -> Dataset:
-    """Rows of ``synth-caption``; ``overrides`` are :class:`CaptionConfig` fields."""
-    return build_split(TASK, split, limit, overrides, cache=cache, path=path)

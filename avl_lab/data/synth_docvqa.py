@@ -13,25 +13,20 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from datasets import Dataset
 from PIL import Image, ImageDraw
 
 from avl_lab.data import values
 from avl_lab.data.grid import GRID, draw_grid_text
-from avl_lab.data.registry import register
 from avl_lab.data.render import jitter
 from avl_lab.data.schema import short_answer_prompt
 from avl_lab.data.synth import (
-    SPLIT_ALIASES,
-    SPLITS,
     Sample,
     SynthConfig,
     SynthTask,
-    build_split,
     register_task,
 )
 
-__all__ = ["FIELDS", "DocVQAConfig", "load_synth_docvqa", "make_sample"]
+__all__ = ["FIELDS", "DocVQAConfig", "make_sample"]
 
 
 @dataclass(frozen=True)
@@ -119,20 +114,6 @@ def make_sample(rng: random.Random, cfg: DocVQAConfig) -> Sample:
 
 
 TASK = register_task(
-    SynthTask("synth-docvqa", "anls", DocVQAConfig, make_sample, short_answer_prompt)
-)
-
-
-@register(
-    "synth-docvqa",
-    metric="anls",
-    splits=SPLITS,
-    aliases=SPLIT_ALIASES,
-    kind="synthetic",
+    SynthTask("synth-docvqa", "anls", DocVQAConfig, make_sample, short_answer_prompt),
     description="rendered invoices/receipts/forms with 6-8 fields; 'What is the <field>?'",
 )
-def load_synth_docvqa(
-    split: str, limit: int | None, cache: bool = True, path: str | None = None, **overrides
-) -> Dataset:
-    """Rows of ``synth-docvqa``; ``overrides`` are :class:`DocVQAConfig` fields."""
-    return build_split(TASK, split, limit, overrides, cache=cache, path=path)

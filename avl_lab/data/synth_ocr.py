@@ -12,24 +12,19 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from datasets import Dataset
 from PIL import Image, ImageDraw
 
 from avl_lab.data import values
 from avl_lab.data.grid import GRID, draw_grid_text
-from avl_lab.data.registry import register
 from avl_lab.data.render import contrast_text, jitter
 from avl_lab.data.synth import (
-    SPLIT_ALIASES,
-    SPLITS,
     Sample,
     SynthConfig,
     SynthTask,
-    build_split,
     register_task,
 )
 
-__all__ = ["QUESTION", "OCRConfig", "load_synth_ocr", "make_sample"]
+__all__ = ["QUESTION", "OCRConfig", "make_sample"]
 
 QUESTION = "What is written in the image?"
 _WORDS = tuple(w for w in values.WORDS if len(w) <= 7)
@@ -92,19 +87,7 @@ def make_sample(rng: random.Random, cfg: OCRConfig) -> Sample:
     return Sample(img, QUESTION, [" ".join(lines)], meta)
 
 
-TASK = register_task(SynthTask("synth-ocr", "ocrbench", OCRConfig, make_sample, lambda q: q))
-
-
-@register(
-    "synth-ocr",
-    metric="ocrbench",
-    splits=SPLITS,
-    aliases=SPLIT_ALIASES,
-    kind="synthetic",
+TASK = register_task(
+    SynthTask("synth-ocr", "ocrbench", OCRConfig, make_sample, lambda q: q),
     description="short texts (words, numbers, codes) to read; 'What is written in the image?'",
 )
-def load_synth_ocr(
-    split: str, limit: int | None, cache: bool = True, path: str | None = None, **overrides
-) -> Dataset:
-    """Rows of ``synth-ocr``; ``overrides`` are :class:`OCRConfig` fields."""
-    return build_split(TASK, split, limit, overrides, cache=cache, path=path)

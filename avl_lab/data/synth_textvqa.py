@@ -13,25 +13,20 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from datasets import Dataset
 from PIL import Image, ImageDraw
 
 from avl_lab.data import values
 from avl_lab.data.grid import GRID, cell_size, draw_grid_text
-from avl_lab.data.registry import register
 from avl_lab.data.render import COLOURS, SHAPES, contrast_text, draw_shape, jitter
 from avl_lab.data.schema import short_answer_prompt
 from avl_lab.data.synth import (
-    SPLIT_ALIASES,
-    SPLITS,
     Sample,
     SynthConfig,
     SynthTask,
-    build_split,
     register_task,
 )
 
-__all__ = ["SIGN_COLOURS", "TextVQAConfig", "load_synth_textvqa", "make_sample"]
+__all__ = ["SIGN_COLOURS", "TextVQAConfig", "make_sample"]
 
 SIGN_COLOURS = ("red", "blue", "green", "yellow", "orange", "purple", "white", "black")
 _MUTED = ((150, 150, 150), (140, 110, 80), (230, 170, 190), (90, 160, 160), (180, 180, 120))
@@ -128,20 +123,6 @@ def make_sample(rng: random.Random, cfg: TextVQAConfig) -> Sample:
 
 
 TASK = register_task(
-    SynthTask("synth-textvqa", "vqa_accuracy", TextVQAConfig, make_sample, short_answer_prompt)
-)
-
-
-@register(
-    "synth-textvqa",
-    metric="vqa_accuracy",
-    splits=SPLITS,
-    aliases=SPLIT_ALIASES,
-    kind="synthetic",
+    SynthTask("synth-textvqa", "vqa_accuracy", TextVQAConfig, make_sample, short_answer_prompt),
     description="two-word phrases on coloured signs; 'What is written on the red sign?'",
 )
-def load_synth_textvqa(
-    split: str, limit: int | None, cache: bool = True, path: str | None = None, **overrides
-) -> Dataset:
-    """Rows of ``synth-textvqa``; ``overrides`` are :class:`TextVQAConfig` fields."""
-    return build_split(TASK, split, limit, overrides, cache=cache, path=path)
