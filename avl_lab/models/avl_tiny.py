@@ -27,7 +27,7 @@ from transformers import (
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from avl_lab.models.tiny import CHAT_TEMPLATE
-from avl_lab.models.tokenizer import IMAGE_TOKEN, SPECIAL_TOKENS
+from avl_lab.models.tokenizer import SPECIAL_TOKENS, wrap_tokenizer
 
 __all__ = ["AvlTinyConfig", "build_avl_tiny", "build_processor", "build_tokenizer"]
 
@@ -119,15 +119,7 @@ def _trained_bpe(vocab_size: int) -> str:
 
 def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """Train the ``avl-tiny`` tokenizer (deterministic, offline, a few seconds)."""
-    return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_trained_bpe(vocab_size)),
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-        padding_side="left",
-    )
+    return wrap_tokenizer(Tokenizer.from_str(_trained_bpe(vocab_size)))
 
 
 def build_processor(cfg: AvlTinyConfig, tok: PreTrainedTokenizerFast) -> LlavaProcessor:

@@ -38,13 +38,10 @@ def _train(vocab_size: int) -> Tokenizer:
     return tok
 
 
-def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A deterministic byte-level BPE tokenizer with an ``<image>`` special token.
-
-    Left padding, ``<pad>``/``<s>``/``</s>`` specials; built offline in well under a second.
-    """
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=_train(vocab_size),
+def wrap_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    """A transformers tokenizer around ``tokenizer`` with the lab's specials and left padding."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
         pad_token="<pad>",
         bos_token="<s>",
         eos_token="</s>",
@@ -52,4 +49,11 @@ def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         extra_special_tokens={"image_token": IMAGE_TOKEN},
         padding_side="left",
     )
-    return tok
+
+
+def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A deterministic byte-level BPE tokenizer with an ``<image>`` special token.
+
+    Left padding, ``<pad>``/``<s>``/``</s>`` specials; built offline in well under a second.
+    """
+    return wrap_tokenizer(_train(vocab_size))
