@@ -86,7 +86,7 @@ class Run:
         self.trace = Trace() if record else None
         self.seed = seed
         self.generator: torch.Generator | None = None
-        self._n_text: Tensor | None = None
+        self._counts(layout)
         self.timing = Timing()
 
     def begin(self) -> None:
@@ -124,7 +124,7 @@ class Run:
         dev = lay.pos.device
         return {
             "valid": torch.ones(batch, 1, dtype=torch.bool, device=dev),
-            "pos": (lay.n_prompt + self.step - 1)[:, None],
+            "pos": (self.n_prompt + self.step - 1)[:, None],
             "tok": torch.full((batch, 1), lay.length + self.step - 1, device=dev),
             "mod": torch.full((batch, 1), int(Modality.GENERATED), dtype=torch.int8, device=dev),
         }
@@ -135,8 +135,14 @@ class Run:
         if batch % base:
             raise ValueError(f"batch {batch} is not a multiple of the prompt batch {base}")
         self.layout = self.base_layout.repeat_interleave(batch // base)
+        self._counts(self.layout)
         self.generator = torch.Generator(device=self.layout.pos.device).manual_seed(self.seed)
         self.policy.setup(self.cache, self.context(0))
+
+    def _counts(self, layout: Layout) -> None:
+        """Per-row prompt counts, computed once: hooks read them every layer of every step."""
+        self.n_image, self.n_prompt = layout.n_image, layout.n_prompt
+        self.n_text = self.n_prompt - self.n_image
 
     def _prompt_rows(self, layer_idx: int) -> dict[str, Tensor]:
         lay = self.layout
@@ -151,24 +157,21 @@ class Run:
 
     # --- called by the attention function ------------------------------------------------------
     def context(self, layer_idx: int) -> Context:
-        lay = self.layout
-        if self._n_text is None or self._n_text.shape[0] != lay.batch_size:
-            self._n_text = lay.n_prompt - lay.n_image
         return Context(
             layer_idx=layer_idx,
             num_layers=self.num_layers,
             step=self.step,
             update=self.update,
-            n_image=lay.n_image,
-            n_prompt=lay.n_prompt,
-            n_text=self._n_text,
+            n_image=self.n_image,
+            n_prompt=self.n_prompt,
+            n_text=self.n_text,
             max_new_tokens=self.max_new_tokens,
             generator=self.generator,
         )
 
     def full_rows(self) -> Tensor:
         """``[B]`` rows the Full policy would hold at the current step."""
-        return self.layout.n_prompt + self.step
+        return self.n_prompt + self.step
 
     def stats(self) -> CacheStats:
         """Cache accounting over the decode steps (the post-prefill state if there were none)."""
