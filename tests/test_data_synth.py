@@ -130,3 +130,30 @@ def test_synthetic_path_option():
         data.load("synth-ocr", "eval", limit=1, cache=False, path="/somewhere")
     with pytest.raises(ValueError, match="`path` must be None"):
         data.load("easy-vqa", "test", limit=1, path="/somewhere")
+
+
+def test_grid_meta_records_every_drawn_character_at_its_template_cell():
+    from avl_lab.data.grid import GRID
+    from avl_lab.data.synth_docvqa import FIELDS, VALUE_COL, field_row
+    from avl_lab.data.synth_ocr import TEXT_CELL
+    from avl_lab.data.synth_textvqa import TEXT_COL, sign_row
+
+    for row in data.load("synth-docvqa", "eval", limit=10, cache=False):
+        meta = json.loads(row["meta"])
+        grid = meta["grid"]
+        assert len(grid) == GRID and all(len(r) == GRID for r in grid)
+        index = next(i for i, f in enumerate(FIELDS) if f.label == meta["field"])
+        line = grid[field_row(index)]
+        assert line[VALUE_COL:].rstrip() == row["answers"][0]
+        assert line[:VALUE_COL].rstrip() == meta["field"]
+        assert sum(r.strip() != "" for r in grid) == meta["n_fields"] + 1  # + the title
+    for row in data.load("synth-ocr", "eval", limit=10, cache=False):
+        col, r = TEXT_CELL
+        grid = json.loads(row["meta"])["grid"]
+        assert grid[r][col:].rstrip() == row["answers"][0]
+        assert "".join(grid).strip() == row["answers"][0]  # nothing else drawn
+    for row in data.load("synth-textvqa", "eval", limit=10, cache=False):
+        meta = json.loads(row["meta"])
+        for sign in meta["signs"]:
+            line = meta["grid"][sign_row(sign["colour"])]
+            assert line[TEXT_COL:].rstrip() == sign["text"]

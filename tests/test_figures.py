@@ -89,3 +89,27 @@ def test_analyze_cli_all(tmp_path):
     assert layer[layer["layer"] == 0]["ppci"].to_numpy() == pytest.approx(1.0)
     frac = pd.read_csv(tmp_path / "sparsity.csv")["fraction"]
     assert ((frac > 0) & (frac <= 1)).all()
+
+
+def test_table_cli_reports_every_method_and_task_and_matches_direct_evaluation(tmp_path):
+    _run("avl_lab.figures", ["table", *FAST, "tasks=[synth-ocr,easy-vqa]", f"out={tmp_path}"])
+    df = pd.read_csv(tmp_path / "table.csv")
+    from avl_lab.figures.table import METHODS
+
+    assert sorted(df["task"].unique()) == ["easy-vqa", "synth-ocr"]
+    assert set(df["method"]) == set(METHODS) and len(df) == 2 * len(METHODS)
+    full = df[df["method"] == "Full"]
+    assert (full["stored"] == 1.0).all() and (full["used"] == 1.0).all()
+    avl = df[df["method"] == "A-VL"]
+    assert (avl["used"] < avl["stored"]).all() and (avl["stored"] < 0.7).all()
+    md = (tmp_path / "table.md").read_text()
+    assert sum(line.startswith("| ") for line in md.splitlines()) == len(METHODS) + 1
+    assert "synth-ocr (ocrbench)" in md
+    # a cell equals a direct run of the evaluation runner with the same settings
+    import avl_lab
+
+    direct = avl_lab.evaluate([*FAST, "data=easy-vqa", "policy=h2o", "policy.ratio=0.5",
+                               "progress=false", f"out_dir={tmp_path / 'direct'}"])
+    cell = df[(df["task"] == "easy-vqa") & (df["method"] == "H2O ratio=0.5")].iloc[0]
+    assert cell["score"] == pytest.approx(direct.score)
+    assert cell["stored"] == pytest.approx(direct.stored)

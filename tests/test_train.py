@@ -17,12 +17,13 @@ TINY = [
     "model.intermediate_size=128", "model.num_hidden_layers=2", "model.num_attention_heads=4",
     "model.num_key_value_heads=2", "batch_size=4", "lr=3e-3", "warmup_steps=2",
     "eval_every_steps=0", "log_every_steps=1", "curriculum_steps=2", "num_threads=1",
+    "glyph_loss_weight=0",  # 40 px images have 16 patches, not one per grid cell
 ]  # fmt: skip
 
 
-def _losses(path):
+def _losses(path, name="loss"):
     with open(path) as f:
-        return {int(r["step"]): float(r["value"]) for r in csv.DictReader(f) if r["name"] == "loss"}
+        return {int(r["step"]): float(r["value"]) for r in csv.DictReader(f) if r["name"] == name}
 
 
 def test_config_overrides_and_errors():
@@ -77,3 +78,36 @@ def test_tiny_run_loss_drops_checkpoints_resume_and_export(tmp_path):
     assert again["steps"] == 14
     reloaded, _ = load(str(tmp_path / "e2"))
     torch.testing.assert_close(reloaded(**enc).logits, model(**enc).logits)
+
+
+def test_glyph_labels_name_each_cell_and_the_glyph_loss_drops(tmp_path):
+    from avl_lab.data.grid import GRID
+    from avl_lab.models.avl_tiny import AvlTinyConfig, build_processor, build_tokenizer
+
+    cfg = TrainConfig()
+    items = [TrainStream(cfg).sample(i) for i in range(12)]
+    mcfg = AvlTinyConfig()
+    proc = build_processor(mcfg, build_tokenizer(mcfg.vocab_size))
+    batch = collate(proc, items)
+    tok = proc.tokenizer
+    assert batch["glyph_labels"].shape == (12, GRID * GRID)
+    for labels, item in zip(batch["glyph_labels"], items):
+        if item["grid"] is None:  # caption, easy-vqa: no labels
+            assert (labels == -100).all()
+            continue
+        cells = tok.convert_ids_to_tokens(labels.tolist())
+        text = "".join(" " if c == "\u0120" else c for c in cells)
+        assert text == "".join(item["grid"])
+    assert any(it["grid"] is None for it in items) and any(it["grid"] for it in items)
+
+    small = [a for a in TINY if not a.startswith(("model.image_size", "glyph_loss_weight"))]
+    out = tmp_path / "run"
+    train(load_train_config([*small, "model.image_size=160", f"out_dir={out}", "max_steps=15",
+                             "export=false", "glyph_loss_weight=1.0", "task_weights=[1,1,1,0,0]"]))
+    glyph = _losses(out / "metrics.csv", "glyph_loss")
+    assert len(glyph) >= 10
+    first, last = glyph[min(glyph)], sum(glyph[s] for s in sorted(glyph)[-3:]) / 3
+    assert last < first * 0.7, glyph
+    with pytest.raises(ValueError, match="glyph_loss_weight=0"):
+        train(load_train_config([*small, "model.image_size=40", f"out_dir={tmp_path / 'r2'}",
+                                 "max_steps=2", "export=false", "task_weights=[1,1,1,0,0]"]))

@@ -15,12 +15,40 @@ from PIL import ImageDraw, ImageFont
 
 from avl_lab.data.render import font
 
-__all__ = ["ALPHABET", "GRID", "cell_size", "draw_grid_text", "grid_font", "text_cells"]
+__all__ = [
+    "ALPHABET",
+    "GRID",
+    "CharGrid",
+    "cell_size",
+    "draw_grid_text",
+    "grid_font",
+    "text_cells",
+]
 
 #: Cells per side of the character grid.
 GRID = 16
 #: Characters the grid tasks draw (and answers are made of).
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 -$,./#:"
+
+
+class CharGrid:
+    """What each cell of the 16 x 16 grid shows: a character of :data:`ALPHABET` or blank.
+
+    Generators pass one to :func:`draw_grid_text` and store :meth:`rows` in a sample's
+    ``meta["grid"]``: per-patch glyph labels (row-major, like the image tokens) that
+    ``avl-tiny``'s training uses as an auxiliary target.
+    """
+
+    def __init__(self) -> None:
+        self.cells = [[" "] * GRID for _ in range(GRID)]
+
+    def put(self, col: int, row: int, text: str) -> None:
+        for i, ch in enumerate(text):
+            self.cells[row][col + i] = ch
+
+    def rows(self) -> list[str]:
+        """The grid as ``GRID`` strings of ``GRID`` characters (blank cells are spaces)."""
+        return ["".join(r) for r in self.cells]
 
 
 def cell_size(image_size: int) -> float:
@@ -55,8 +83,10 @@ def draw_grid_text(
     text: str,
     image_size: int,
     fill: tuple[int, int, int],
+    grid: CharGrid | None = None,
 ) -> list[int]:
-    """Draw ``text`` from cell ``(col, row)`` rightwards, one character per cell.
+    """Draw ``text`` from cell ``(col, row)`` rightwards, one character per cell
+    (and record it in ``grid`` when given).
 
     Raises
     ------
@@ -70,6 +100,8 @@ def draw_grid_text(
     """
     if col < 0 or row < 0 or row >= GRID or col + len(text) > GRID:
         raise ValueError(f"text {text!r} at cell ({col}, {row}) leaves the {GRID}x{GRID} grid")
+    if grid is not None:
+        grid.put(col, row, text)
     cell = cell_size(image_size)
     fnt, cap = grid_font(image_size)
     baseline = (row + 0.5) * cell + cap / 2

@@ -55,7 +55,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Bump whenever generated pixels or text change; part of every cache key.
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 SPLITS = ("train", "eval")
 SPLIT_ALIASES = {"test": "eval", "validation": "eval", "val": "eval"}
 DEFAULT_SIZES = {"train": 10_000, "eval": 500}

@@ -3,8 +3,11 @@
 A document has a title (INVOICE, RECEIPT ...) and 6-8 ``LABEL VALUE`` rows drawn from
 :data:`FIELDS` (ids, dates, amounts, names, phone numbers ...), printed on the 16 x 16
 character grid of :mod:`avl_lab.data.grid` (one monospace capital per 10 px cell at the
-default 160 px): labels of at most 5 characters in column 0, values of up to 10 characters
-from column 6. The question asks for one field's value, which only the pixels carry.
+default 160 px): the title on row 0, then each field on its own row of a fixed form
+template (field ``i`` of :data:`FIELDS` on row ``i + 1``; generator v3), labels of at most
+5 characters in column 0, values of up to 10 characters from column 6. Which fields a
+document has, their values, the title and the ink vary; the question asks for one field's
+value, which only the pixels carry.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw
 
 from avl_lab.data import values
-from avl_lab.data.grid import GRID, draw_grid_text
+from avl_lab.data.grid import GRID, CharGrid, draw_grid_text
 from avl_lab.data.render import jitter
 from avl_lab.data.schema import short_answer_prompt
 from avl_lab.data.synth import (
@@ -26,7 +29,7 @@ from avl_lab.data.synth import (
     register_task,
 )
 
-__all__ = ["FIELDS", "DocVQAConfig", "make_sample"]
+__all__ = ["FIELDS", "DocVQAConfig", "field_row", "make_sample"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,11 @@ FIELDS: tuple[Field, ...] = (
 TITLES = ("INVOICE", "RECEIPT", "ORDER FORM", "STATEMENT", "BILL")
 VALUE_COL = 6
 _INKS = ((20, 20, 20), (25, 35, 90), (60, 30, 30))
+
+
+def field_row(index: int) -> int:
+    """Grid row of field ``FIELDS[index]`` on the form template."""
+    return index + 1
 
 
 @dataclass(frozen=True)
@@ -97,19 +105,17 @@ def make_sample(rng: random.Random, cfg: DocVQAConfig) -> Sample:
     ink = rng.choice(_INKS)
     img = Image.new("RGB", (size, size), jitter(rng, (250, 249, 244), 5))
     draw = ImageDraw.Draw(img)
-    spacing = 2 if 2 * k + 1 <= GRID and rng.random() < 0.5 else 1
-    first = rng.randint(0, GRID - 2 - spacing * (k - 1) - 1)  # title row, blank row, fields
-    draw_grid_text(draw, rng.randint(0, GRID - len(title)), first, title, size, ink)
+    grid = CharGrid()
+    draw_grid_text(draw, rng.randint(0, GRID - len(title)), 0, title, size, ink, grid)
     boxes = []
-    for j, (lab, val) in enumerate(rows):
-        row = first + 2 + spacing * j
-        draw_grid_text(draw, 0, row, lab, size, ink)
-        boxes.append(draw_grid_text(draw, VALUE_COL, row, val, size, ink))
+    for i, (lab, val) in zip(chosen, rows):
+        draw_grid_text(draw, 0, field_row(i), lab, size, ink, grid)
+        boxes.append(draw_grid_text(draw, VALUE_COL, field_row(i), val, size, ink, grid))
 
     field = FIELDS[chosen[asked]]
     value = rows[asked][1]
     meta = {"doc_type": title.lower(), "field": field.label, "n_fields": k, "box": boxes[asked],
-            "fields": dict(rows)}  # fmt: skip
+            "fields": dict(rows), "grid": grid.rows()}  # fmt: skip
     return Sample(img, f"What is the {field.noun}?", [value], meta)
 
 

@@ -3,7 +3,10 @@
 A scene (sky, ground, a few muted distractor shapes) holds 2-3 signs of distinct colours,
 each on a post and carrying a two-word phrase in capitals (``PARK AVE``-style: two words,
 or a word and a number) on the 16 x 16 character grid of :mod:`avl_lab.data.grid`; a sign
-is the phrase's cells plus one cell of margin. The question names one sign by colour. Like
+is the phrase's cells plus a margin. A sign's colour fixes its row (colour ``i`` of
+:data:`SIGN_COLOURS` on row ``2 i + 1``, text from column 1; generator v3), so the scene,
+the signs present and their phrases vary but the reading position follows from the
+question. The question names one sign by colour. Like
 TextVQA, each sample has 10 reference answers: the phrase (lower-case, as annotators write
 it) and, for up to two "annotators", only its first word; scoring is VQA accuracy.
 """
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw
 
 from avl_lab.data import values
-from avl_lab.data.grid import GRID, cell_size, draw_grid_text
+from avl_lab.data.grid import GRID, CharGrid, cell_size, draw_grid_text
 from avl_lab.data.render import COLOURS, SHAPES, contrast_text, draw_shape, jitter
 from avl_lab.data.schema import short_answer_prompt
 from avl_lab.data.synth import (
@@ -26,7 +29,7 @@ from avl_lab.data.synth import (
     register_task,
 )
 
-__all__ = ["SIGN_COLOURS", "TextVQAConfig", "make_sample"]
+__all__ = ["SIGN_COLOURS", "TEXT_COL", "TextVQAConfig", "make_sample", "sign_row"]
 
 SIGN_COLOURS = ("red", "blue", "green", "yellow", "orange", "purple", "white", "black")
 _MUTED = ((150, 150, 150), (140, 110, 80), (230, 170, 190), (90, 160, 160), (180, 180, 120))
@@ -34,6 +37,8 @@ _SKIES = ((190, 220, 245), (215, 225, 235), (240, 225, 200))
 _GROUNDS = ((150, 190, 120), (190, 170, 130), (170, 170, 170))
 _SIGN_WORDS = tuple(w for w in values.WORDS if len(w) <= 6)
 _NUMBER_WORDS = ("EXIT", "GATE", "ROUTE", "ROOM", "DOCK", "PIER", "LOT", "BAY")
+#: Grid column of a sign's first character.
+TEXT_COL = 1
 
 
 @dataclass(frozen=True)
@@ -79,12 +84,9 @@ def _scene(rng: random.Random, draw: ImageDraw.ImageDraw, size: int) -> None:
         draw_shape(draw, rng.choice(SHAPES), cx, cy, r, jitter(rng, rng.choice(_MUTED), 10))
 
 
-def _sign_rows(rng: random.Random, n: int) -> list[int]:
-    """Text rows of ``n`` signs, 4+ rows apart (a sign spans its row +- 1)."""
-    while True:
-        rows = sorted(rng.sample(range(1, GRID - 1), n))
-        if all(b - a >= 4 for a, b in zip(rows, rows[1:])):
-            return rows
+def sign_row(colour: str) -> int:
+    """Grid row of the text on the ``colour`` sign."""
+    return 2 * SIGN_COLOURS.index(colour) + 1
 
 
 def make_sample(rng: random.Random, cfg: TextVQAConfig) -> Sample:
@@ -98,19 +100,22 @@ def make_sample(rng: random.Random, cfg: TextVQAConfig) -> Sample:
     n = rng.randint(cfg.min_signs, cfg.max_signs)
     colours = rng.sample(SIGN_COLOURS, n)
     placed = []
-    for row, colour in zip(_sign_rows(rng, n), colours):
+    for colour in colours:
         text = _phrase(rng)
-        col = rng.randint(1, GRID - 1 - len(text))
-        placed.append((row, col, text, colour))
-        post_x = (col + len(text) / 2) * cell
-        draw.rectangle((post_x - 1, (row + 2) * cell, post_x + 1, size), fill=(90, 90, 90))
+        while len(text) > GRID - 2 * TEXT_COL:
+            text = _phrase(rng)
+        row = sign_row(colour)
+        placed.append((row, text, colour))
+        post_x = (TEXT_COL + len(text) / 2) * cell
+        draw.rectangle((post_x - 1, (row + 1) * cell, post_x + 1, size), fill=(90, 90, 90))
     signs = []
-    for row, col, text, colour in placed:
+    grid = CharGrid()
+    for row, text, colour in placed:
         fill = COLOURS[colour]
-        box = [round((col - 1) * cell), round((row - 1) * cell),
-               round((col + len(text) + 1) * cell) - 1, round((row + 2) * cell) - 1]  # fmt: skip
+        box = [round((TEXT_COL - 1) * cell), round((row - 0.3) * cell),
+               round((TEXT_COL + len(text) + 1) * cell) - 1, round((row + 1.3) * cell) - 1]  # fmt: skip
         draw.rectangle(box, fill=fill, outline=(40, 40, 40), width=1)
-        draw_grid_text(draw, col, row, text, size, contrast_text(fill))
+        draw_grid_text(draw, TEXT_COL, row, text, size, contrast_text(fill), grid)
         signs.append({"colour": colour, "text": text, "box": box})
 
     target = rng.choice(signs)
@@ -118,7 +123,8 @@ def make_sample(rng: random.Random, cfg: TextVQAConfig) -> Sample:
     n_partial = rng.choice((0, 0, 1, 2))
     answers = [phrase] * (cfg.n_answers - n_partial) + [phrase.split()[0]] * n_partial
     question = f"What is written on the {target['colour']} sign?"
-    meta = {"signs": signs, "colour": target["colour"], "box": target["box"]}
+    meta = {"signs": signs, "colour": target["colour"], "box": target["box"],
+            "grid": grid.rows()}  # fmt: skip
     return Sample(img, question, answers, meta)
 
 

@@ -90,9 +90,12 @@ class CurveLogger(L.Callback):
         step = trainer.global_step
         if step % self.every:
             return
-        loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
-        lr = trainer.optimizers[0].param_groups[0]["lr"]
-        values = {"loss": loss, "lr": lr, "elapsed_s": time.monotonic() - self.start}
+        outputs = outputs if isinstance(outputs, dict) else {"loss": outputs}
+        values = {"loss": float(outputs.get("answer_loss", outputs["loss"]))}
+        if "glyph_loss" in outputs:
+            values["glyph_loss"] = float(outputs["glyph_loss"])
+        values["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        values["elapsed_s"] = time.monotonic() - self.start
         self.write({"step": step, "samples": step * pl_module.cfg.batch_size, "kind": "train",
                     "values": values})  # fmt: skip
 

@@ -44,6 +44,13 @@ class TrainConfig:
     """Gradient-norm clipping."""
     task_weights: list[float] = field(default_factory=lambda: [0.3, 0.2, 0.25, 0.15, 0.1])
     """Sampling weights of :data:`TASKS` (docvqa, textvqa, ocr, caption, easy-vqa)."""
+    glyph_loss_weight: float = 1.0
+    """Weight of the auxiliary glyph loss: each image token (projector output), scored
+    against the input embeddings, must name the character its grid cell shows (blank: the
+    space token). It aligns the vision tokens with the character tokens the answers copy,
+    LLaVA stage-1 style; 0 turns it off."""
+    init_from: str | None = None
+    """A saved ``avl-tiny`` directory whose weights start a fresh run (null: random init)."""
     curriculum_steps: int = 300
     """For this many steps docvqa has fewer fields (2-4) and ocr 1-2 tokens."""
     ckpt_every_minutes: float = 5.0
@@ -77,6 +84,8 @@ class TrainConfig:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
         if not 0 < self.lr < 1:
             raise ValueError(f"`lr` must be in (0, 1), got {self.lr}")
+        if self.glyph_loss_weight < 0:
+            raise ValueError(f"`glyph_loss_weight` must be >= 0, got {self.glyph_loss_weight}")
         if self.warmup_steps < 0 or self.eval_every_steps < 0 or self.curriculum_steps < 0:
             raise ValueError("`warmup_steps`, `eval_every_steps`, `curriculum_steps` must be >= 0")
 

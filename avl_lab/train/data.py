@@ -21,10 +21,18 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
 from avl_lab import data
+from avl_lab.data.grid import GRID
 from avl_lab.evaluation.prompting import chat_prompt
 from avl_lab.train.config import TASKS, TrainConfig
 
-__all__ = ["TrainDataModule", "TrainStream", "answer_target", "collate", "training_row"]
+__all__ = [
+    "TrainDataModule",
+    "TrainStream",
+    "answer_target",
+    "collate",
+    "glyph_labels",
+    "training_row",
+]
 
 _EASY_CURRICULUM = {
     "synth-docvqa": {"min_fields": 2, "max_fields": 4},
@@ -84,7 +92,9 @@ class TrainStream(IterableDataset):
         task = rng.choices(TASKS, weights=self.cfg.task_weights)[0]
         easy = i < self.cfg.curriculum_steps * self.cfg.batch_size
         row = training_row(task, i, easy=easy)
-        return {"image": row["image"], "prompt": row["prompt"], "target": answer_target(task, row)}
+        grid = json.loads(row["meta"]).get("grid")
+        return {"image": row["image"], "prompt": row["prompt"],
+                "target": answer_target(task, row), "grid": grid}  # fmt: skip
 
     def __iter__(self):
         i = self.start
@@ -93,8 +103,28 @@ class TrainStream(IterableDataset):
             i += 1
 
 
+def glyph_labels(tokenizer: Any, grids: list[list[str] | None]) -> torch.Tensor:
+    """``[B, cells]`` token ids of each grid cell's character, row-major like the image
+    tokens (blank cells: the space token); all -100 for a sample without a grid."""
+    cells = max((sum(len(r) for r in g) for g in grids if g), default=GRID * GRID)
+    out = torch.full((len(grids), cells), -100, dtype=torch.long)
+    for b, grid in enumerate(grids):
+        if grid:
+            ids = [_char_id(tokenizer, ch) for ch in "".join(grid)]
+            out[b] = torch.tensor(ids)
+    return out
+
+
+def _char_id(tokenizer: Any, ch: str) -> int:
+    ids = tokenizer(ch, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"grid character {ch!r} is not one token of the tokenizer: {ids}")
+    return ids[0]
+
+
 def collate(processor: Any, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``/``attention_mask``/``labels`` and ``pixel_values``.
+    """Right-padded ``input_ids``/``attention_mask``/``labels``, ``pixel_values`` and the
+    per-cell ``glyph_labels`` (see :func:`glyph_labels`).
 
     The prompt is tokenised alone (exactly as at inference) and the target `` <answer></s>``
     appended; labels are -100 everywhere but on the target tokens.
@@ -116,8 +146,9 @@ def collate(processor: Any, batch: list[dict[str, Any]]) -> dict[str, torch.Tens
         label_t[r, : len(s)] = torch.tensor(lab)
         mask[r, : len(s)] = 1
     pixel_values = torch.from_numpy(np.stack([np.asarray(p) for p in enc["pixel_values"]]))
+    glyphs = glyph_labels(tok, [b.get("grid") for b in batch])
     return {"input_ids": input_ids, "attention_mask": mask, "labels": label_t,
-            "pixel_values": pixel_values}  # fmt: skip
+            "pixel_values": pixel_values, "glyph_labels": glyphs}  # fmt: skip
 
 
 class TrainDataModule(L.LightningDataModule):

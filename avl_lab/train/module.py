@@ -15,7 +15,10 @@ from lightning.pytorch.callbacks import Timer
 
 from avl_lab.train.config import TrainConfig
 
-__all__ = ["AvlTinyModule", "lr_factor"]
+__all__ = ["GLYPH_SCALE", "AvlTinyModule", "lr_factor"]
+
+#: Inverse temperature of the glyph loss's cosine scores.
+GLYPH_SCALE = 16.0
 
 
 def lr_factor(step: int, warmup: int, progress: float, min_ratio: float) -> float:
@@ -40,11 +43,46 @@ class AvlTinyModule(L.LightningModule):
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
-        self.samples_seen = (self.global_step + 1) * self.cfg.batch_size
-        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=self.cfg.batch_size)
-        return loss
+    def training_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
+        """``loss`` (optimised) = answer-token loss + weighted glyph loss; both also returned
+        (detached) as ``answer_loss`` and ``glyph_loss``."""
+        batch = dict(batch)
+        glyphs = batch.pop("glyph_labels", None)
+        captured: list[torch.Tensor] = []
+        projector = self.model.model.multi_modal_projector
+        handle = projector.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            loss = self.model(**batch).loss
+        finally:
+            handle.remove()
+        n = self.cfg.batch_size
+        self.samples_seen = (self.global_step + 1) * n
+        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=n)
+        out = {"loss": loss, "answer_loss": loss.detach()}
+        if glyphs is not None and self.cfg.glyph_loss_weight > 0 and (glyphs >= 0).any():
+            aux = self.glyph_loss(captured[0], glyphs)
+            self.log("train/glyph_loss", aux, on_step=True, batch_size=n)
+            out["loss"] = loss + self.cfg.glyph_loss_weight * aux
+            out["glyph_loss"] = aux.detach()
+        return out
+
+    def glyph_loss(self, features: torch.Tensor, glyphs: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of image tokens ``[B, N, H]`` scored against the input embeddings
+        ``[V, H]`` with the cell characters ``glyphs`` ``[B, N]`` (-100: no label).
+
+        The scores are cosine similarities times :data:`GLYPH_SCALE`: bounded, so the loss
+        cannot be lowered by inflating the features' norm (which would derail the LM)."""
+        if features.shape[:2] != glyphs.shape:
+            raise ValueError(
+                f"glyph labels {tuple(glyphs.shape)} do not match the image tokens "
+                f"{tuple(features.shape[:2])}: the grid needs one 10 px patch per cell "
+                "(image_size 160, patch_size 10), or set glyph_loss_weight=0"
+            )
+        embed = torch.nn.functional.normalize(self.model.get_input_embeddings().weight, dim=-1)
+        logits = GLYPH_SCALE * torch.nn.functional.normalize(features, dim=-1) @ embed.T
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), glyphs.flatten())
 
     def progress(self) -> float:
         """Training progress in [0, 1]: steps done or wall time used, whichever is further.

@@ -57,6 +57,20 @@ def _export_checkpoint(
     return summary
 
 
+def _init_from(model: torch.nn.Module, path: Path) -> None:
+    """Load the weights of a saved ``avl-tiny`` (same sizes) into ``model``."""
+    from transformers import LlavaForConditionalGeneration
+
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"`init_from`: no saved model (config.json) in {path}")
+    saved = LlavaForConditionalGeneration.from_pretrained(path)
+    try:
+        model.load_state_dict(saved.state_dict())
+    except RuntimeError as err:
+        raise ValueError(f"`init_from` {path} does not match the model config: {err}") from err
+    log.info("initialised from %s", path)
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train ``avl-tiny`` as ``cfg`` says; returns a summary (steps, samples, wall time)."""
     torch.set_num_threads(cfg.num_threads)
@@ -64,6 +78,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
     model, processor = build_avl_tiny(cfg.model, seed=cfg.seed)
+    if cfg.init_from:
+        _init_from(model, Path(cfg.init_from))
     model.train()
     module = AvlTinyModule(model, cfg)
     dm = TrainDataModule(cfg, processor)
