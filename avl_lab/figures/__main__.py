@@ -18,9 +18,9 @@ from avl_lab.evaluation.config import ConfigError, load_config
 from avl_lab.figures.run import run_figure
 from avl_lab.figures.specs import FIGURES, Grids
 from avl_lab.figures.table import run_table
+from avl_lab.models import default_model
 
 COMMANDS = [*FIGURES, "table"]
-from avl_lab.models import default_model
 
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str], str | None]:
