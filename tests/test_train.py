@@ -99,6 +99,20 @@ def test_glyph_labels_name_each_cell_and_the_glyph_loss_drops(tmp_path):
         text = "".join(" " if c == "\u0120" else c for c in cells)
         assert text == "".join(item["grid"])
     assert any(it["grid"] is None for it in items) and any(it["grid"] for it in items)
+    # guided reading: the logits at query q predict the character whose cell's image token
+    # is the target key (its glyph label is that very token)
+    reads = batch["read_targets"]
+    image_start = int((batch["input_ids"][0] == tok.image_token_id).nonzero()[0])
+    checked = 0
+    for b, item in enumerate(items):
+        pairs = (reads[b] >= 0).nonzero().flatten().tolist()
+        assert len(pairs) == (len(item["target"]) if item["grid"] else 0)
+        for q in pairs:
+            key = int(reads[b, q])
+            assert batch["input_ids"][b, key] == tok.image_token_id
+            assert batch["labels"][b, q + 1] == batch["glyph_labels"][b, key - image_start]
+            checked += 1
+    assert checked > 20
 
     small = [a for a in TINY if not a.startswith(("model.image_size", "glyph_loss_weight"))]
     out = tmp_path / "run"
@@ -111,3 +125,27 @@ def test_glyph_labels_name_each_cell_and_the_glyph_loss_drops(tmp_path):
     with pytest.raises(ValueError, match="glyph_loss_weight=0"):
         train(load_train_config([*small, "model.image_size=40", f"out_dir={tmp_path / 'r2'}",
                                  "max_steps=2", "export=false", "task_weights=[1,1,1,0,0]"]))
+
+
+def test_read_attention_loss_equals_the_heads_eager_attention():
+    from avl_lab.models.avl_tiny import AvlTinyConfig, build_avl_tiny
+    from avl_lab.train.guided import ReadAttention
+
+    mcfg = AvlTinyConfig(image_size=40, vision_hidden_size=32, vision_layers=1, vision_heads=2,
+                         hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    model, _ = build_avl_tiny(mcfg, seed=1)
+    model.eval()
+    ids = torch.randint(5, 300, (2, 30))
+    targets = torch.full((2, 30), -100)
+    targets[0, 20], targets[0, 25], targets[1, 29] = 3, 24, 0
+    layer = model.model.language_model.layers[1].self_attn
+    with torch.no_grad(), ReadAttention(layer, head=3) as probe:
+        model.model.language_model(input_ids=ids)
+        got = probe.loss(targets)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        attn = model.model.language_model(input_ids=ids, output_attentions=True).attentions[1]
+    want = -torch.log(torch.stack([attn[0, 3, 20, 3], attn[0, 3, 25, 24], attn[1, 3, 29, 0]]))
+    torch.testing.assert_close(got, want.mean())
+    assert not torch.isclose(got, -torch.log(attn[0, 2, 20, 3]))  # another head differs

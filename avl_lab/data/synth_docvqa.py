@@ -115,6 +115,7 @@ def make_sample(rng: random.Random, cfg: DocVQAConfig) -> Sample:
     field = FIELDS[chosen[asked]]
     value = rows[asked][1]
     meta = {"doc_type": title.lower(), "field": field.label, "n_fields": k, "box": boxes[asked],
+            "cell": [VALUE_COL, field_row(chosen[asked])],
             "fields": dict(rows), "grid": grid.rows()}  # fmt: skip
     return Sample(img, f"What is the {field.noun}?", [value], meta)
 

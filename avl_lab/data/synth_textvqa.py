@@ -124,6 +124,7 @@ def make_sample(rng: random.Random, cfg: TextVQAConfig) -> Sample:
     answers = [phrase] * (cfg.n_answers - n_partial) + [phrase.split()[0]] * n_partial
     question = f"What is written on the {target['colour']} sign?"
     meta = {"signs": signs, "colour": target["colour"], "box": target["box"],
+            "cell": [TEXT_COL, sign_row(target["colour"])],
             "grid": grid.rows()}  # fmt: skip
     return Sample(img, question, answers, meta)
 

@@ -92,8 +92,9 @@ class CurveLogger(L.Callback):
             return
         outputs = outputs if isinstance(outputs, dict) else {"loss": outputs}
         values = {"loss": float(outputs.get("answer_loss", outputs["loss"]))}
-        if "glyph_loss" in outputs:
-            values["glyph_loss"] = float(outputs["glyph_loss"])
+        for key in ("glyph_loss", "read_loss"):
+            if key in outputs:
+                values[key] = float(outputs[key])
         values["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         values["elapsed_s"] = time.monotonic() - self.start
         self.write({"step": step, "samples": step * pl_module.cfg.batch_size, "kind": "train",

@@ -49,6 +49,16 @@ class TrainConfig:
     against the input embeddings, must name the character its grid cell shows (blank: the
     space token). It aligns the vision tokens with the character tokens the answers copy,
     LLaVA stage-1 style; 0 turns it off."""
+    read_attention_weight: float = 1.0
+    """Weight of the guided-reading loss: on reading tasks, head ``read_attention_head`` of
+    decoder layer ``read_attention_layer`` is taught to attend, from the position that
+    predicts the answer's k-th character, to the image token of the cell showing it
+    (cross-entropy of that head's attention row, see :mod:`avl_lab.train.guided`); 0 turns
+    it off."""
+    read_attention_layer: int = 1
+    """Decoder layer of the guided head."""
+    read_attention_head: int = 0
+    """Query head of the guided head."""
     init_from: str | None = None
     """A saved ``avl-tiny`` directory whose weights start a fresh run (null: random init)."""
     curriculum_steps: int = 300
@@ -84,6 +94,20 @@ class TrainConfig:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
         if not 0 < self.lr < 1:
             raise ValueError(f"`lr` must be in (0, 1), got {self.lr}")
+        if self.read_attention_weight < 0:
+            raise ValueError(
+                f"`read_attention_weight` must be >= 0, got {self.read_attention_weight}"
+            )
+        if not 0 <= self.read_attention_layer < self.model.num_hidden_layers:
+            raise ValueError(
+                f"`read_attention_layer` must be in [0, {self.model.num_hidden_layers}), "
+                f"got {self.read_attention_layer}"
+            )
+        if not 0 <= self.read_attention_head < self.model.num_attention_heads:
+            raise ValueError(
+                f"`read_attention_head` must be in [0, {self.model.num_attention_heads}), "
+                f"got {self.read_attention_head}"
+            )
         if self.glyph_loss_weight < 0:
             raise ValueError(f"`glyph_loss_weight` must be >= 0, got {self.glyph_loss_weight}")
         if self.warmup_steps < 0 or self.eval_every_steps < 0 or self.curriculum_steps < 0:

@@ -92,9 +92,10 @@ class TrainStream(IterableDataset):
         task = rng.choices(TASKS, weights=self.cfg.task_weights)[0]
         easy = i < self.cfg.curriculum_steps * self.cfg.batch_size
         row = training_row(task, i, easy=easy)
-        grid = json.loads(row["meta"]).get("grid")
-        return {"image": row["image"], "prompt": row["prompt"],
-                "target": answer_target(task, row), "grid": grid}  # fmt: skip
+        meta = json.loads(row["meta"])
+        grid = meta.get("grid")
+        return {"image": row["image"], "prompt": row["prompt"], "target": answer_target(task, row),
+                "grid": grid, "cell": meta.get("cell") if grid else None}  # fmt: skip
 
     def __iter__(self):
         i = self.start
@@ -132,11 +133,12 @@ def collate(processor: Any, batch: list[dict[str, Any]]) -> dict[str, torch.Tens
     tok = processor.tokenizer
     prompts = [chat_prompt(processor, b["prompt"]) for b in batch]
     enc = processor(images=[b["image"] for b in batch], text=prompts, padding=False)
-    seqs, labels = [], []
+    seqs, labels, reads = [], [], []
     for ids, b in zip(enc["input_ids"], batch):
         target = tok(" " + b["target"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         seqs.append(list(ids) + target)
         labels.append([-100] * len(ids) + target)
+        reads.append(_read_positions(tok, list(ids), b))
     width = max(len(s) for s in seqs)
     input_ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
     label_t = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -147,8 +149,37 @@ def collate(processor: Any, batch: list[dict[str, Any]]) -> dict[str, torch.Tens
         mask[r, : len(s)] = 1
     pixel_values = torch.from_numpy(np.stack([np.asarray(p) for p in enc["pixel_values"]]))
     glyphs = glyph_labels(tok, [b.get("grid") for b in batch])
+    read_t = torch.full((len(batch), width), -100, dtype=torch.long)
+    for r, pairs in enumerate(reads):
+        for q, k in pairs:
+            read_t[r, q] = k
     return {"input_ids": input_ids, "attention_mask": mask, "labels": label_t,
-            "pixel_values": pixel_values, "glyph_labels": glyphs}  # fmt: skip
+            "pixel_values": pixel_values, "glyph_labels": glyphs,
+            "read_targets": read_t}  # fmt: skip
+
+
+def _read_positions(tok: Any, prompt_ids: list[int], item: dict[str, Any]) -> list[tuple[int, int]]:
+    """``(query position, key position)`` pairs of the guided-reading loss for one sample.
+
+    The answer is `` c0 c1 ...`` (one token per character, the first a space); the logits at
+    the position of answer token ``k`` predict character ``c_k``, drawn in cell
+    ``(col + k, row)``, whose image token the guided head should read. Empty for a sample
+    without a start cell, whose answer is not one token per character, or whose image is
+    not one token per grid cell.
+    """
+    cell = item.get("cell")
+    if not cell:
+        return []
+    chars = item["target"]
+    ids = tok(" " + chars, add_special_tokens=False)["input_ids"]
+    if len(ids) != len(chars) + 1:
+        return []
+    image = [i for i, t in enumerate(prompt_ids) if t == tok.image_token_id]
+    if len(image) != GRID * GRID:  # not one image token per cell (image_size != 160)
+        return []
+    col, row = cell
+    first = len(prompt_ids)  # position of answer token 0 (the space)
+    return [(first + k, image[row * GRID + col + k]) for k in range(len(chars))]
 
 
 class TrainDataModule(L.LightningDataModule):

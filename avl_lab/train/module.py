@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Timer
 
 from avl_lab.train.config import TrainConfig
+from avl_lab.train.guided import ReadAttention
 
 __all__ = ["GLYPH_SCALE", "AvlTinyModule", "lr_factor"]
 
@@ -50,13 +51,18 @@ class AvlTinyModule(L.LightningModule):
         (detached) as ``answer_loss`` and ``glyph_loss``."""
         batch = dict(batch)
         glyphs = batch.pop("glyph_labels", None)
+        reads = batch.pop("read_targets", None)
+        guided = reads is not None and self.cfg.read_attention_weight > 0 and (reads >= 0).any()
         captured: list[torch.Tensor] = []
         projector = self.model.model.multi_modal_projector
+        layer = self.model.model.language_model.layers[self.cfg.read_attention_layer]
         handle = projector.register_forward_hook(lambda _m, _i, out: captured.append(out))
         try:
-            loss = self.model(**batch).loss
+            with ReadAttention(layer.self_attn, self.cfg.read_attention_head) as probe:
+                result = self.model(**batch)
         finally:
             handle.remove()
+        loss = result.loss
         n = self.cfg.batch_size
         self.samples_seen = (self.global_step + 1) * n
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=n)
@@ -66,6 +72,11 @@ class AvlTinyModule(L.LightningModule):
             self.log("train/glyph_loss", aux, on_step=True, batch_size=n)
             out["loss"] = loss + self.cfg.glyph_loss_weight * aux
             out["glyph_loss"] = aux.detach()
+        if guided:
+            read = probe.loss(reads)
+            self.log("train/read_loss", read, on_step=True, batch_size=n)
+            out["loss"] = out["loss"] + self.cfg.read_attention_weight * read
+            out["read_loss"] = read.detach()
         return out
 
     def glyph_loss(self, features: torch.Tensor, glyphs: torch.Tensor) -> torch.Tensor:

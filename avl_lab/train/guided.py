@@ -1,0 +1,62 @@
+"""Guided reading: teach one decoder attention head where the answer's characters are drawn.
+
+On the reading tasks every answer character sits in a known grid cell, i.e. one image
+token. :class:`ReadAttention` hooks one decoder layer's self-attention, recomputes that
+layer's attention row of one query head at the supervised positions only (its own q/k
+projections, RoPE and causal mask, so the model keeps running SDPA) and returns the mean
+``-log`` probability the head pays to the target image token.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from transformers.models.llama.modeling_llama import rotate_half
+
+__all__ = ["ReadAttention"]
+
+
+class ReadAttention:
+    """Context manager capturing the inputs of ``attn`` (a Llama self-attention module).
+
+    ``with ReadAttention(attn, head) as probe: model(...)`` then ``probe.loss(targets)``,
+    where ``targets[b, q]`` is the key position query ``q`` should read (-100: none).
+    """
+
+    def __init__(self, attn: torch.nn.Module, head: int) -> None:
+        self.attn = attn
+        self.head = head
+        self.inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._handle: Any = None
+
+    def __enter__(self) -> ReadAttention:
+        def hook(_mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            cos, sin = kwargs["position_embeddings"]
+            self.inputs = (hidden, cos, sin)
+
+        self._handle = self.attn.register_forward_pre_hook(hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+
+    def loss(self, targets: torch.Tensor) -> torch.Tensor:
+        """Mean ``-log`` attention of the head from each supervised query to its target."""
+        if self.inputs is None:
+            raise RuntimeError("ReadAttention.loss() before the hooked layer ran")
+        hidden, cos, sin = self.inputs
+        cos, sin = (t.expand(hidden.shape[0], -1, -1) for t in (cos, sin))  # [1, T, d] or [B, T, d]
+        attn, d = self.attn, self.attn.head_dim
+        b, q = torch.nonzero(targets >= 0, as_tuple=True)
+        kv_head = self.head // attn.num_key_value_groups
+        query = attn.q_proj(hidden[b, q]).view(len(b), -1, d)[:, self.head]  # [N, d]
+        query = query * cos[b, q] + rotate_half(query) * sin[b, q]
+        keys = attn.k_proj(hidden).view(*hidden.shape[:2], -1, d)[:, :, kv_head]  # [B, T, d]
+        keys = keys * cos + rotate_half(keys) * sin
+        scores = torch.einsum("ntd,nd->nt", keys[b], query) / math.sqrt(d)
+        future = torch.arange(hidden.shape[1], device=hidden.device)[None, :] > q[:, None]
+        logp = scores.masked_fill(future, float("-inf")).log_softmax(-1)
+        return -logp[torch.arange(len(b)), targets[b, q]].mean()
