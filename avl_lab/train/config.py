@@ -59,6 +59,8 @@ class TrainConfig:
     """Decoder layer of the guided head."""
     read_attention_head: int = 0
     """Query head of the guided head."""
+    glyph_blank_weight: float = 0.2
+    """Weight of the blank cells' mean glyph loss relative to the character cells' mean."""
     init_from: str | None = None
     """A saved ``avl-tiny`` directory whose weights start a fresh run (null: random init)."""
     curriculum_steps: int = 300

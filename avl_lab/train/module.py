@@ -35,10 +35,13 @@ def lr_factor(step: int, warmup: int, progress: float, min_ratio: float) -> floa
 class AvlTinyModule(L.LightningModule):
     """Wraps a ``LlavaForConditionalGeneration``; the loss is on the target tokens only."""
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig) -> None:
+    def __init__(
+        self, model: torch.nn.Module, cfg: TrainConfig, blank_id: int | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.blank_id = blank_id  # the glyph label of blank cells (the space token)
         self.samples_seen = 0
 
     def forward(self, **batch: torch.Tensor) -> Any:
@@ -81,7 +84,9 @@ class AvlTinyModule(L.LightningModule):
 
     def glyph_loss(self, features: torch.Tensor, glyphs: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of image tokens ``[B, N, H]`` scored against the input embeddings
-        ``[V, H]`` with the cell characters ``glyphs`` ``[B, N]`` (-100: no label).
+        ``[V, H]`` with the cell characters ``glyphs`` ``[B, N]`` (-100: no label): the mean
+        over character cells plus ``glyph_blank_weight`` times the mean over blank cells
+        (which are most of the grid and easy), or the plain mean without ``blank_id``.
 
         The scores are cosine similarities times :data:`GLYPH_SCALE`: bounded, so the loss
         cannot be lowered by inflating the features' norm (which would derail the LM)."""
@@ -93,7 +98,19 @@ class AvlTinyModule(L.LightningModule):
             )
         embed = torch.nn.functional.normalize(self.model.get_input_embeddings().weight, dim=-1)
         logits = GLYPH_SCALE * torch.nn.functional.normalize(features, dim=-1) @ embed.T
-        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), glyphs.flatten())
+        ce = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), glyphs.flatten(), reduction="none"
+        )
+        labels = glyphs.flatten()
+        if self.blank_id is None:
+            return ce[labels >= 0].mean()
+        chars, blanks = (labels >= 0) & (labels != self.blank_id), labels == self.blank_id
+        loss = ce.new_zeros(())
+        if chars.any():
+            loss = loss + ce[chars].mean()
+        if blanks.any():
+            loss = loss + self.cfg.glyph_blank_weight * ce[blanks].mean()
+        return loss
 
     def progress(self) -> float:
         """Training progress in [0, 1]: steps done or wall time used, whichever is further.

@@ -81,7 +81,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.init_from:
         _init_from(model, Path(cfg.init_from))
     model.train()
-    module = AvlTinyModule(model, cfg)
+    blank = processor.tokenizer(" ", add_special_tokens=False)["input_ids"]
+    module = AvlTinyModule(model, cfg, blank_id=blank[0] if len(blank) == 1 else None)
     dm = TrainDataModule(cfg, processor)
     curve = CurveLogger(out, cfg.log_every_steps)
     callbacks = [
