@@ -111,8 +111,9 @@ def glyph_labels(tokenizer: Any, grids: list[list[str] | None]) -> torch.Tensor:
     out = torch.full((len(grids), cells), -100, dtype=torch.long)
     for b, grid in enumerate(grids):
         if grid:
-            ids = [_char_id(tokenizer, ch) for ch in "".join(grid)]
-            out[b] = torch.tensor(ids)
+            text = "".join(grid)
+            ids = {ch: _char_id(tokenizer, ch) for ch in set(text)}  # one lookup per character
+            out[b] = torch.tensor([ids[ch] for ch in text])
     return out
 
 
@@ -135,10 +136,11 @@ def collate(processor: Any, batch: list[dict[str, Any]]) -> dict[str, torch.Tens
     enc = processor(images=[b["image"] for b in batch], text=prompts, padding=False)
     seqs, labels, reads = [], [], []
     for ids, b in zip(enc["input_ids"], batch):
-        target = tok(" " + b["target"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        answer = tok(" " + b["target"], add_special_tokens=False)["input_ids"]
+        target = answer + [tok.eos_token_id]
         seqs.append(list(ids) + target)
         labels.append([-100] * len(ids) + target)
-        reads.append(_read_positions(tok, list(ids), b))
+        reads.append(_read_positions(tok.image_token_id, list(ids), answer, b))
     width = max(len(s) for s in seqs)
     input_ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
     label_t = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -158,12 +160,14 @@ def collate(processor: Any, batch: list[dict[str, Any]]) -> dict[str, torch.Tens
             "read_targets": read_t}  # fmt: skip
 
 
-def _read_positions(tok: Any, prompt_ids: list[int], item: dict[str, Any]) -> list[tuple[int, int]]:
+def _read_positions(
+    image_token_id: int, prompt_ids: list[int], answer_ids: list[int], item: dict[str, Any]
+) -> list[tuple[int, int]]:
     """``(query position, key position)`` pairs of the guided-reading loss for one sample.
 
-    The answer is `` c0 c1 ...`` (one token per character, the first a space); the logits at
-    the position of answer token ``k`` predict character ``c_k``, drawn in cell
-    ``(col + k, row)``, whose image token the guided head should read. Empty for a sample
+    ``answer_ids`` tokenise `` c0 c1 ...`` (one token per character, the first a space);
+    the logits at the position of answer token ``k`` predict character ``c_k``, drawn in
+    cell ``(col + k, row)``, whose image token the guided head should read. Empty for a sample
     without a start cell, whose answer is not one token per character, or whose image is
     not one token per grid cell.
     """
@@ -171,10 +175,9 @@ def _read_positions(tok: Any, prompt_ids: list[int], item: dict[str, Any]) -> li
     if not cell:
         return []
     chars = item["target"]
-    ids = tok(" " + chars, add_special_tokens=False)["input_ids"]
-    if len(ids) != len(chars) + 1:
+    if len(answer_ids) != len(chars) + 1:
         return []
-    image = [i for i, t in enumerate(prompt_ids) if t == tok.image_token_id]
+    image = [i for i, t in enumerate(prompt_ids) if t == image_token_id]
     if len(image) != GRID * GRID:  # not one image token per cell (image_size != 160)
         return []
     col, row = cell
