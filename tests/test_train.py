@@ -117,11 +117,13 @@ def test_glyph_labels_name_each_cell_and_the_glyph_loss_drops(tmp_path):
     small = [a for a in TINY if not a.startswith(("model.image_size", "glyph_loss_weight"))]
     out = tmp_path / "run"
     train(load_train_config([*small, "model.image_size=160", f"out_dir={out}", "max_steps=15",
-                             "export=false", "glyph_loss_weight=1.0", "task_weights=[1,1,1,0,0]"]))
+                             "export=false", "glyph_loss_weight=1.0", "task_weights=[1,1,1,0,1]"]))
     glyph = _losses(out / "metrics.csv", "glyph_loss")
     assert len(glyph) >= 10
     first, last = glyph[min(glyph)], sum(glyph[s] for s in sorted(glyph)[-3:]) / 3
     assert last < first * 0.7, glyph
+    for name in ("scene_loss", "region_loss"):  # easy-vqa steps: the probe, the guided head
+        assert len(_losses(out / "metrics.csv", name)) >= 4, name
     with pytest.raises(ValueError, match="glyph_loss_weight=0"):
         train(load_train_config([*small, "model.image_size=40", f"out_dir={tmp_path / 'r2'}",
                                  "max_steps=2", "export=false", "task_weights=[1,1,1,0,0]"]))

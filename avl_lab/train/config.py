@@ -59,6 +59,12 @@ class TrainConfig:
     """Decoder layer of the guided head."""
     read_attention_head: int = 0
     """Query head of the guided head."""
+    scene_loss_weight: float = 1.0
+    """Weight of the auxiliary scene loss: on easy-vqa, every image token (projector output)
+    of a patch the shape covers must give the shape's colour and kind through a linear probe
+    that the training module holds (it is not exported); labels come from the pixels
+    (:mod:`avl_lab.train.scene`). The guided head is also taught to attend to those tokens
+    from the answer positions (weighted by ``read_attention_weight``). 0 turns the probe off."""
     glyph_blank_weight: float = 0.2
     """Weight of the blank cells' mean glyph loss relative to the character cells' mean."""
     init_from: str | None = None
@@ -110,8 +116,9 @@ class TrainConfig:
                 f"`read_attention_head` must be in [0, {self.model.num_attention_heads}), "
                 f"got {self.read_attention_head}"
             )
-        if self.glyph_loss_weight < 0:
-            raise ValueError(f"`glyph_loss_weight` must be >= 0, got {self.glyph_loss_weight}")
+        for name in ("glyph_loss_weight", "scene_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.eval_every_steps < 0 or self.curriculum_steps < 0:
             raise ValueError("`warmup_steps`, `eval_every_steps`, `curriculum_steps` must be >= 0")
 

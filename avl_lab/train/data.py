@@ -24,6 +24,7 @@ from avl_lab import data
 from avl_lab.data.grid import GRID
 from avl_lab.evaluation.prompting import chat_prompt
 from avl_lab.train.config import TASKS, TrainConfig
+from avl_lab.train.scene import Scene, scene_of
 
 __all__ = [
     "TrainDataModule",
@@ -31,6 +32,7 @@ __all__ = [
     "answer_target",
     "collate",
     "glyph_labels",
+    "scene_targets",
     "training_row",
 ]
 
@@ -54,6 +56,11 @@ def _easy_image(path: str) -> Image.Image:
         return img.convert("RGB")
 
 
+@lru_cache(maxsize=4096)
+def _easy_scene(path: str) -> Scene | None:
+    return scene_of(_easy_image(path), grid=GRID)
+
+
 def training_row(task: str, index: int, easy: bool = False) -> dict[str, Any]:
     """Row ``index`` of ``task``'s train split (``easy``: the curriculum's simpler visuals)."""
     if task == "easy-vqa":
@@ -61,8 +68,10 @@ def training_row(task: str, index: int, easy: bool = False) -> dict[str, Any]:
         j = index % len(questions)
         from avl_lab.data.schema import short_answer_prompt
 
-        return {"image": _easy_image(paths[ids[j]]), "prompt": short_answer_prompt(questions[j]),
-                "answers": [answers[j]], "meta": "{}", "task": task}  # fmt: skip
+        path = paths[ids[j]]
+        return {"image": _easy_image(path), "prompt": short_answer_prompt(questions[j]),
+                "answers": [answers[j]], "meta": "{}", "task": task,
+                "scene": _easy_scene(path)}  # fmt: skip
     row = data.sample_row(task, "train", index, **(_EASY_CURRICULUM.get(task, {}) if easy else {}))
     return {**row, "task": task}
 
@@ -95,7 +104,8 @@ class TrainStream(IterableDataset):
         meta = json.loads(row["meta"])
         grid = meta.get("grid")
         return {"image": row["image"], "prompt": row["prompt"], "target": answer_target(task, row),
-                "grid": grid, "cell": meta.get("cell") if grid else None}  # fmt: skip
+                "grid": grid, "cell": meta.get("cell") if grid else None,
+                "scene": row.get("scene")}  # fmt: skip
 
     def __iter__(self):
         i = self.start
@@ -156,8 +166,39 @@ def collate(processor: Any, batch: list[dict[str, Any]]) -> dict[str, torch.Tens
         for q, k in pairs:
             read_t[r, q] = k
     return {"input_ids": input_ids, "attention_mask": mask, "labels": label_t,
-            "pixel_values": pixel_values, "glyph_labels": glyphs,
-            "read_targets": read_t}  # fmt: skip
+            "pixel_values": pixel_values, "glyph_labels": glyphs, "read_targets": read_t,
+            **scene_targets(tok.image_token_id, input_ids, label_t, batch)}  # fmt: skip
+
+
+def scene_targets(
+    image_token_id: int, input_ids: torch.Tensor, labels: torch.Tensor, batch: list[dict]
+) -> dict[str, torch.Tensor]:
+    """Scene supervision of the easy-vqa samples (see :mod:`avl_lab.train.scene`).
+
+    ``scene_labels`` ``[B, 2]``: colour and shape index (-100: no scene);
+    ``scene_patches`` ``[B, cells]``: the image tokens the shape covers; ``region_queries``
+    / ``region_keys`` ``[B, T]``: the positions whose logits predict the answer's tokens
+    (the last prompt token up to the one before ``</s>``), and the shape's image-token
+    positions, which the guided head should attend to from them.
+    """
+    n, width = input_ids.shape
+    cells = GRID * GRID
+    out = {"scene_labels": torch.full((n, 2), -100, dtype=torch.long),
+           "scene_patches": torch.zeros((n, cells), dtype=torch.bool),
+           "region_queries": torch.zeros((n, width), dtype=torch.bool),
+           "region_keys": torch.zeros((n, width), dtype=torch.bool)}  # fmt: skip
+    for b, item in enumerate(batch):
+        scene = item.get("scene")
+        image = (input_ids[b] == image_token_id).nonzero().flatten()
+        if scene is None or len(image) != cells:  # not one image token per grid cell
+            continue
+        out["scene_labels"][b] = torch.tensor([scene.colour, scene.shape])
+        patches = torch.tensor(scene.patches)
+        out["scene_patches"][b, patches] = True
+        out["region_keys"][b, image[patches]] = True
+        answer = (labels[b] != -100).nonzero().flatten()  # the answer tokens, then </s>
+        out["region_queries"][b, answer[:-1] - 1] = True  # their logits predict the answer
+    return out
 
 
 def _read_positions(

@@ -5,6 +5,10 @@ token. :class:`ReadAttention` hooks one decoder layer's self-attention, recomput
 layer's attention row of one query head at the supervised positions only (its own q/k
 projections, RoPE and causal mask, so the model keeps running SDPA) and returns the mean
 ``-log`` probability the head pays to the target image token.
+
+On easy-vqa the head is taught the same way to look at the shape: from every position that
+predicts an answer character, the ``-log`` of the attention mass on the shape's image tokens
+(:meth:`ReadAttention.region_loss`).
 """
 
 from __future__ import annotations
@@ -45,12 +49,24 @@ class ReadAttention:
 
     def loss(self, targets: torch.Tensor) -> torch.Tensor:
         """Mean ``-log`` attention of the head from each supervised query to its target."""
+        b, q = torch.nonzero(targets >= 0, as_tuple=True)
+        logp = self._log_attention(b, q)
+        return -logp[torch.arange(len(b)), targets[b, q]].mean()
+
+    def region_loss(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Mean ``-log`` of the attention mass the head pays, from each query (``queries[b, q]``
+        true), to the key region of its sample (``keys[b, k]`` true)."""
+        b, q = torch.nonzero(queries, as_tuple=True)
+        logp = self._log_attention(b, q)
+        return -logp.masked_fill(~keys[b], float("-inf")).logsumexp(-1).mean()
+
+    def _log_attention(self, b: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """``[N, T]`` log attention of the head from query ``q[n]`` of sample ``b[n]``."""
         if self.inputs is None:
             raise RuntimeError("ReadAttention.loss() before the hooked layer ran")
         hidden, cos, sin = self.inputs
         cos, sin = (t.expand(hidden.shape[0], -1, -1) for t in (cos, sin))  # [1, T, d] or [B, T, d]
         attn, d = self.attn, self.attn.head_dim
-        b, q = torch.nonzero(targets >= 0, as_tuple=True)
         kv_head = self.head // attn.num_key_value_groups
         query = attn.q_proj(hidden[b, q]).view(len(b), -1, d)[:, self.head]  # [N, d]
         query = query * cos[b, q] + rotate_half(query) * sin[b, q]
@@ -58,5 +74,4 @@ class ReadAttention:
         keys = keys * cos + rotate_half(keys) * sin
         scores = torch.einsum("ntd,nd->nt", keys[b], query) / math.sqrt(d)
         future = torch.arange(hidden.shape[1], device=hidden.device)[None, :] > q[:, None]
-        logp = scores.masked_fill(future, float("-inf")).log_softmax(-1)
-        return -logp[torch.arange(len(b)), targets[b, q]].mean()
+        return scores.masked_fill(future, float("-inf")).log_softmax(-1)

@@ -15,9 +15,12 @@ from lightning.pytorch.callbacks import Timer
 
 from avl_lab.train.config import TrainConfig
 from avl_lab.train.guided import ReadAttention
+from avl_lab.train.scene import COLOURS, SHAPES
 
-__all__ = ["GLYPH_SCALE", "AvlTinyModule", "lr_factor"]
+__all__ = ["GLYPH_SCALE", "SCENE_KEYS", "AvlTinyModule", "lr_factor"]
 
+#: Batch keys of the easy-vqa scene supervision (see :func:`avl_lab.train.data.scene_targets`).
+SCENE_KEYS = ("scene_labels", "scene_patches", "region_queries", "region_keys")
 #: Inverse temperature of the glyph loss's cosine scores.
 GLYPH_SCALE = 16.0
 
@@ -43,6 +46,9 @@ class AvlTinyModule(L.LightningModule):
         self.cfg = cfg
         self.blank_id = blank_id  # the glyph label of blank cells (the space token)
         self.samples_seen = 0
+        hidden = model.config.text_config.hidden_size
+        # the scene loss's linear probe on the image tokens: colour logits, then shape logits
+        self.scene_head = torch.nn.Linear(hidden, len(COLOURS) + len(SHAPES))
 
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch)
@@ -55,7 +61,11 @@ class AvlTinyModule(L.LightningModule):
         batch = dict(batch)
         glyphs = batch.pop("glyph_labels", None)
         reads = batch.pop("read_targets", None)
+        scene = {k: batch.pop(k) for k in SCENE_KEYS if k in batch}
         guided = reads is not None and self.cfg.read_attention_weight > 0 and (reads >= 0).any()
+        regions = self.cfg.read_attention_weight > 0 and bool(
+            scene and scene["region_queries"].any()
+        )
         captured: list[torch.Tensor] = []
         projector = self.model.model.multi_modal_projector
         layer = self.model.model.language_model.layers[self.cfg.read_attention_layer]
@@ -80,7 +90,34 @@ class AvlTinyModule(L.LightningModule):
             self.log("train/read_loss", read, on_step=True, batch_size=n)
             out["loss"] = out["loss"] + self.cfg.read_attention_weight * read
             out["read_loss"] = read.detach()
+        if regions:
+            region = probe.region_loss(scene["region_queries"], scene["region_keys"])
+            self.log("train/region_loss", region, on_step=True, batch_size=n)
+            out["loss"] = out["loss"] + self.cfg.read_attention_weight * region
+            out["region_loss"] = region.detach()
+        if scene and self.cfg.scene_loss_weight > 0 and scene["scene_patches"].any():
+            aux = self.scene_loss(captured[0], scene["scene_labels"], scene["scene_patches"])
+            self.log("train/scene_loss", aux, on_step=True, batch_size=n)
+            out["loss"] = out["loss"] + self.cfg.scene_loss_weight * aux
+            out["scene_loss"] = aux.detach()
         return out
+
+    def scene_loss(
+        self, features: torch.Tensor, labels: torch.Tensor, patches: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean over the shape's image tokens (``patches`` ``[B, N]``) of the probe's colour
+        plus shape cross-entropy; ``labels`` ``[B, 2]`` holds each sample's colour and shape."""
+        if features.shape[:2] != patches.shape:
+            raise ValueError(
+                f"scene patches {tuple(patches.shape)} do not match the image tokens "
+                f"{tuple(features.shape[:2])}: set scene_loss_weight=0 for this image size"
+            )
+        b, _ = torch.nonzero(patches, as_tuple=True)
+        x = torch.nn.functional.normalize(features[patches], dim=-1) * features.shape[-1] ** 0.5
+        logits = self.scene_head(x)  # [M, colours + shapes], on RMS-normalised tokens
+        k = len(COLOURS)
+        ce = torch.nn.functional.cross_entropy
+        return ce(logits[:, :k], labels[b, 0]) + ce(logits[:, k:], labels[b, 1])
 
     def glyph_loss(self, features: torch.Tensor, glyphs: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of image tokens ``[B, N, H]`` scored against the input embeddings
@@ -131,8 +168,8 @@ class AvlTinyModule(L.LightningModule):
             group["lr"] = c.lr * factor
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
+        decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.cfg.weight_decay},
              {"params": no_decay, "weight_decay": 0.0}],

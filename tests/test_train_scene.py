@@ -1,0 +1,139 @@
+"""easy-vqa scene supervision: pixel labels, collate targets, the guided region loss."""
+
+import math
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from avl_lab.train import TrainConfig
+from avl_lab.train.data import TrainStream, collate
+from avl_lab.train.scene import COLOURS, SHAPES, scene_of
+
+
+def _scene_image(shape: str, colour: str, box: tuple[int, int, int, int]) -> Image.Image:
+    img = Image.new("RGB", (64, 64), (236, 244, 250))  # a pale tint, like easy-vqa's
+    draw = ImageDraw.Draw(img)
+    fill = COLOURS[colour]
+    x0, y0, x1, y1 = box
+    if shape == "rectangle":
+        draw.rectangle(box, fill=fill)
+    elif shape == "circle":
+        draw.ellipse(box, fill=fill)
+    else:
+        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) // 2, y0)], fill=fill)
+    return img
+
+
+@pytest.mark.parametrize(
+    "shape,colour", [("rectangle", "teal"), ("circle", "black"), ("triangle", "yellow")]
+)
+def test_scene_of_hand_drawn_shapes(shape, colour):
+    scene = scene_of(_scene_image(shape, colour, (16, 20, 47, 51)))  # 32 x 32 px
+    assert SHAPES[scene.shape] == shape and list(COLOURS)[scene.colour] == colour
+    rows = {p // 16 for p in scene.patches}
+    cols = {p % 16 for p in scene.patches}
+    assert rows <= set(range(5, 13)) and cols <= set(range(4, 12))  # pixels 16..47 x 20..51
+    if shape == "rectangle":  # 4 px patches: rows 5..12 and cols 4..11 fully covered
+        assert len(scene.patches) == 64
+    # a shape smaller than a quarter patch still names its best-covered patch
+    speck = scene_of(_scene_image("rectangle", "red", (40, 8, 40, 8)))
+    assert speck.patches == (2 * 16 + 10,)
+    assert scene_of(Image.new("RGB", (64, 64), (240, 240, 250))) is None
+    with pytest.raises(ValueError, match="square image"):
+        scene_of(Image.new("RGB", (64, 48)))
+
+
+def test_scene_of_agrees_with_the_easy_vqa_answers():
+    import easy_vqa
+
+    _, answers, ids = easy_vqa.get_train_questions()
+    paths = easy_vqa.get_train_image_paths()
+    checked, wrong = 0, 0
+    for ans, i in list(zip(answers, ids))[:3000]:
+        if ans in ("yes", "no"):
+            continue
+        scene = scene_of(Image.open(paths[int(i)]))
+        got = SHAPES[scene.shape] if ans in SHAPES else list(COLOURS)[scene.colour]
+        checked, wrong = checked + 1, wrong + (got != ans)
+    assert checked > 500 and wrong / checked < 0.01, (wrong, checked)
+
+
+def test_collate_points_the_region_at_the_shape_from_every_answer_position():
+    from avl_lab.models.avl_tiny import AvlTinyConfig, build_processor, build_tokenizer
+
+    mcfg = AvlTinyConfig()
+    proc = build_processor(mcfg, build_tokenizer(mcfg.vocab_size))
+    tok = proc.tokenizer
+    items = [TrainStream(TrainConfig(task_weights=[1, 0, 0, 0, 1])).sample(i) for i in range(8)]
+    batch = collate(proc, items)
+    image_start = int((batch["input_ids"][0] == tok.image_token_id).nonzero()[0])
+    seen = 0
+    for b, item in enumerate(items):
+        keys, queries = batch["region_keys"][b], batch["region_queries"][b]
+        if item["scene"] is None:  # docvqa: no scene
+            assert not keys.any() and not queries.any()
+            assert (batch["scene_labels"][b] == -100).all()
+            continue
+        seen += 1
+        s = item["scene"]
+        assert batch["scene_labels"][b].tolist() == [s.colour, s.shape]
+        assert (keys.nonzero().flatten() - image_start).tolist() == list(s.patches)
+        assert batch["scene_patches"][b].nonzero().flatten().tolist() == list(s.patches)
+        # each query's logits predict an answer token; all answer tokens are covered
+        q = queries.nonzero().flatten()
+        predicted = batch["input_ids"][b, q + 1]
+        assert tok.decode(predicted).strip() == item["target"]
+        assert batch["labels"][b, q[-1] + 2] == tok.eos_token_id
+    assert 0 < seen < len(items)
+
+
+def test_region_loss_is_the_heads_eager_attention_mass_on_the_region():
+    from avl_lab.models.avl_tiny import AvlTinyConfig, build_avl_tiny
+    from avl_lab.train.guided import ReadAttention
+
+    mcfg = AvlTinyConfig(image_size=40, vision_hidden_size=32, vision_layers=1, vision_heads=2,
+                         hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    model, _ = build_avl_tiny(mcfg, seed=2)
+    model.eval()
+    ids = torch.randint(5, 300, (2, 24))
+    queries = torch.zeros(2, 24, dtype=torch.bool)
+    keys = torch.zeros(2, 24, dtype=torch.bool)
+    queries[0, [20, 22]], queries[1, 23] = True, True
+    keys[0, [3, 4, 9]], keys[1, [0, 10]] = True, True
+    layer = model.model.language_model.layers[0].self_attn
+    with torch.no_grad(), ReadAttention(layer, head=1) as probe:
+        model.model.language_model(input_ids=ids)
+        got = probe.region_loss(queries, keys)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        a = model.model.language_model(input_ids=ids, output_attentions=True).attentions[0][:, 1]
+    mass = [a[0, 20, [3, 4, 9]].sum(), a[0, 22, [3, 4, 9]].sum(), a[1, 23, [0, 10]].sum()]
+    want = -sum(math.log(float(m)) for m in mass) / 3
+    assert float(got) == pytest.approx(want, rel=1e-5)
+
+
+def test_scene_loss_is_the_probes_cross_entropy_over_the_shape_tokens():
+    from avl_lab.models.avl_tiny import AvlTinyConfig, build_avl_tiny
+    from avl_lab.train.module import AvlTinyModule
+
+    mcfg = AvlTinyConfig(image_size=40, vision_hidden_size=32, vision_layers=1, vision_heads=2,
+                         hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    model, _ = build_avl_tiny(mcfg, seed=0)
+    module = AvlTinyModule(model, TrainConfig())
+    torch.manual_seed(0)
+    features = torch.randn(2, 16, 64) * 5
+    patches = torch.zeros(2, 16, dtype=torch.bool)
+    patches[0, [1, 2]], patches[1, 7] = True, True
+    labels = torch.tensor([[3, 2], [6, 0]])
+    got = module.scene_loss(features, labels, patches)
+    rows = [(0, 1), (0, 2), (1, 7)]
+    x = torch.stack([features[b, p] / features[b, p].norm() * 8 for b, p in rows])
+    logits = module.scene_head(x)
+    colour = torch.nn.functional.cross_entropy(logits[:, :8], torch.tensor([3, 3, 6]))
+    shape = torch.nn.functional.cross_entropy(logits[:, 8:], torch.tensor([2, 2, 0]))
+    torch.testing.assert_close(got, colour + shape)
+    with pytest.raises(ValueError, match="scene_loss_weight=0"):
+        module.scene_loss(features, labels, patches[:, :9])
