@@ -114,7 +114,7 @@ def test_region_loss_is_the_heads_eager_attention_mass_on_the_region():
     assert float(got) == pytest.approx(want, rel=1e-5)
 
 
-def test_scene_loss_is_the_probes_cross_entropy_over_the_shape_tokens():
+def test_scene_loss_is_the_probes_cross_entropy_on_the_pooled_shape_tokens():
     from avl_lab.models.avl_tiny import AvlTinyConfig, build_avl_tiny
     from avl_lab.train.module import AvlTinyModule
 
@@ -129,11 +129,13 @@ def test_scene_loss_is_the_probes_cross_entropy_over_the_shape_tokens():
     patches[0, [1, 2]], patches[1, 7] = True, True
     labels = torch.tensor([[3, 2], [6, 0]])
     got = module.scene_loss(features, labels, patches)
-    rows = [(0, 1), (0, 2), (1, 7)]
-    x = torch.stack([features[b, p] / features[b, p].norm() * 8 for b, p in rows])
-    logits = module.scene_head(x)
-    colour = torch.nn.functional.cross_entropy(logits[:, :8], torch.tensor([3, 3, 6]))
-    shape = torch.nn.functional.cross_entropy(logits[:, 8:], torch.tensor([2, 2, 0]))
+    def unit(b, p):
+        return features[b, p] / features[b, p].norm() * 8  # RMS 1 over the 64 features
+
+    pooled = torch.stack([(unit(0, 1) + unit(0, 2)) / 2, unit(1, 7)])
+    logits = module.scene_head(pooled)
+    colour = torch.nn.functional.cross_entropy(logits[:, :8], torch.tensor([3, 6]))
+    shape = torch.nn.functional.cross_entropy(logits[:, 8:], torch.tensor([2, 0]))
     torch.testing.assert_close(got, colour + shape)
     with pytest.raises(ValueError, match="scene_loss_weight=0"):
         module.scene_loss(features, labels, patches[:, :9])

@@ -60,9 +60,10 @@ class TrainConfig:
     read_attention_head: int = 0
     """Query head of the guided head."""
     scene_loss_weight: float = 1.0
-    """Weight of the auxiliary scene loss: on easy-vqa, every image token (projector output)
-    of a patch the shape covers must give the shape's colour and kind through a linear probe
-    that the training module holds (it is not exported); labels come from the pixels
+    """Weight of the auxiliary scene loss: on easy-vqa, the mean of the image tokens
+    (projector outputs) of the patches the shape covers must give the shape's colour and kind
+    through a linear probe that the training module holds (it is not exported); labels come
+    from the pixels
     (:mod:`avl_lab.train.scene`). The guided head is also taught to attend to those tokens
     from the answer positions (weighted by ``read_attention_weight``). 0 turns the probe off."""
     glyph_blank_weight: float = 0.2

@@ -105,19 +105,21 @@ class AvlTinyModule(L.LightningModule):
     def scene_loss(
         self, features: torch.Tensor, labels: torch.Tensor, patches: torch.Tensor
     ) -> torch.Tensor:
-        """Mean over the shape's image tokens (``patches`` ``[B, N]``) of the probe's colour
-        plus shape cross-entropy; ``labels`` ``[B, 2]`` holds each sample's colour and shape."""
+        """The probe's colour plus shape cross-entropy on each sample's shape region: the mean
+        of its image tokens (``patches`` ``[B, N]``, each token RMS-normalised), what a head
+        attending uniformly to the shape sees. ``labels`` ``[B, 2]``: colour, shape index."""
         if features.shape[:2] != patches.shape:
             raise ValueError(
                 f"scene patches {tuple(patches.shape)} do not match the image tokens "
                 f"{tuple(features.shape[:2])}: set scene_loss_weight=0 for this image size"
             )
-        b, _ = torch.nonzero(patches, as_tuple=True)
-        x = torch.nn.functional.normalize(features[patches], dim=-1) * features.shape[-1] ** 0.5
-        logits = self.scene_head(x)  # [M, colours + shapes], on RMS-normalised tokens
-        k = len(COLOURS)
-        ce = torch.nn.functional.cross_entropy
-        return ce(logits[:, :k], labels[b, 0]) + ce(logits[:, k:], labels[b, 1])
+        rows = patches.any(1)
+        weights = patches[rows].float()
+        tokens = torch.nn.functional.normalize(features[rows], dim=-1) * features.shape[-1] ** 0.5
+        pooled = torch.einsum("bn,bnh->bh", weights / weights.sum(1, keepdim=True), tokens)
+        logits = self.scene_head(pooled)  # [B', colours + shapes]
+        k, ce = len(COLOURS), torch.nn.functional.cross_entropy
+        return ce(logits[:, :k], labels[rows, 0]) + ce(logits[:, k:], labels[rows, 1])
 
     def glyph_loss(self, features: torch.Tensor, glyphs: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of image tokens ``[B, N, H]`` scored against the input embeddings
