@@ -139,3 +139,38 @@ def test_scene_loss_is_the_probes_cross_entropy_on_the_pooled_shape_tokens():
     torch.testing.assert_close(got, colour + shape)
     with pytest.raises(ValueError, match="scene_loss_weight=0"):
         module.scene_loss(features, labels, patches[:, :9])
+
+
+def test_easy_vqa_templates_answer_the_packages_own_questions():
+    import easy_vqa
+
+    from avl_lab.train.easy_questions import _template, answer, templates
+
+    assert len(templates()) == 24
+    assert {t.kind for t in templates()} == {"yes/no", "colour", "shape"}
+    questions, answers, ids = easy_vqa.get_train_questions()
+    paths = easy_vqa.get_train_image_paths()
+    scenes, wrong = {}, 0
+    for q, a, i in list(zip(questions, answers, ids))[:2000]:
+        t = _template(q, a)
+        value = next((v for v in (*COLOURS, *SHAPES) if f" {v}" in f" {q}"), None)
+        scene = scenes.setdefault(int(i), scene_of(Image.open(paths[int(i)])))
+        wrong += answer(t, value, scene) != a
+    assert wrong / 2000 < 0.01, wrong
+
+
+def test_generated_questions_are_balanced_and_follow_the_image():
+    import random
+
+    from avl_lab.train.easy_questions import generate
+
+    scene = scene_of(_scene_image("circle", "teal", (10, 10, 41, 41)))
+    rng = random.Random(0)
+    got = [generate(scene, rng) for _ in range(800)]
+    yes = sum(a == "yes" for _, a in got)
+    no = sum(a == "no" for _, a in got)
+    assert abs(yes - no) < 60 and yes + no > 300
+    assert all(a == "teal" for q, a in got if q.startswith(("what color", "what is the color")))
+    assert all(a == "circle" for q, a in got if q.startswith("what shape"))
+    assert ("is there a teal shape?", "yes") in got and ("is there a red shape?", "no") in got
+    assert ("is no circle present?", "no") in got and ("is no triangle present?", "yes") in got

@@ -66,6 +66,10 @@ class TrainConfig:
     from the pixels
     (:mod:`avl_lab.train.scene`). The guided head is also taught to attend to those tokens
     from the answer positions (weighted by ``read_attention_weight``). 0 turns the probe off."""
+    easy_vqa_generated: float = 0.5
+    """Probability that an easy-vqa training sample asks a generated question (easy-vqa's
+    templates, yes/no balanced, answered from the pixels; :mod:`avl_lab.train.easy_questions`)
+    instead of the package's question about that image."""
     glyph_blank_weight: float = 0.2
     """Weight of the blank cells' mean glyph loss relative to the character cells' mean."""
     init_from: str | None = None
@@ -120,6 +124,8 @@ class TrainConfig:
         for name in ("glyph_loss_weight", "scene_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.easy_vqa_generated <= 1:
+            raise ValueError(f"`easy_vqa_generated` must be in [0, 1], got {self.easy_vqa_generated}")
         if self.warmup_steps < 0 or self.eval_every_steps < 0 or self.curriculum_steps < 0:
             raise ValueError("`warmup_steps`, `eval_every_steps`, `curriculum_steps` must be >= 0")
 

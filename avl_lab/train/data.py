@@ -22,8 +22,10 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from avl_lab import data
 from avl_lab.data.grid import GRID
+from avl_lab.data.schema import short_answer_prompt
 from avl_lab.evaluation.prompting import chat_prompt
 from avl_lab.train.config import TASKS, TrainConfig
+from avl_lab.train.easy_questions import generate
 from avl_lab.train.scene import Scene, scene_of
 
 __all__ = [
@@ -66,8 +68,6 @@ def training_row(task: str, index: int, easy: bool = False) -> dict[str, Any]:
     if task == "easy-vqa":
         questions, answers, ids, paths = _easy_vqa_train()
         j = index % len(questions)
-        from avl_lab.data.schema import short_answer_prompt
-
         path = paths[ids[j]]
         return {"image": _easy_image(path), "prompt": short_answer_prompt(questions[j]),
                 "answers": [answers[j]], "meta": "{}", "task": task,
@@ -101,9 +101,13 @@ class TrainStream(IterableDataset):
         task = rng.choices(TASKS, weights=self.cfg.task_weights)[0]
         easy = i < self.cfg.curriculum_steps * self.cfg.batch_size
         row = training_row(task, i, easy=easy)
+        target = answer_target(task, row)
+        if row.get("scene") and rng.random() < self.cfg.easy_vqa_generated:
+            question, target = generate(row["scene"], rng)
+            row = {**row, "prompt": short_answer_prompt(question)}
         meta = json.loads(row["meta"])
         grid = meta.get("grid")
-        return {"image": row["image"], "prompt": row["prompt"], "target": answer_target(task, row),
+        return {"image": row["image"], "prompt": row["prompt"], "target": target,
                 "grid": grid, "cell": meta.get("cell") if grid else None,
                 "scene": row.get("scene")}  # fmt: skip
 
@@ -139,14 +143,17 @@ def collate(processor: Any, batch: list[dict[str, Any]]) -> dict[str, torch.Tens
     per-cell ``glyph_labels`` (see :func:`glyph_labels`).
 
     The prompt is tokenised alone (exactly as at inference) and the target `` <answer></s>``
-    appended; labels are -100 everywhere but on the target tokens.
+    appended, its leading space always a token of its own (so every answer's first token is
+    the same and its content is decided one position later, whatever BPE would merge: `` c``
+    of " circle" otherwise); labels are -100 everywhere but on the target tokens.
     """
     tok = processor.tokenizer
     prompts = [chat_prompt(processor, b["prompt"]) for b in batch]
     enc = processor(images=[b["image"] for b in batch], text=prompts, padding=False)
+    space = _char_id(tok, " ")
     seqs, labels, reads = [], [], []
     for ids, b in zip(enc["input_ids"], batch):
-        answer = tok(" " + b["target"], add_special_tokens=False)["input_ids"]
+        answer = [space] + tok(b["target"], add_special_tokens=False)["input_ids"]
         target = answer + [tok.eos_token_id]
         seqs.append(list(ids) + target)
         labels.append([-100] * len(ids) + target)
