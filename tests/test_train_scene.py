@@ -129,6 +129,7 @@ def test_scene_loss_is_the_probes_cross_entropy_on_the_pooled_shape_tokens():
     patches[0, [1, 2]], patches[1, 7] = True, True
     labels = torch.tensor([[3, 2], [6, 0]])
     got = module.scene_loss(features, labels, patches)
+
     def unit(b, p):
         return features[b, p] / features[b, p].norm() * 8  # RMS 1 over the 64 features
 

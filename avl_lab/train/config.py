@@ -125,7 +125,9 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.easy_vqa_generated <= 1:
-            raise ValueError(f"`easy_vqa_generated` must be in [0, 1], got {self.easy_vqa_generated}")
+            raise ValueError(
+                f"`easy_vqa_generated` must be in [0, 1], got {self.easy_vqa_generated}"
+            )
         if self.warmup_steps < 0 or self.eval_every_steps < 0 or self.curriculum_steps < 0:
             raise ValueError("`warmup_steps`, `eval_every_steps`, `curriculum_steps` must be >= 0")
 
