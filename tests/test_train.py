@@ -33,6 +33,10 @@ def test_config_overrides_and_errors():
         TrainConfig(task_weights=[1.0])
     with pytest.raises(ValueError, match="`lr`"):
         load_train_config(["lr=2"])
+    with pytest.raises(ValueError, match="`easy_vqa_generated`"):
+        TrainConfig(easy_vqa_generated=1.5)
+    with pytest.raises(ValueError, match="`scene_loss_weight`"):
+        TrainConfig(scene_loss_weight=-1)
     assert lr_factor(0, 10, 0.0, 0.1) == pytest.approx(0.1)
     assert lr_factor(50, 10, 0.0, 0.1) == pytest.approx(1.0)
     assert lr_factor(100, 10, 1.0, 0.1) == pytest.approx(0.1)
