@@ -1,4 +1,4 @@
-"""Test helpers: random images and padded multimodal batches."""
+"""Test helpers: random images, padded multimodal batches, small ``avl-tiny`` configs."""
 
 from __future__ import annotations
 
@@ -27,3 +27,20 @@ def make_inputs(processor, n: int = 3, rows: list[int] | None = None, prompts=PR
     images = [random_image(sizes[i], seed=i) for i in rows]
     text = [prompts[i] for i in rows]
     return processor(images=images, text=text, return_tensors="pt", padding=True)
+
+
+def small_avl_tiny_config():
+    """A 40 px, 2-layer :class:`~avl_lab.models.avl_tiny.AvlTinyConfig` (16 image tokens)."""
+    from avl_lab.models.avl_tiny import AvlTinyConfig
+
+    return AvlTinyConfig(image_size=40, vision_hidden_size=32, vision_layers=1, vision_heads=2,
+                         hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+
+
+def avl_tiny_processor():
+    """The processor of a default-size ``avl-tiny`` (its own tokenizer), built offline."""
+    from avl_lab.models.avl_tiny import AvlTinyConfig, build_processor, build_tokenizer
+
+    cfg = AvlTinyConfig()
+    return build_processor(cfg, build_tokenizer(cfg.vocab_size))

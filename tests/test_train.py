@@ -10,6 +10,7 @@ from avl_lab.models import load
 from avl_lab.train import TrainConfig, load_train_config, train
 from avl_lab.train.data import TrainStream, collate
 from avl_lab.train.module import lr_factor
+from tests.helpers import avl_tiny_processor, small_avl_tiny_config
 
 TINY = [
     "model.image_size=40", "model.patch_size=10", "model.vision_hidden_size=32",
@@ -47,10 +48,7 @@ def test_stream_is_seeded_and_labels_cover_only_the_answer():
     a, b = TrainStream(cfg).sample(5), TrainStream(cfg, start=3).sample(5)
     assert a["prompt"] == b["prompt"] and a["target"] == b["target"]
     assert a["image"].tobytes() == b["image"].tobytes()
-    from avl_lab.models.avl_tiny import AvlTinyConfig, build_processor, build_tokenizer
-
-    mcfg = AvlTinyConfig()
-    proc = build_processor(mcfg, build_tokenizer(mcfg.vocab_size))
+    proc = avl_tiny_processor()
     batch = collate(proc, [TrainStream(cfg).sample(i) for i in range(3)])
     for row, item in zip(batch["labels"], [TrainStream(cfg).sample(i) for i in range(3)]):
         target = row[row != -100]
@@ -86,12 +84,10 @@ def test_tiny_run_loss_drops_checkpoints_resume_and_export(tmp_path):
 
 def test_glyph_labels_name_each_cell_and_the_glyph_loss_drops(tmp_path):
     from avl_lab.data.grid import GRID
-    from avl_lab.models.avl_tiny import AvlTinyConfig, build_processor, build_tokenizer
 
     cfg = TrainConfig()
     items = [TrainStream(cfg).sample(i) for i in range(12)]
-    mcfg = AvlTinyConfig()
-    proc = build_processor(mcfg, build_tokenizer(mcfg.vocab_size))
+    proc = avl_tiny_processor()
     batch = collate(proc, items)
     tok = proc.tokenizer
     assert batch["glyph_labels"].shape == (12, GRID * GRID)
@@ -134,12 +130,10 @@ def test_glyph_labels_name_each_cell_and_the_glyph_loss_drops(tmp_path):
 
 
 def test_read_attention_loss_equals_the_heads_eager_attention():
-    from avl_lab.models.avl_tiny import AvlTinyConfig, build_avl_tiny
+    from avl_lab.models.avl_tiny import build_avl_tiny
     from avl_lab.train.guided import ReadAttention
 
-    mcfg = AvlTinyConfig(image_size=40, vision_hidden_size=32, vision_layers=1, vision_heads=2,
-                         hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    mcfg = small_avl_tiny_config()
     model, _ = build_avl_tiny(mcfg, seed=1)
     model.eval()
     ids = torch.randint(5, 300, (2, 30))

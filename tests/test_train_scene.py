@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 from avl_lab.train import TrainConfig
 from avl_lab.train.data import TrainStream, collate
 from avl_lab.train.scene import COLOURS, SHAPES, scene_of
+from tests.helpers import avl_tiny_processor, small_avl_tiny_config
 
 
 def _scene_image(shape: str, colour: str, box: tuple[int, int, int, int]) -> Image.Image:
@@ -60,10 +61,7 @@ def test_scene_of_agrees_with_the_easy_vqa_answers():
 
 
 def test_collate_points_the_region_at_the_shape_from_every_answer_position():
-    from avl_lab.models.avl_tiny import AvlTinyConfig, build_processor, build_tokenizer
-
-    mcfg = AvlTinyConfig()
-    proc = build_processor(mcfg, build_tokenizer(mcfg.vocab_size))
+    proc = avl_tiny_processor()
     tok = proc.tokenizer
     items = [TrainStream(TrainConfig(task_weights=[1, 0, 0, 0, 1])).sample(i) for i in range(8)]
     batch = collate(proc, items)
@@ -89,12 +87,10 @@ def test_collate_points_the_region_at_the_shape_from_every_answer_position():
 
 
 def test_region_loss_is_the_heads_eager_attention_mass_on_the_region():
-    from avl_lab.models.avl_tiny import AvlTinyConfig, build_avl_tiny
+    from avl_lab.models.avl_tiny import build_avl_tiny
     from avl_lab.train.guided import ReadAttention
 
-    mcfg = AvlTinyConfig(image_size=40, vision_hidden_size=32, vision_layers=1, vision_heads=2,
-                         hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    mcfg = small_avl_tiny_config()
     model, _ = build_avl_tiny(mcfg, seed=2)
     model.eval()
     ids = torch.randint(5, 300, (2, 24))
@@ -115,12 +111,10 @@ def test_region_loss_is_the_heads_eager_attention_mass_on_the_region():
 
 
 def test_scene_loss_is_the_probes_cross_entropy_on_the_pooled_shape_tokens():
-    from avl_lab.models.avl_tiny import AvlTinyConfig, build_avl_tiny
+    from avl_lab.models.avl_tiny import build_avl_tiny
     from avl_lab.train.module import AvlTinyModule
 
-    mcfg = AvlTinyConfig(image_size=40, vision_hidden_size=32, vision_layers=1, vision_heads=2,
-                         hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    mcfg = small_avl_tiny_config()
     model, _ = build_avl_tiny(mcfg, seed=0)
     module = AvlTinyModule(model, TrainConfig())
     torch.manual_seed(0)

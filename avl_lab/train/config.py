@@ -63,9 +63,9 @@ class TrainConfig:
     """Weight of the auxiliary scene loss: on easy-vqa, the mean of the image tokens
     (projector outputs) of the patches the shape covers must give the shape's colour and kind
     through a linear probe that the training module holds (it is not exported); labels come
-    from the pixels
-    (:mod:`avl_lab.train.scene`). The guided head is also taught to attend to those tokens
-    from the answer positions (weighted by ``read_attention_weight``). 0 turns the probe off."""
+    from the pixels (:mod:`avl_lab.train.scene`). The guided head is also taught to attend to
+    those tokens from the answer positions (weighted by ``read_attention_weight``). 0 turns
+    the probe off."""
     easy_vqa_generated: float = 0.5
     """Probability that an easy-vqa training sample asks a generated question (easy-vqa's
     templates, yes/no balanced, answered from the pixels; :mod:`avl_lab.train.easy_questions`)
