@@ -38,6 +38,10 @@ def test_config_overrides_and_errors():
         TrainConfig(easy_vqa_generated=1.5)
     with pytest.raises(ValueError, match="`scene_loss_weight`"):
         TrainConfig(scene_loss_weight=-1)
+    with pytest.raises(ValueError, match="`slot_attention_head` must differ"):
+        TrainConfig(slot_attention_layer=1, slot_attention_head=0)
+    with pytest.raises(ValueError, match="`slot_attention_layer`"):
+        load_train_config(["slot_attention_layer=9"])
     assert lr_factor(0, 10, 0.0, 0.1) == pytest.approx(0.1)
     assert lr_factor(50, 10, 0.0, 0.1) == pytest.approx(1.0)
     assert lr_factor(100, 10, 1.0, 0.1) == pytest.approx(0.1)

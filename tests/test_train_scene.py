@@ -169,3 +169,53 @@ def test_generated_questions_are_balanced_and_follow_the_image():
     assert all(a == "circle" for q, a in got if q.startswith("what shape"))
     assert ("is there a teal shape?", "yes") in got and ("is there a red shape?", "no") in got
     assert ("is no circle present?", "no") in got and ("is no triangle present?", "yes") in got
+
+
+def test_collate_slot_keys_are_the_questions_colour_or_shape_word():
+    proc = avl_tiny_processor()
+    tok = proc.tokenizer
+    cfg = TrainConfig(task_weights=[1, 0, 0, 0, 1], easy_vqa_generated=1.0)
+    items = [TrainStream(cfg).sample(i) for i in range(16)]
+    scene = next(it["scene"] for it in items if it["scene"] is not None)
+    asked = {"prompt": "is there not a rectangle in the image?", "target": "yes", "scene": scene}
+    items.append({**items[-1], **asked})
+    batch = collate(proc, items)
+    words = {*COLOURS, *SHAPES}
+    named = 0
+    for b, item in enumerate(items):
+        keys = batch["slot_keys"][b]
+        asked_word = [w for w in item["prompt"].replace("?", " ").split() if w in words]
+        if item["scene"] is None or not asked_word:
+            assert not keys.any()
+            continue
+        named += 1
+        assert tok.decode(batch["input_ids"][b, keys]).strip() == asked_word[0]
+        first = int(keys.nonzero()[0])  # the word lies in the question, after the image
+        assert (batch["input_ids"][b, :first] == tok.image_token_id).sum() == 256
+    assert named >= 3
+    assert tok.decode(batch["input_ids"][-1, batch["slot_keys"][-1]]).strip() == "rectangle"
+
+
+def test_slot_loss_is_the_slot_heads_eager_attention_mass_on_the_asked_word():
+    from avl_lab.models.avl_tiny import AvlTinyConfig, build_avl_tiny
+    from avl_lab.train.module import AvlTinyModule
+
+    model, _ = build_avl_tiny(AvlTinyConfig(), seed=3)
+    cfg = TrainConfig(slot_attention_layer=2, slot_attention_head=4)
+    module = AvlTinyModule(model, cfg)
+    stream = TrainStream(TrainConfig(task_weights=[0, 0, 0, 0, 1], easy_vqa_generated=1.0))
+    items = [s for s in (stream.sample(i) for i in range(40)) if s["target"] in ("yes", "no")]
+    batch = collate(avl_tiny_processor(), items[:3])
+    queries, keys = batch["region_queries"], batch["slot_keys"]
+    assert keys.any(1).all()
+    with torch.no_grad():
+        got = module.training_step(dict(batch), 0)["slot_loss"]
+    model.set_attn_implementation("eager")
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    with torch.no_grad():
+        att = model(**inputs, output_attentions=True).attentions[2][:, 4]
+    logs = [math.log(float(att[b, q][keys[b]].sum())) for b, q in queries.nonzero().tolist()]
+    assert float(got) == pytest.approx(-sum(logs) / len(logs), rel=1e-4)
+    cfg = TrainConfig(slot_attention_weight=0)
+    with torch.no_grad():
+        assert "slot_loss" not in AvlTinyModule(model, cfg).training_step(dict(batch), 0)

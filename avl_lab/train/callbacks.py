@@ -92,7 +92,7 @@ class CurveLogger(L.Callback):
             return
         outputs = outputs if isinstance(outputs, dict) else {"loss": outputs}
         values = {"loss": float(outputs.get("answer_loss", outputs["loss"]))}
-        for key in ("glyph_loss", "read_loss", "region_loss", "scene_loss"):
+        for key in ("glyph_loss", "read_loss", "region_loss", "slot_loss", "scene_loss"):
             if key in outputs:
                 values[key] = float(outputs[key])
         values["lr"] = trainer.optimizers[0].param_groups[0]["lr"]

@@ -59,6 +59,16 @@ class TrainConfig:
     """Decoder layer of the guided head."""
     read_attention_head: int = 0
     """Query head of the guided head."""
+    slot_attention_weight: float = 1.0
+    """Weight of the slot loss: on easy-vqa, head ``slot_attention_head`` of decoder layer
+    ``slot_attention_layer`` is taught to attend, from the answer positions, to the
+    question's colour or shape word ("is there a *red* shape?"), so that the asked value
+    and the shape's features (the guided head) reach the answer position side by side and
+    yes/no is a comparison of the two; 0 turns it off."""
+    slot_attention_layer: int = 1
+    """Decoder layer of the slot head."""
+    slot_attention_head: int = 3
+    """Query head of the slot head (by default not of the guided head's key/value group)."""
     scene_loss_weight: float = 1.0
     """Weight of the auxiliary scene loss: on easy-vqa, the mean of the image tokens
     (projector outputs) of the patches the shape covers must give the shape's colour and kind
@@ -111,17 +121,26 @@ class TrainConfig:
             raise ValueError(
                 f"`read_attention_weight` must be >= 0, got {self.read_attention_weight}"
             )
-        if not 0 <= self.read_attention_layer < self.model.num_hidden_layers:
+        for kind in ("read", "slot"):
+            layer, head = f"{kind}_attention_layer", f"{kind}_attention_head"
+            if not 0 <= getattr(self, layer) < self.model.num_hidden_layers:
+                raise ValueError(
+                    f"`{layer}` must be in [0, {self.model.num_hidden_layers}), "
+                    f"got {getattr(self, layer)}"
+                )
+            if not 0 <= getattr(self, head) < self.model.num_attention_heads:
+                raise ValueError(
+                    f"`{head}` must be in [0, {self.model.num_attention_heads}), "
+                    f"got {getattr(self, head)}"
+                )
+        if (self.slot_attention_layer, self.slot_attention_head) == (
+            self.read_attention_layer, self.read_attention_head
+        ):
             raise ValueError(
-                f"`read_attention_layer` must be in [0, {self.model.num_hidden_layers}), "
-                f"got {self.read_attention_layer}"
+                "`slot_attention_head` must differ from `read_attention_head` in the same "
+                "layer: one head cannot attend to both the shape and the question's word"
             )
-        if not 0 <= self.read_attention_head < self.model.num_attention_heads:
-            raise ValueError(
-                f"`read_attention_head` must be in [0, {self.model.num_attention_heads}), "
-                f"got {self.read_attention_head}"
-            )
-        for name in ("glyph_loss_weight", "scene_loss_weight"):
+        for name in ("glyph_loss_weight", "scene_loss_weight", "slot_attention_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.easy_vqa_generated <= 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -26,7 +27,7 @@ from avl_lab.data.schema import short_answer_prompt
 from avl_lab.evaluation.prompting import chat_prompt
 from avl_lab.train.config import TASKS, TrainConfig
 from avl_lab.train.easy_questions import generate
-from avl_lab.train.scene import Scene, scene_of
+from avl_lab.train.scene import COLOURS, SHAPES, Scene, scene_of
 
 __all__ = [
     "TrainDataModule",
@@ -35,6 +36,7 @@ __all__ = [
     "collate",
     "glyph_labels",
     "scene_targets",
+    "slot_keys",
     "training_row",
 ]
 
@@ -174,7 +176,8 @@ def collate(processor: Any, batch: list[dict[str, Any]]) -> dict[str, torch.Tens
             read_t[r, q] = k
     return {"input_ids": input_ids, "attention_mask": mask, "labels": label_t,
             "pixel_values": pixel_values, "glyph_labels": glyphs, "read_targets": read_t,
-            **scene_targets(tok.image_token_id, input_ids, label_t, batch)}  # fmt: skip
+            **scene_targets(tok.image_token_id, input_ids, label_t, batch),
+            "slot_keys": slot_keys(tok, prompts, enc["input_ids"], batch, width)}  # fmt: skip
 
 
 def scene_targets(
@@ -205,6 +208,37 @@ def scene_targets(
         out["region_keys"][b, image[patches]] = True
         answer = (labels[b] != -100).nonzero().flatten()  # the answer tokens, then </s>
         out["region_queries"][b, answer[:-1] - 1] = True  # their logits predict the answer
+    return out
+
+
+#: The words an easy-vqa question's slot holds: its colours and shapes.
+_SLOT_WORD = re.compile(r"\b(" + "|".join([*COLOURS, *SHAPES]) + r")\b")
+
+
+def slot_keys(
+    tokenizer: Any, prompts: list[str], prompt_ids: list[list[int]], batch: list[dict], width: int
+) -> torch.Tensor:
+    """``[B, width]``: the prompt tokens spelling a colour or shape word (the slot of an
+    easy-vqa question: "is there a *red* shape?"), for the samples with a scene; the slot
+    head is taught to attend to them from the answer positions (``region_queries``).
+
+    Found through the tokenizer's character offsets of the prompt with its image
+    placeholder expanded as the processor does; a sample whose ids differ from the
+    processor's gets no keys.
+    """
+    out = torch.zeros((len(batch), width), dtype=torch.bool)
+    image = tokenizer.image_token
+    for b, (text, ids, item) in enumerate(zip(prompts, prompt_ids, batch)):
+        if item.get("scene") is None:
+            continue
+        n = sum(1 for t in ids if t == tokenizer.image_token_id)
+        expanded = text.replace(image, image * n, 1)
+        enc = tokenizer(expanded, add_special_tokens=False, return_offsets_mapping=True)
+        if list(enc["input_ids"]) != list(ids):
+            continue
+        spans = [m.span() for m in _SLOT_WORD.finditer(expanded)]
+        for pos, (start, end) in enumerate(enc["offset_mapping"]):
+            out[b, pos] = any(start < e and s < end for s, e in spans)
     return out
 
 

@@ -20,7 +20,7 @@ from avl_lab.train.scene import COLOURS, SHAPES
 __all__ = ["GLYPH_SCALE", "SCENE_KEYS", "AvlTinyModule", "lr_factor"]
 
 #: Batch keys of the easy-vqa scene supervision (see :func:`avl_lab.train.data.scene_targets`).
-SCENE_KEYS = ("scene_labels", "scene_patches", "region_queries", "region_keys")
+SCENE_KEYS = ("scene_labels", "scene_patches", "region_queries", "region_keys", "slot_keys")
 #: Inverse temperature of the glyph loss's cosine scores.
 GLYPH_SCALE = 16.0
 
@@ -56,8 +56,9 @@ class AvlTinyModule(L.LightningModule):
     def training_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int
     ) -> dict[str, torch.Tensor]:
-        """``loss`` (optimised) = answer-token loss + weighted glyph loss; both also returned
-        (detached) as ``answer_loss`` and ``glyph_loss``."""
+        """``loss`` (optimised) = answer-token loss + the weighted auxiliary losses (glyph,
+        guided reading, region, slot, scene); each also returned detached (``answer_loss``,
+        ``glyph_loss``, ...)."""
         batch = dict(batch)
         glyphs = batch.pop("glyph_labels", None)
         reads = batch.pop("read_targets", None)
@@ -66,12 +67,21 @@ class AvlTinyModule(L.LightningModule):
         regions = self.cfg.read_attention_weight > 0 and bool(
             scene and scene["region_queries"].any()
         )
+        asked = None  # the answer positions of samples whose question names a colour/shape
+        if scene and "slot_keys" in scene and self.cfg.slot_attention_weight > 0:
+            asked = scene["region_queries"] & scene["slot_keys"].any(1, keepdim=True)
         captured: list[torch.Tensor] = []
         projector = self.model.model.multi_modal_projector
-        layer = self.model.model.language_model.layers[self.cfg.read_attention_layer]
+        layers = self.model.model.language_model.layers
+        c = self.cfg
         handle = projector.register_forward_hook(lambda _m, _i, out: captured.append(out))
         try:
-            with ReadAttention(layer.self_attn, self.cfg.read_attention_head) as probe:
+            with (
+                ReadAttention(layers[c.read_attention_layer].self_attn, c.read_attention_head)
+                as probe,
+                ReadAttention(layers[c.slot_attention_layer].self_attn, c.slot_attention_head)
+                as slot_probe,
+            ):
                 result = self.model(**batch)
         finally:
             handle.remove()
@@ -95,6 +105,11 @@ class AvlTinyModule(L.LightningModule):
             self.log("train/region_loss", region, on_step=True, batch_size=n)
             out["loss"] = out["loss"] + self.cfg.read_attention_weight * region
             out["region_loss"] = region.detach()
+        if asked is not None and asked.any():
+            slot = slot_probe.region_loss(asked, scene["slot_keys"])
+            self.log("train/slot_loss", slot, on_step=True, batch_size=n)
+            out["loss"] = out["loss"] + self.cfg.slot_attention_weight * slot
+            out["slot_loss"] = slot.detach()
         if scene and self.cfg.scene_loss_weight > 0 and scene["scene_patches"].any():
             aux = self.scene_loss(captured[0], scene["scene_labels"], scene["scene_patches"])
             self.log("train/scene_loss", aux, on_step=True, batch_size=n)
