@@ -133,9 +133,8 @@ class TrainConfig:
                     f"`{head}` must be in [0, {self.model.num_attention_heads}), "
                     f"got {getattr(self, head)}"
                 )
-        if (self.slot_attention_layer, self.slot_attention_head) == (
-            self.read_attention_layer, self.read_attention_head
-        ):
+        slot = (self.slot_attention_layer, self.slot_attention_head)
+        if slot == (self.read_attention_layer, self.read_attention_head):
             raise ValueError(
                 "`slot_attention_head` must differ from `read_attention_head` in the same "
                 "layer: one head cannot attend to both the shape and the question's word"

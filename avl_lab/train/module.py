@@ -72,16 +72,12 @@ class AvlTinyModule(L.LightningModule):
             asked = scene["region_queries"] & scene["slot_keys"].any(1, keepdim=True)
         captured: list[torch.Tensor] = []
         projector = self.model.model.multi_modal_projector
-        layers = self.model.model.language_model.layers
-        c = self.cfg
+        layers, c = self.model.model.language_model.layers, self.cfg
+        probe = ReadAttention(layers[c.read_attention_layer].self_attn, c.read_attention_head)
+        slot_probe = ReadAttention(layers[c.slot_attention_layer].self_attn, c.slot_attention_head)
         handle = projector.register_forward_hook(lambda _m, _i, out: captured.append(out))
         try:
-            with (
-                ReadAttention(layers[c.read_attention_layer].self_attn, c.read_attention_head)
-                as probe,
-                ReadAttention(layers[c.slot_attention_layer].self_attn, c.slot_attention_head)
-                as slot_probe,
-            ):
+            with probe, slot_probe:
                 result = self.model(**batch)
         finally:
             handle.remove()
