@@ -39,7 +39,7 @@ def test_config_overrides_and_errors():
     with pytest.raises(ValueError, match="`scene_loss_weight`"):
         TrainConfig(scene_loss_weight=-1)
     with pytest.raises(ValueError, match="`slot_attention_head` must differ"):
-        TrainConfig(slot_attention_layer=1, slot_attention_head=0)
+        TrainConfig(slot_attention_layer=1, slot_attention_head=0, read_attention_layer=1)
     with pytest.raises(ValueError, match="`slot_attention_layer`"):
         load_train_config(["slot_attention_layer=9"])
     assert lr_factor(0, 10, 0.0, 0.1) == pytest.approx(0.1)

@@ -171,29 +171,35 @@ def test_generated_questions_are_balanced_and_follow_the_image():
     assert ("is no circle present?", "no") in got and ("is no triangle present?", "yes") in got
 
 
-def test_collate_slot_keys_are_the_questions_colour_or_shape_word():
+def test_collate_slot_targets_are_the_questions_word_and_whether_the_image_shows_it():
     proc = avl_tiny_processor()
     tok = proc.tokenizer
     cfg = TrainConfig(task_weights=[1, 0, 0, 0, 1], easy_vqa_generated=1.0)
     items = [TrainStream(cfg).sample(i) for i in range(16)]
     scene = next(it["scene"] for it in items if it["scene"] is not None)
-    asked = {"prompt": "is there not a rectangle in the image?", "target": "yes", "scene": scene}
-    items.append({**items[-1], **asked})
+    shape = SHAPES[scene.shape]
+    other = next(s for s in SHAPES if s != shape)
+    for word in (shape, other):  # "rectangle" spans 4 tokens
+        items.append({**items[-1], "prompt": f"is there not a {word} in the image?",
+                      "target": "no" if word == shape else "yes", "scene": scene})  # fmt: skip
     batch = collate(proc, items)
     words = {*COLOURS, *SHAPES}
     named = 0
     for b, item in enumerate(items):
         keys = batch["slot_keys"][b]
-        asked_word = [w for w in item["prompt"].replace("?", " ").split() if w in words]
-        if item["scene"] is None or not asked_word:
-            assert not keys.any()
+        asked = [w for w in item["prompt"].replace("?", " ").split() if w in words]
+        if item["scene"] is None or not asked:
+            assert not keys.any() and not batch["slot_match"][b]
             continue
         named += 1
-        assert tok.decode(batch["input_ids"][b, keys]).strip() == asked_word[0]
+        assert tok.decode(batch["input_ids"][b, keys]).strip() == asked[0]
         first = int(keys.nonzero()[0])  # the word lies in the question, after the image
         assert (batch["input_ids"][b, :first] == tok.image_token_id).sum() == 256
-    assert named >= 3
-    assert tok.decode(batch["input_ids"][-1, batch["slot_keys"][-1]]).strip() == "rectangle"
+        s = item["scene"]
+        shown = asked[0] in (list(COLOURS)[s.colour], SHAPES[s.shape])
+        assert bool(batch["slot_match"][b]) == shown
+    assert named >= 4
+    assert batch["slot_match"][-2:].tolist() == [True, False]
 
 
 def test_slot_loss_is_the_slot_heads_eager_attention_mass_on_the_asked_word():
@@ -201,20 +207,23 @@ def test_slot_loss_is_the_slot_heads_eager_attention_mass_on_the_asked_word():
     from avl_lab.train.module import AvlTinyModule
 
     model, _ = build_avl_tiny(AvlTinyConfig(), seed=3)
-    cfg = TrainConfig(slot_attention_layer=2, slot_attention_head=4)
+    cfg = TrainConfig(slot_attention_layer=3, slot_attention_head=4)
     module = AvlTinyModule(model, cfg)
     stream = TrainStream(TrainConfig(task_weights=[0, 0, 0, 0, 1], easy_vqa_generated=1.0))
-    items = [s for s in (stream.sample(i) for i in range(40)) if s["target"] in ("yes", "no")]
-    batch = collate(avl_tiny_processor(), items[:3])
-    queries, keys = batch["region_queries"], batch["slot_keys"]
-    assert keys.any(1).all()
+    items = [s for s in (stream.sample(i) for i in range(60)) if s["target"] in ("yes", "no")]
+    batch = collate(avl_tiny_processor(), items[:6])
+    queries, keys, match = batch["region_queries"], batch["slot_keys"], batch["slot_match"]
+    assert keys.any(1).all() and 0 < match.sum() < len(match)
     with torch.no_grad():
         got = module.training_step(dict(batch), 0)["slot_loss"]
     model.set_attn_implementation("eager")
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
     with torch.no_grad():
-        att = model(**inputs, output_attentions=True).attentions[2][:, 4]
-    logs = [math.log(float(att[b, q][keys[b]].sum())) for b, q in queries.nonzero().tolist()]
+        att = model(**inputs, output_attentions=True).attentions[3][:, 4]
+    logs = []
+    for b, q in queries.nonzero().tolist():
+        mass = float(att[b, q][keys[b]].sum())
+        logs.append(math.log(mass if match[b] else 1 - mass))
     assert float(got) == pytest.approx(-sum(logs) / len(logs), rel=1e-4)
     cfg = TrainConfig(slot_attention_weight=0)
     with torch.no_grad():

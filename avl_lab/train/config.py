@@ -61,14 +61,16 @@ class TrainConfig:
     """Query head of the guided head."""
     slot_attention_weight: float = 1.0
     """Weight of the slot loss: on easy-vqa, head ``slot_attention_head`` of decoder layer
-    ``slot_attention_layer`` is taught to attend, from the answer positions, to the
-    question's colour or shape word ("is there a *red* shape?"), so that the asked value
-    and the shape's features (the guided head) reach the answer position side by side and
-    yes/no is a comparison of the two; 0 turns it off."""
-    slot_attention_layer: int = 1
-    """Decoder layer of the slot head."""
+    ``slot_attention_layer`` is taught to compare: to attend, from the answer positions, to
+    the question's colour or shape word ("is there a *red* shape?") if and only if the image
+    shows it (``-log`` of that attention mass, or of one minus it). Its query can see the
+    shape (the guided head, an earlier layer, brought it there), its keys the words, so the
+    comparison is one dot product and yes/no is read off how much the head attends; 0 turns
+    it off."""
+    slot_attention_layer: int = 2
+    """Decoder layer of the slot head (after the guided head's layer)."""
     slot_attention_head: int = 3
-    """Query head of the slot head (by default not of the guided head's key/value group)."""
+    """Query head of the slot head."""
     scene_loss_weight: float = 1.0
     """Weight of the auxiliary scene loss: on easy-vqa, the mean of the image tokens
     (projector outputs) of the patches the shape covers must give the shape's colour and kind

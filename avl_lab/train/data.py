@@ -36,7 +36,7 @@ __all__ = [
     "collate",
     "glyph_labels",
     "scene_targets",
-    "slot_keys",
+    "slot_targets",
     "training_row",
 ]
 
@@ -177,7 +177,7 @@ def collate(processor: Any, batch: list[dict[str, Any]]) -> dict[str, torch.Tens
     return {"input_ids": input_ids, "attention_mask": mask, "labels": label_t,
             "pixel_values": pixel_values, "glyph_labels": glyphs, "read_targets": read_t,
             **scene_targets(tok.image_token_id, input_ids, label_t, batch),
-            "slot_keys": slot_keys(tok, prompts, enc["input_ids"], batch, width)}  # fmt: skip
+            **slot_targets(tok, prompts, enc["input_ids"], batch, width)}  # fmt: skip
 
 
 def scene_targets(
@@ -215,31 +215,35 @@ def scene_targets(
 _SLOT_WORD = re.compile(r"\b(" + "|".join([*COLOURS, *SHAPES]) + r")\b")
 
 
-def slot_keys(
+def slot_targets(
     tokenizer: Any, prompts: list[str], prompt_ids: list[list[int]], batch: list[dict], width: int
-) -> torch.Tensor:
-    """``[B, width]``: the prompt tokens spelling a colour or shape word (the slot of an
-    easy-vqa question: "is there a *red* shape?"), for the samples with a scene; the slot
-    head is taught to attend to them from the answer positions (``region_queries``).
+) -> dict[str, torch.Tensor]:
+    """The slot loss's targets of the samples with a scene: ``slot_keys`` ``[B, width]``, the
+    prompt tokens spelling the question's first colour or shape word ("is there a *red*
+    shape?"), and ``slot_match`` ``[B]``, whether the image shows that colour or shape.
 
-    Found through the tokenizer's character offsets of the prompt with its image
-    placeholder expanded as the processor does; a sample whose ids differ from the
+    The tokens are found through the tokenizer's character offsets of the prompt with its
+    image placeholder expanded as the processor does; a sample whose ids differ from the
     processor's gets no keys.
     """
-    out = torch.zeros((len(batch), width), dtype=torch.bool)
+    keys = torch.zeros((len(batch), width), dtype=torch.bool)
+    match = torch.zeros(len(batch), dtype=torch.bool)
     image = tokenizer.image_token
     for b, (text, ids, item) in enumerate(zip(prompts, prompt_ids, batch)):
-        if item.get("scene") is None:
+        scene, word = item.get("scene"), _SLOT_WORD.search(item["prompt"])
+        if scene is None or word is None:
             continue
         n = sum(1 for t in ids if t == tokenizer.image_token_id)
         expanded = text.replace(image, image * n, 1)
         enc = tokenizer(expanded, add_special_tokens=False, return_offsets_mapping=True)
         if list(enc["input_ids"]) != list(ids):
             continue
-        spans = [m.span() for m in _SLOT_WORD.finditer(expanded)]
-        for pos, (start, end) in enumerate(enc["offset_mapping"]):
-            out[b, pos] = any(start < e and s < end for s, e in spans)
-    return out
+        start = expanded.rindex(item["prompt"]) + word.start()
+        end = start + len(word.group())
+        for pos, (s, e) in enumerate(enc["offset_mapping"]):
+            keys[b, pos] = s < end and start < e
+        match[b] = word.group() in (list(COLOURS)[scene.colour], SHAPES[scene.shape])
+    return {"slot_keys": keys, "slot_match": match}
 
 
 def _read_positions(

@@ -8,7 +8,10 @@ projections, RoPE and causal mask, so the model keeps running SDPA) and returns 
 
 On easy-vqa the head is taught the same way to look at the shape: from every position that
 predicts an answer character, the ``-log`` of the attention mass on the shape's image tokens
-(:meth:`ReadAttention.region_loss`).
+(:meth:`ReadAttention.region_loss`). A second head, in a later layer, is taught to compare:
+from the same positions it attends to the question's colour or shape word if and only if
+the image shows that colour or shape (``region_loss`` with ``present``), so "is there a red
+shape?" becomes how much that head attends to "red".
 """
 
 from __future__ import annotations
@@ -53,12 +56,22 @@ class ReadAttention:
         logp = self._log_attention(b, q)
         return -logp[torch.arange(len(b)), targets[b, q]].mean()
 
-    def region_loss(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    def region_loss(
+        self, queries: torch.Tensor, keys: torch.Tensor, present: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Mean ``-log`` of the attention mass the head pays, from each query (``queries[b, q]``
-        true), to the key region of its sample (``keys[b, k]`` true)."""
+        true), to the key region of its sample (``keys[b, k]`` true).
+
+        With ``present`` ``[B]`` (bool), a sample where it is false is taught the opposite,
+        ``-log(1 - mass)``: the head then answers a question with how much it attends there.
+        """
         b, q = torch.nonzero(queries, as_tuple=True)
         logp = self._log_attention(b, q)
-        return -logp.masked_fill(~keys[b], float("-inf")).logsumexp(-1).mean()
+        log_mass = logp.masked_fill(~keys[b], float("-inf")).logsumexp(-1)
+        if present is None:
+            return -log_mass.mean()
+        away = torch.log(-torch.expm1(log_mass.clamp(max=-1e-6)))  # log(1 - mass), stable
+        return -torch.where(present[b], log_mass, away).mean()
 
     def _log_attention(self, b: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """``[N, T]`` log attention of the head from query ``q[n]`` of sample ``b[n]``."""

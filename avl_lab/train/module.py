@@ -20,7 +20,9 @@ from avl_lab.train.scene import COLOURS, SHAPES
 __all__ = ["GLYPH_SCALE", "SCENE_KEYS", "AvlTinyModule", "lr_factor"]
 
 #: Batch keys of the easy-vqa scene supervision (see :func:`avl_lab.train.data.scene_targets`).
-SCENE_KEYS = ("scene_labels", "scene_patches", "region_queries", "region_keys", "slot_keys")
+SCENE_KEYS = (
+    "scene_labels", "scene_patches", "region_queries", "region_keys", "slot_keys", "slot_match"
+)
 #: Inverse temperature of the glyph loss's cosine scores.
 GLYPH_SCALE = 16.0
 
@@ -102,7 +104,7 @@ class AvlTinyModule(L.LightningModule):
             out["loss"] = out["loss"] + self.cfg.read_attention_weight * region
             out["region_loss"] = region.detach()
         if asked is not None and asked.any():
-            slot = slot_probe.region_loss(asked, scene["slot_keys"])
+            slot = slot_probe.region_loss(asked, scene["slot_keys"], scene["slot_match"])
             self.log("train/slot_loss", slot, on_step=True, batch_size=n)
             out["loss"] = out["loss"] + self.cfg.slot_attention_weight * slot
             out["slot_loss"] = slot.detach()
