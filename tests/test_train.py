@@ -84,6 +84,17 @@ def test_tiny_run_loss_drops_checkpoints_resume_and_export(tmp_path):
     assert again["steps"] == 14
     reloaded, _ = load(str(tmp_path / "e2"))
     torch.testing.assert_close(reloaded(**enc).logits, model(**enc).logits)
+    # a checkpoint from before a training-only probe existed still exports; a foreign one not
+    ckpt = out / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    state["state_dict"] = {k: v for k, v in state["state_dict"].items() if "match_head" not in k}
+    torch.save(state, ckpt)
+    train(load_train_config([*args, "export_only=true", f"export_dir={tmp_path / 'e3'}"]))
+    assert (tmp_path / "e3" / "model.safetensors").exists()
+    state["state_dict"]["model.extra.weight"] = torch.zeros(1)
+    torch.save(state, ckpt)
+    with pytest.raises(RuntimeError, match="model.extra.weight"):
+        train(load_train_config([*args, "export_only=true", f"export_dir={tmp_path / 'e4'}"]))
 
 
 def test_glyph_labels_name_each_cell_and_the_glyph_loss_drops(tmp_path):

@@ -202,12 +202,12 @@ def test_collate_slot_targets_are_the_questions_word_and_whether_the_image_shows
     assert batch["slot_match"][-2:].tolist() == [True, False]
 
 
-def test_slot_loss_is_the_slot_heads_eager_attention_mass_on_the_asked_word():
+def test_slot_loss_is_the_heads_eager_attention_mass_on_the_word_plus_the_match_probe():
     from avl_lab.models.avl_tiny import AvlTinyConfig, build_avl_tiny
     from avl_lab.train.module import AvlTinyModule
 
     model, _ = build_avl_tiny(AvlTinyConfig(), seed=3)
-    cfg = TrainConfig(slot_attention_layer=3, slot_attention_head=4)
+    cfg = TrainConfig(slot_attention_layer=2, slot_attention_head=4)
     module = AvlTinyModule(model, cfg)
     stream = TrainStream(TrainConfig(task_weights=[0, 0, 0, 0, 1], easy_vqa_generated=1.0))
     items = [s for s in (stream.sample(i) for i in range(60)) if s["target"] in ("yes", "no")]
@@ -219,12 +219,18 @@ def test_slot_loss_is_the_slot_heads_eager_attention_mass_on_the_asked_word():
     model.set_attn_implementation("eager")
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
     with torch.no_grad():
-        att = model(**inputs, output_attentions=True).attentions[3][:, 4]
-    logs = []
+        result = model(**inputs, output_attentions=True, output_hidden_states=True)
+        att = result.attentions[2][:, 4]
+        hidden = result.hidden_states[3]  # the output of layer 2
+    logs, bce = [], []
     for b, q in queries.nonzero().tolist():
         mass = float(att[b, q][keys[b]].sum())
         logs.append(math.log(mass if match[b] else 1 - mass))
-    assert float(got) == pytest.approx(-sum(logs) / len(logs), rel=1e-4)
+        x = hidden[b, q] / hidden[b, q].pow(2).mean().sqrt()  # RMS 1
+        p = float(torch.sigmoid(module.match_head(x)))
+        bce.append(-math.log(p if match[b] else 1 - p))
+    want = -sum(logs) / len(logs) + sum(bce) / len(bce)
+    assert float(got) == pytest.approx(want, rel=1e-4)
     cfg = TrainConfig(slot_attention_weight=0)
     with torch.no_grad():
         assert "slot_loss" not in AvlTinyModule(model, cfg).training_step(dict(batch), 0)

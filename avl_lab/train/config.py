@@ -65,8 +65,9 @@ class TrainConfig:
     the question's colour or shape word ("is there a *red* shape?") if and only if the image
     shows it (``-log`` of that attention mass, or of one minus it). Its query can see the
     shape (the guided head, an earlier layer, brought it there), its keys the words, so the
-    comparison is one dot product and yes/no is read off how much the head attends; 0 turns
-    it off."""
+    comparison is one dot product. A linear probe held by the training module (not exported)
+    must also read the verdict off that layer's output at those positions (binary
+    cross-entropy, same weight), so the next layer can use it; 0 turns both off."""
     slot_attention_layer: int = 2
     """Decoder layer of the slot head (after the guided head's layer)."""
     slot_attention_head: int = 3

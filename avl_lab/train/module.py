@@ -51,6 +51,8 @@ class AvlTinyModule(L.LightningModule):
         hidden = model.config.text_config.hidden_size
         # the scene loss's linear probe on the image tokens: colour logits, then shape logits
         self.scene_head = torch.nn.Linear(hidden, len(COLOURS) + len(SHAPES))
+        # the slot loss's linear probe on the slot layer's output: does the image match?
+        self.match_head = torch.nn.Linear(hidden, 1)
 
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch)
@@ -77,12 +79,19 @@ class AvlTinyModule(L.LightningModule):
         layers, c = self.model.model.language_model.layers, self.cfg
         probe = ReadAttention(layers[c.read_attention_layer].self_attn, c.read_attention_head)
         slot_probe = ReadAttention(layers[c.slot_attention_layer].self_attn, c.slot_attention_head)
-        handle = projector.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        slot_out: list[torch.Tensor] = []
+        handles = [
+            projector.register_forward_hook(lambda _m, _i, out: captured.append(out)),
+            layers[c.slot_attention_layer].register_forward_hook(
+                lambda _m, _i, out: slot_out.append(out[0] if isinstance(out, tuple) else out)
+            ),
+        ]
         try:
             with probe, slot_probe:
                 result = self.model(**batch)
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         loss = result.loss
         n = self.cfg.batch_size
         self.samples_seen = (self.global_step + 1) * n
@@ -105,6 +114,7 @@ class AvlTinyModule(L.LightningModule):
             out["region_loss"] = region.detach()
         if asked is not None and asked.any():
             slot = slot_probe.region_loss(asked, scene["slot_keys"], scene["slot_match"])
+            slot = slot + self.match_loss(slot_out[0], asked, scene["slot_match"])
             self.log("train/slot_loss", slot, on_step=True, batch_size=n)
             out["loss"] = out["loss"] + self.cfg.slot_attention_weight * slot
             out["slot_loss"] = slot.detach()
@@ -114,6 +124,18 @@ class AvlTinyModule(L.LightningModule):
             out["loss"] = out["loss"] + self.cfg.scene_loss_weight * aux
             out["scene_loss"] = aux.detach()
         return out
+
+    def match_loss(
+        self, hidden: torch.Tensor, queries: torch.Tensor, match: torch.Tensor
+    ) -> torch.Tensor:
+        """Binary cross-entropy of the probe naming, from the slot layer's output ``hidden``
+        ``[B, T, H]`` (RMS-normalised) at each query position (``queries[b, q]``), whether the
+        sample's image shows the asked colour or shape (``match`` ``[B]``): the slot head's
+        finding must be legible to the next layer, not only in its attention."""
+        b, q = torch.nonzero(queries, as_tuple=True)
+        x = torch.nn.functional.normalize(hidden[b, q], dim=-1) * hidden.shape[-1] ** 0.5
+        logits = self.match_head(x).squeeze(-1)
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, match[b].float())
 
     def scene_loss(
         self, features: torch.Tensor, labels: torch.Tensor, patches: torch.Tensor

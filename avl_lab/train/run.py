@@ -45,7 +45,11 @@ def _export_checkpoint(
     if not ckpt.exists():
         raise FileNotFoundError(f"`export_only` needs a checkpoint, none at {ckpt}")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    module.load_state_dict(state["state_dict"])
+    # the training-only probes are not exported: a checkpoint from before one was added exports
+    missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
+    wrong = [k for k in [*missing, *unexpected] if not k.startswith(("scene_head.", "match_head."))]
+    if wrong:
+        raise RuntimeError(f"checkpoint {ckpt} does not fit the model: {wrong[:5]}")
     out = Path(cfg.out_dir)
     summary = {"steps": state["global_step"], "samples": state["global_step"] * cfg.batch_size,
                "checkpoint": str(ckpt), "config": dataclasses.asdict(cfg)}  # fmt: skip
