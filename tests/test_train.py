@@ -19,6 +19,7 @@ TINY = [
     "model.num_key_value_heads=2", "batch_size=4", "lr=3e-3", "warmup_steps=2",
     "eval_every_steps=0", "log_every_steps=1", "curriculum_steps=2", "num_threads=1",
     "glyph_loss_weight=0",  # 40 px images have 16 patches, not one per grid cell
+    "slot_attention_layer=1",  # the model has 2 layers
 ]  # fmt: skip
 
 
