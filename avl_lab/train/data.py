@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from functools import lru_cache
 from typing import Any
 
@@ -26,8 +25,8 @@ from avl_lab.data.grid import GRID
 from avl_lab.data.schema import short_answer_prompt
 from avl_lab.evaluation.prompting import chat_prompt
 from avl_lab.train.config import TASKS, TrainConfig
-from avl_lab.train.easy_questions import generate
-from avl_lab.train.scene import COLOURS, SHAPES, Scene, scene_of
+from avl_lab.train.easy_questions import SLOT_WORD, generate, shows
+from avl_lab.train.scene import Scene, scene_of
 
 __all__ = [
     "TrainDataModule",
@@ -211,10 +210,6 @@ def scene_targets(
     return out
 
 
-#: The words an easy-vqa question's slot holds: its colours and shapes.
-_SLOT_WORD = re.compile(r"\b(" + "|".join([*COLOURS, *SHAPES]) + r")\b")
-
-
 def slot_targets(
     tokenizer: Any, prompts: list[str], prompt_ids: list[list[int]], batch: list[dict], width: int
 ) -> dict[str, torch.Tensor]:
@@ -230,7 +225,7 @@ def slot_targets(
     match = torch.zeros(len(batch), dtype=torch.bool)
     image = tokenizer.image_token
     for b, (text, ids, item) in enumerate(zip(prompts, prompt_ids, batch)):
-        scene, word = item.get("scene"), _SLOT_WORD.search(item["prompt"])
+        scene, word = item.get("scene"), SLOT_WORD.search(item["prompt"])
         if scene is None or word is None:
             continue
         n = sum(1 for t in ids if t == tokenizer.image_token_id)
@@ -242,7 +237,7 @@ def slot_targets(
         end = start + len(word.group())
         for pos, (s, e) in enumerate(enc["offset_mapping"]):
             keys[b, pos] = s < end and start < e
-        match[b] = word.group() in (list(COLOURS)[scene.colour], SHAPES[scene.shape])
+        match[b] = shows(scene, word.group())
     return {"slot_keys": keys, "slot_match": match}
 
 

@@ -17,9 +17,16 @@ from functools import lru_cache
 
 from avl_lab.train.scene import COLOURS, SHAPES, Scene
 
-__all__ = ["Template", "answer", "generate", "templates"]
+__all__ = ["SLOT_WORD", "Template", "answer", "generate", "shows", "templates"]
 
 _COLOURS = tuple(COLOURS)
+#: A colour or shape word: what a question's slot holds ("is there a *red* shape?").
+SLOT_WORD = re.compile(r"\b(" + "|".join([*_COLOURS, *SHAPES]) + r")\b")
+
+
+def shows(scene: Scene, word: str) -> bool:
+    """Whether an image showing ``scene`` shows the colour or shape ``word``."""
+    return word in (_COLOURS[scene.colour], SHAPES[scene.shape])
 
 
 @dataclass(frozen=True)
@@ -36,11 +43,9 @@ class Template:
 
 
 def _template(question: str, answer_: str) -> Template:
-    text, slot = question, None
-    for name, values in (("colour", _COLOURS), ("shape", SHAPES)):
-        for v in values:
-            text, n = re.subn(rf"\b{v}\b", "{" + name + "}", text)
-            slot = name if n else slot
+    words = SLOT_WORD.findall(question)
+    slot = None if not words else "colour" if words[-1] in COLOURS else "shape"
+    text = SLOT_WORD.sub(lambda m: "{colour}" if m.group() in COLOURS else "{shape}", question)
     kind = "yes/no" if answer_ in ("yes", "no") else "shape" if answer_ in SHAPES else "colour"
     negated = kind == "yes/no" and (" not " in f" {text} " or text.startswith("is no "))
     return Template(kind=kind, text=text, slot=slot, negated=negated)
@@ -62,8 +67,7 @@ def answer(template: Template, value: str | None, scene: Scene) -> str:
         return colour
     if template.kind == "shape":
         return shape
-    matches = value == (colour if template.slot == "colour" else shape)
-    return "yes" if matches != template.negated else "no"
+    return "yes" if shows(scene, value) != template.negated else "no"
 
 
 def generate(scene: Scene, rng: random.Random) -> tuple[str, str]:

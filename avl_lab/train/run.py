@@ -45,9 +45,9 @@ def _export_checkpoint(
     if not ckpt.exists():
         raise FileNotFoundError(f"`export_only` needs a checkpoint, none at {ckpt}")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    # the training-only probes are not exported: a checkpoint from before one was added exports
+    # only ``model.`` is exported: a checkpoint from before a training-only probe was added exports
     missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
-    wrong = [k for k in [*missing, *unexpected] if not k.startswith(("scene_head.", "match_head."))]
+    wrong = [k for k in [*missing, *unexpected] if k.startswith("model.")]
     if wrong:
         raise RuntimeError(f"checkpoint {ckpt} does not fit the model: {wrong[:5]}")
     out = Path(cfg.out_dir)
