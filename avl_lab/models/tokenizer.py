@@ -23,14 +23,14 @@ _CORPUS = [
 ]
 
 
-@functools.lru_cache(maxsize=8)
-def _train(vocab_size: int) -> Tokenizer:
+@functools.lru_cache(maxsize=16)
+def _train(vocab_size: int, extra_specials: tuple[str, ...] = ()) -> Tokenizer:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=SPECIAL_TOKENS + list(extra_specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -38,22 +38,35 @@ def _train(vocab_size: int) -> Tokenizer:
     return tok
 
 
-def wrap_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
-    """A transformers tokenizer around ``tokenizer`` with the lab's specials and left padding."""
+def wrap_tokenizer(
+    tokenizer: Tokenizer, named_specials: dict[str, str] | None = None
+) -> PreTrainedTokenizerFast:
+    """A transformers tokenizer around ``tokenizer`` with the lab's specials and left padding.
+
+    ``named_specials`` adds attributes a family's processor reads (e.g.
+    ``{"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}``); default
+    ``{"image_token": "<image>"}``.
+    """
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token="<pad>",
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        extra_special_tokens=named_specials or {"image_token": IMAGE_TOKEN},
         padding_side="left",
     )
 
 
-def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+def tiny_tokenizer(
+    vocab_size: int = 512,
+    extra_specials: tuple[str, ...] = (),
+    named_specials: dict[str, str] | None = None,
+) -> PreTrainedTokenizerFast:
     """A deterministic byte-level BPE tokenizer with an ``<image>`` special token.
 
     Left padding, ``<pad>``/``<s>``/``</s>`` specials; built offline in well under a second.
+    ``extra_specials`` are further special tokens a model family's prompt format needs (each one
+    id, never split); ``named_specials`` see :func:`wrap_tokenizer`.
     """
-    return wrap_tokenizer(_train(vocab_size))
+    return wrap_tokenizer(_train(vocab_size, tuple(extra_specials)), named_specials)
