@@ -62,14 +62,17 @@ def test_unknown_policy_field_is_named():
 def test_non_llava_model_is_a_type_error():
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
                                       num_hidden_layers=1, num_attention_heads=2))
-    with pytest.raises(TypeError, match="LLaVA-like"), avl_lab.attach(lm, "full"):
+    with pytest.raises(TypeError, match=r"supported families: LLaVA-1.5 .*Qwen3-VL.*InternVL"), \
+            avl_lab.attach(lm, "full"):
         pass
-    with pytest.raises(TypeError, match="LLaVA-like"), avl_lab.attach(torch.nn.Linear(2, 2), "full"):
+    with pytest.raises(TypeError, match="does not support Linear"), \
+            avl_lab.attach(torch.nn.Linear(2, 2), "full"):
         pass
 
 
 def test_session_rejects_a_user_cache(llava):
     model, processor = llava
     inputs = make_inputs(processor, n=1)
-    with avl_lab.attach(model, "full") as session, pytest.raises(ValueError, match="past_key_values"):
-        session.generate(**inputs, past_key_values=object())
+    for key in ("cache", "past_key_values"):
+        with avl_lab.attach(model, "full") as session, pytest.raises(ValueError, match="`cache`"):
+            session.generate(**inputs, **{key: object()})

@@ -41,7 +41,7 @@ def avl_attention(
     scale = module.scaling if scaling is None else scaling
     if run.step == 0:
         return _prefill(run, layer, module, query, key, value, attention_mask, scale, **kwargs)
-    return _decode(run, layer, query, key, value, scale)
+    return _decode(run, layer, query, key, value, scale, kwargs.get("sliding_window"))
 
 
 # --- prefill -----------------------------------------------------------------------------------
@@ -65,11 +65,23 @@ def _prefill(run, layer, module, query, key, value, mask, scale, **kwargs):
                 ctx.scores = ctx.scores.gather(1, order)
                 ctx.colsum = None if ctx.colsum is None else ctx.colsum.gather(1, order)
     keep = policy.prefill_keep(layer, ctx)
+    window = kwargs.get("sliding_window")
+    if window:  # rows the next query can no longer see leave, as in the stock sliding cache
+        keep = _in_window(layer, run.layout.length, window, keep)
     if keep is not None:
         layer.evict(keep)
     n = layer.valid.sum(1)
-    run.prefill_stats.record(layer.layer_idx, n, n, run.full_rows())
+    full = run.full_rows() if not window else run.full_rows().clamp(max=window - 1)
+    run.prefill_stats.record(layer.layer_idx, n, n, full)
     return out, None
+
+
+def _in_window(layer: AVLLayer, query_tok: int, window: int, rows: Tensor | None) -> Tensor:
+    """``rows`` (all valid rows when None) restricted to those a query at padded column
+    ``query_tok`` sees through a sliding window (``tok > query_tok - window``, as transformers'
+    ``sliding_window_overlay``)."""
+    inside = layer.tok > query_tok - window
+    return inside & (layer.valid if rows is None else rows)
 
 
 def _visible(mask: Tensor | None, valid: Tensor, q_len: int) -> Tensor:
@@ -121,7 +133,9 @@ def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> Tensor | None:
     # Ascending stable sort: dropped first, kept last in order; take the last m (kept right-aligned).
     index = torch.sort(keep_tok.to(torch.int8), dim=1, stable=True).indices[:, P - m :]
     valid = torch.arange(m, device=counts.device)[None, :] >= (m - counts)[:, None]
-    run.prune = PruneState(layer=layer.layer_idx, index=index.masked_fill(~valid, 0), valid=valid)
+    run.prune = PruneState(
+        layer=layer.layer_idx, keep=keep_tok, index=index.masked_fill(~valid, 0), valid=valid
+    )
     for earlier in run.cache.layers[: layer.layer_idx]:
         earlier.evict(keep_tok.gather(1, earlier.tok))
     return layer.evict(keep_tok.gather(1, layer.tok))
@@ -130,15 +144,20 @@ def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> Tensor | None:
 # --- decode ------------------------------------------------------------------------------------
 
 
-def _decode(run: Run, layer: AVLLayer, query, key, value, scale):
+def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | None = None):
     policy = run.policy
     ctx = run.context(layer.layer_idx)
     active = policy.decode_active(layer, ctx)
     active = layer.valid.clone() if active is None else active & layer.valid
+    full = run.full_rows()
+    if window:  # a sliding layer (Gemma 3): never more than the stock window sees
+        query_tok = run.layout.length + run.step - 1
+        active = _in_window(layer, query_tok, window, active)
+        full = full.clamp(max=window)
     active[:, -1] = True  # the current token always attends to itself
     idx = rows_to_index(active)  # [B, n]
     out, probs = ext.core_attention(query, key, value, idx, scale)
-    run.decode_stats.record(layer.layer_idx, layer.valid.sum(1), active.sum(1), run.full_rows())
+    run.decode_stats.record(layer.layer_idx, layer.valid.sum(1), active.sum(1), full)
     if run.trace is not None:
         run.trace.decode[-1][layer.layer_idx] = layer.tok.gather(1, idx.clamp(min=0)).masked_fill(
             idx < 0, -1
@@ -147,6 +166,8 @@ def _decode(run: Run, layer: AVLLayer, query, key, value, scale):
         full = torch.zeros(active.shape, dtype=probs.dtype, device=probs.device)
         ctx.probs = full.scatter_add_(1, idx.clamp(min=0), probs.masked_fill(idx < 0, 0.0))
     keep = policy.decode_keep(layer, ctx)
+    if window:
+        keep = _in_window(layer, query_tok + 1, window, keep)
     if keep is not None:
         layer.evict(keep)
     return out.transpose(1, 2), None

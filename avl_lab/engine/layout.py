@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -62,11 +63,14 @@ class Layout:
         return Layout(*(t.repeat_interleave(repeats, dim=0) for t in (self.modality, self.valid, self.pos)))
 
 
-def token_layout(input_ids: Tensor, attention_mask: Tensor | None, image_token_id: int) -> Layout:
+def token_layout(
+    input_ids: Tensor, attention_mask: Tensor | None, image_token_id: int | Sequence[int]
+) -> Layout:
     """Split each row of ``input_ids`` into system / image / instruction spans.
 
     System = valid tokens before the first image token, instruction = valid tokens after it
-    that are not image tokens; a row without image tokens is all instruction.
+    that are not image tokens; a row without image tokens is all instruction. "Image" means
+    any vision placeholder: video tokens count as image tokens.
 
     Parameters
     ----------
@@ -74,15 +78,16 @@ def token_layout(input_ids: Tensor, attention_mask: Tensor | None, image_token_i
         ``[B, P]`` token ids with the image placeholder expanded (as LLaVA processors do).
     attention_mask : Tensor or None
         ``[B, P]`` 1 for real tokens, 0 for padding (None = no padding).
-    image_token_id : int
-        The id of the image placeholder token.
+    image_token_id : int or sequence of int
+        The id(s) of the vision placeholder tokens (image, video).
     """
     valid = (
         torch.ones_like(input_ids, dtype=torch.bool)
         if attention_mask is None
         else attention_mask.to(torch.bool)
     )
-    is_image = (input_ids == image_token_id) & valid
+    ids = torch.as_tensor(image_token_id, device=input_ids.device).reshape(-1)
+    is_image = torch.isin(input_ids, ids) & valid
     seen_image = is_image.cumsum(1) > 0  # at or after the first image token
     modality = torch.full_like(input_ids, int(Modality.INSTRUCTION), dtype=torch.int8)
     has_image = is_image.any(1, keepdim=True)

@@ -5,6 +5,13 @@ loop still passes full-length ``position_embeddings``, mask and ``position_ids``
 so each later layer's pre-hook gathers them (and, at layer L+1, the hidden states) to the kept
 tokens. Filler tokens (rows that keep fewer tokens than the longest) sit on the left, attend
 only to themselves and are never attended to.
+
+Families differ in what the loop passes, and the gather follows the tensors rather than the
+family: ``position_embeddings`` (cos, sin) have their sequence axis at ``-2`` (``[B, P, D]``, or
+Qwen2-VL's 3-D M-RoPE ``[3, B, P, D]``), ``position_ids`` at ``-1`` (``[B, P]``); layers of
+different kinds (Gemma 3's sliding and global layers) get different masks and embeddings, each
+gathered once. Per-forward extras of the text model (Qwen3-VL's DeepStack) are captured by a
+pre-hook on the text model and cut by the family (:mod:`avl_lab.engine.families`).
 """
 
 from __future__ import annotations
@@ -18,6 +25,18 @@ if TYPE_CHECKING:
     from avl_lab.engine.session import Session
 
 
+def make_text_hook(session: Session):
+    """A pre-hook on the text model: lets the family capture per-forward extras in prefill."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
+        run = session.run
+        if run is not None and run.cache.seen == 0:
+            session.family.capture_extras(run, kwargs)
+        return None
+
+    return hook
+
+
 def make_pre_hook(session: Session, layer_idx: int):
     """A ``register_forward_pre_hook(with_kwargs=True)`` hook for decoder layer ``layer_idx``."""
 
@@ -27,20 +46,30 @@ def make_pre_hook(session: Session, layer_idx: int):
             return None
         ps = run.prune
         hidden = args[0] if args else kwargs.pop("hidden_states")
-        if ps.layer_kwargs is None:  # first layer after the prune: gather everything once
-            ps.layer_kwargs = _gather_kwargs(kwargs, ps.index, ps.valid, hidden.shape[1])
-            hidden = _gather_seq(hidden, ps.index)
-        return (hidden, *args[1:]), {**kwargs, **ps.layer_kwargs}
+        if not ps.layer_kwargs:  # first layer after the prune: cut the hidden states once
+            hidden = _gather_seq(hidden, ps.index, -2)
+            session.family.gather_extras(run, ps, ps.keep)
+        key = tuple(id(v) for v in kwargs.values())  # the same inputs → the same gathered ones
+        gathered = ps.layer_kwargs.get(key)
+        if gathered is None:
+            gathered = ps.layer_kwargs[key] = _gather_kwargs(kwargs, ps.index, ps.valid, ps.keep.shape[1])
+        return (hidden, *args[1:]), {**kwargs, **gathered}
 
     return hook
 
 
-def _gather_seq(t: Tensor, index: Tensor) -> Tensor:
-    """Gather ``t`` ``[B or 1, P, ...]`` along dim 1 with ``index`` ``[B, m]``."""
+def _gather_seq(t: Tensor, index: Tensor, seq_dim: int) -> Tensor:
+    """Gather ``t`` along its sequence axis ``seq_dim`` (batch axis just before it, size B or 1)
+    with ``index`` ``[B, m]``; leading and trailing axes are kept."""
+    seq_dim %= t.dim()
     B, m = index.shape
-    t = t.expand(B, *t.shape[1:])
-    idx = index.view(B, m, *([1] * (t.dim() - 2))).expand(B, m, *t.shape[2:])
-    return t.gather(1, idx)
+    shape = list(t.shape)
+    shape[seq_dim - 1] = B
+    t = t.expand(*shape)
+    view = [1] * t.dim()
+    view[seq_dim - 1], view[seq_dim] = B, m
+    shape[seq_dim] = m
+    return t.gather(seq_dim, index.view(view).expand(*shape))
 
 
 def _gather_kwargs(
@@ -49,10 +78,10 @@ def _gather_kwargs(
     out: dict[str, Any] = {}
     pe = kwargs.get("position_embeddings")
     if pe is not None:
-        out["position_embeddings"] = tuple(_gather_seq(t, index) for t in pe)
+        out["position_embeddings"] = tuple(_gather_seq(t, index, -2) for t in pe)
     pid = kwargs.get("position_ids")
     if pid is not None:
-        out["position_ids"] = _gather_seq(pid, index)
+        out["position_ids"] = _gather_seq(pid, index, -1)
     out["attention_mask"] = _gather_mask(kwargs.get("attention_mask"), index, valid, length)
     return out
 

@@ -18,14 +18,16 @@ from avl_lab.policies.base import Context, Policy
 class PruneState:
     """Prefill pruning decided after layer ``layer``: later layers see only the kept tokens.
 
-    ``index`` ``[B, m]`` gathers prompt positions (kept tokens right-aligned, in order; filler on
-    the left gathers position 0); ``valid`` ``[B, m]`` is False on filler.
+    ``keep`` ``[B, P]`` marks the prompt tokens that stay; ``index`` ``[B, m]`` gathers them
+    (right-aligned, in order; filler on the left gathers position 0); ``valid`` ``[B, m]`` is
+    False on filler.
     """
 
     layer: int
+    keep: Tensor
     index: Tensor
     valid: Tensor
-    layer_kwargs: dict | None = None  # gathered decoder-layer kwargs, built once
+    layer_kwargs: dict = field(default_factory=dict)  # gathered decoder-layer kwargs, per input set
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Run:
         self.step = 0  # 0 = prefill, then 1, 2, ...
         self.update = False
         self.prune: PruneState | None = None
+        self.extras: dict = {}  # per-forward extras a family captures for prefill pruning
         self.decode_stats = StatsRecorder(num_layers)
         self.prefill_stats = StatsRecorder(num_layers)
         self.trace = Trace() if record else None

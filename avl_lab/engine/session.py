@@ -11,8 +11,9 @@ from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedM
 from transformers.masking_utils import sdpa_mask
 
 from avl_lab.engine.attention import ATTN_NAME, avl_attention
+from avl_lab.engine.families import Family, family_of
 from avl_lab.engine.layout import token_layout
-from avl_lab.engine.prune_hooks import make_pre_hook
+from avl_lab.engine.prune_hooks import make_pre_hook, make_text_hook
 from avl_lab.engine.run import Run
 from avl_lab.engine.stats import CacheStats
 from avl_lab.policies import Policy, build
@@ -30,24 +31,8 @@ def register_attention() -> None:
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The decoder layers of a LLaVA-like model; ``TypeError`` for anything else."""
-    config = getattr(model, "config", None)
-    lm = getattr(getattr(model, "model", None), "language_model", None)
-    layers = getattr(lm, "layers", None)
-    ok = (
-        isinstance(model, PreTrainedModel)
-        and getattr(config, "image_token_id", None) is not None
-        and getattr(config, "text_config", None) is not None
-        and layers is not None
-        and all(hasattr(getattr(layer, "self_attn", None), "layer_idx") for layer in layers)
-    )
-    if not ok:
-        raise TypeError(
-            "avl_lab.attach needs a LLaVA-like model (e.g. LlavaForConditionalGeneration or "
-            "LlavaNextForConditionalGeneration: config.image_token_id, config.text_config and "
-            f"model.model.language_model.layers[i].self_attn); got {type(model).__name__}"
-        )
-    return list(layers)
+    """The text decoder layers of a supported VLM; ``TypeError`` listing the families otherwise."""
+    return family_of(model).decoder_layers(model)
 
 
 class Session:
@@ -63,30 +48,32 @@ class Session:
 
     def __init__(self, model: PreTrainedModel, policy: Policy, record: bool = False, seed: int = 0):
         self.model = model
+        self.family: Family = family_of(model)
+        self.vision_ids = self.family.vision_token_ids(model.config)
         self.policy = policy
         self.record = record
         self.seed = seed
         self.run: Run | None = None
         self.last_run: Run | None = None
         self.stats: CacheStats | None = None
-        self.num_layers = len(decoder_layers(model))
+        self.num_layers = len(self.family.decoder_layers(model))
 
     def generate(self, **kwargs: Any):
         """``model.generate(**kwargs)`` with a fresh policy cache; sets :attr:`stats`."""
-        if "past_key_values" in kwargs:
-            raise ValueError("`past_key_values` is managed by the session; do not pass one")
+        if "past_key_values" in kwargs or "cache" in kwargs:
+            raise ValueError("the cache is managed by the session; do not pass `cache`")
         if kwargs.get("use_cache") is False:
             raise ValueError("`use_cache=False` disables the KV cache the policy acts on")
         input_ids = kwargs.get("input_ids")
         if input_ids is None:
             raise ValueError("`input_ids` is required (the token layout is read from it)")
-        layout = token_layout(input_ids, kwargs.get("attention_mask"), self.model.config.image_token_id)
+        layout = token_layout(input_ids, kwargs.get("attention_mask"), self.vision_ids)
         max_new = _max_new_tokens(kwargs, self.model, input_ids.shape[1])
         run = Run(self.policy, layout, self.num_layers, max_new, record=self.record, seed=self.seed)
         self.run = run
         run.begin()
         try:
-            out = self.model.generate(**kwargs, past_key_values=run.cache)
+            out = self.model.generate(**kwargs, cache=run.cache)
         finally:
             run.finish()
             self.run = None
@@ -115,7 +102,7 @@ def attach(
     Parameters
     ----------
     model : PreTrainedModel
-        A Hugging Face LLaVA / LLaVA-NeXT model (stock, unmodified).
+        A stock Hugging Face VLM of a supported family (:func:`avl_lab.engine.families.families`).
     policy : Policy, str, dict or OmegaConf node
         Anything :func:`avl_lab.policies.build` accepts.
     record : bool
@@ -131,7 +118,8 @@ def attach(
     The attention implementation, hooks and attributes are restored on exit, also on error.
     """
     policy = build(policy)
-    layers = decoder_layers(model)
+    family = family_of(model)
+    layers = family.decoder_layers(model)
     register_attention()
     old_impl = {
         "text_config": model.config.text_config._attn_implementation,
@@ -144,6 +132,8 @@ def attach(
         for i, layer in enumerate(layers):
             layer.self_attn._avl_session = session
             handles.append(layer.register_forward_pre_hook(make_pre_hook(session, i), with_kwargs=True))
+        text_model = family.text_model(model)
+        handles.append(text_model.register_forward_pre_hook(make_text_hook(session), with_kwargs=True))
         yield session
     finally:
         for h in handles:

@@ -3,9 +3,12 @@
 A policy run under :func:`avl_lab.attach` (``record=True``) traces, for every layer, which token
 columns took part in attention: in prefill the tokens present in the layer (prefill pruning), in
 each decode step the active rows. The reference replays greedy decoding with the stock model, a
-stock ``DynamicCache`` holding every row, explicit ``position_ids``, and per layer a 4-D boolean
-mask that shows only those columns, computed by transformers' own SDPA function. Real eviction
-must give the same tokens and logits within float tolerance.
+stock ``DynamicCache`` holding every row, the ``position_ids`` ``generate`` would form (the
+model's own ``_prepare_position_ids_for_generation``: 1-D, or Qwen's 3-D M-RoPE with
+``rope_deltas``), and per layer a 4-D boolean mask that shows only those columns on top of the
+library's own mask (causal, padding, Gemma 3's sliding windows and image blocks), computed by
+transformers' own SDPA function. Real eviction must give the same tokens and logits within
+float tolerance.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from transformers import AttentionInterface, AttentionMaskInterface, DynamicCach
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from avl_lab.engine.layout import token_layout
 from avl_lab.engine.run import Trace
 from avl_lab.engine.session import attach, decoder_layers
 
@@ -66,17 +68,19 @@ def masked_reference(model, inputs: dict[str, Any], trace: Trace, max_new_tokens
         "vision_config": model.config.vision_config._attn_implementation,
     }
     input_ids, attn = inputs["input_ids"], inputs["attention_mask"]
-    layout = token_layout(input_ids, attn, model.config.image_token_id)
     B, P = input_ids.shape
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-    cache = DynamicCache(config=model.config.text_config)
+    cache = DynamicCache()  # full layers only: the library's mask applies any sliding window
+    pos = model._prepare_position_ids_for_generation(
+        input_ids, {"input_ids": input_ids, "attention_mask": attn, "cache": cache, **extra}
+    )
     tokens, logits = [], []
     try:
         model.set_attn_implementation({"text_config": REF_ATTN, "vision_config": old["vision_config"]})
         for i, layer in enumerate(layers):
             layer.self_attn._avl_ref_visible = _columns(trace.prefill[i], P)
-        out = model(input_ids=input_ids, attention_mask=attn, position_ids=layout.pos,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1, **extra)
+        out = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, cache=cache,
+                    use_cache=True, logits_to_keep=1, **extra)
         for t in range(1, max_new_tokens + 1):
             step_logits = out.logits[:, -1].float()
             logits.append(step_logits)
@@ -86,9 +90,9 @@ def masked_reference(model, inputs: dict[str, Any], trace: Trace, max_new_tokens
             attn = torch.cat([attn, attn.new_ones(B, 1)], dim=1)
             for i, layer in enumerate(layers):
                 layer.self_attn._avl_ref_visible = _columns(trace.decode[t - 1][i], P + t)
-            out = model(input_ids=tokens[-1][:, None], attention_mask=attn,
-                        position_ids=(layout.n_prompt + t - 1)[:, None], past_key_values=cache,
-                        use_cache=True, logits_to_keep=1)
+            pos = pos[..., -1:] + 1
+            out = model(input_ids=tokens[-1][:, None], attention_mask=attn, position_ids=pos,
+                        cache=cache, use_cache=True, logits_to_keep=1)
     finally:
         for layer in layers:
             if hasattr(layer.self_attn, "_avl_ref_visible"):
