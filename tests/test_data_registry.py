@@ -16,6 +16,9 @@ EXPECTED = {
     "ocrbench": "ocrbench",
     "nocaps": "cider",
     "flickr30k": "cider",
+    "chartqa": "relaxed_accuracy",
+    "infovqa": "anls",
+    "vqav2": "vqa_accuracy",
 }
 
 

@@ -15,27 +15,30 @@ Row schema (every dataset; see :mod:`avl_lab.data.schema`):
   e.g. DocVQA: ``question + "\\nAnswer the question using a single word or phrase."``;
   captions: ``"Provide a one-sentence caption for the provided image."``)
 * ``answers`` (list[str], the references, at least one)
-* ``metric`` (str: ``anls`` | ``vqa_accuracy`` | ``ocrbench`` | ``cider`` | ``accuracy``,
-  the name understood by :func:`avl_lab.metrics.build_metric`)
+* ``metric`` (str: ``anls`` | ``vqa_accuracy`` | ``ocrbench`` | ``cider`` | ``accuracy`` |
+  ``relaxed_accuracy``, the name understood by :func:`avl_lab.metrics.build_metric`)
 * ``meta`` (str, a JSON object with task extras; OCRBench rows carry ``dataset`` and
   ``question_type``)
 
 Registered names and splits:
 
-=============  ==============  ============  =================================================
-name           metric          splits        source
-=============  ==============  ============  =================================================
-synth-docvqa   anls            train, eval   grid-text forms/receipts (160 px)
-synth-textvqa  vqa_accuracy    train, eval   grid-text signs in scenes (160 px)
-synth-ocr      ocrbench        train, eval   grid-text images (160 px)
-synth-caption  cider           train, eval   generated shape scenes (160 px), 5 captions
-easy-vqa       accuracy        train, test   the ``easy-vqa`` PyPI package (64 px)
-docvqa         anls            validation    local copy of lmms-lab/DocVQA (config DocVQA)
-textvqa        vqa_accuracy    validation    local copy of lmms-lab/textvqa
-ocrbench       ocrbench        test          local copy of echo840/OCRBench
-nocaps         cider           validation    local copy of lmms-lab/NoCaps
-flickr30k      cider           test          local copy of lmms-lab/flickr30k
-=============  ==============  ============  =================================================
+=============  ================  ============  =====================================================
+name           metric            splits        source
+=============  ================  ============  =====================================================
+synth-docvqa   anls              train, eval   grid-text forms/receipts (160 px)
+synth-textvqa  vqa_accuracy      train, eval   grid-text signs in scenes (160 px)
+synth-ocr      ocrbench          train, eval   grid-text images (160 px)
+synth-caption  cider             train, eval   generated shape scenes (160 px), 5 captions
+easy-vqa       accuracy          train, test   the ``easy-vqa`` PyPI package (64 px)
+docvqa         anls              validation    local copy of lmms-lab/DocVQA (config DocVQA)
+textvqa        vqa_accuracy      validation    local copy of lmms-lab/textvqa
+ocrbench       ocrbench          test          local copy of echo840/OCRBench
+nocaps         cider             validation    local copy of lmms-lab/NoCaps
+flickr30k      cider             test          local copy of lmms-lab/flickr30k
+chartqa        relaxed_accuracy  test          local copy of lmms-lab/ChartQA
+infovqa        anls              validation    local copy of lmms-lab/DocVQA (config InfographicVQA)
+vqav2          vqa_accuracy      validation    local copy of lmms-lab/VQAv2
+=============  ================  ============  =====================================================
 
 The text of the synthetic tasks is drawn on a 16 x 16 character grid (one monospace capital
 per 10 px cell = one ViT patch at 160 px, see :mod:`avl_lab.data.grid`).

@@ -1,23 +1,36 @@
 """Real benchmarks with lmms-eval's dataset ids, schemas and default prompts, offline only.
 
-========== =================================== ============ ========================== =====
-name       hub id (lmms-eval)                  split        source columns used        metric
-========== =================================== ============ ========================== =====
-docvqa     lmms-lab/DocVQA, config ``DocVQA``  validation   questionId question        anls
-                                                            answers image
-textvqa    lmms-lab/textvqa                    validation   question_id question       vqa_accuracy
-                                                            answers image
-ocrbench   echo840/OCRBench                    test         question answer dataset    ocrbench
-                                                            question_type image
-nocaps     lmms-lab/NoCaps                     validation   image_id                   cider
-                                                            annotations_captions image
-flickr30k  lmms-lab/flickr30k                  test         img_id caption image       cider
-========== =================================== ============ ========================== =====
+========== ========================= ========== ===================== ================
+name       hub id (lmms-eval)        split      source columns used   metric
+========== ========================= ========== ===================== ================
+docvqa     lmms-lab/DocVQA,          validation questionId question   anls
+           config ``DocVQA``                    answers image
+textvqa    lmms-lab/textvqa          validation question_id question  vqa_accuracy
+                                                answers image
+ocrbench   echo840/OCRBench          test       question answer       ocrbench
+                                                dataset question_type
+                                                image
+nocaps     lmms-lab/NoCaps           validation image_id              cider
+                                                annotations_captions
+                                                image
+flickr30k  lmms-lab/flickr30k        test       img_id caption image  cider
+chartqa    lmms-lab/ChartQA          test       type question answer  relaxed_accuracy
+                                                image
+infovqa    lmms-lab/DocVQA,          validation questionId question   anls
+           config ``InfographicVQA``            answers image
+vqav2      lmms-lab/VQAv2            validation question_id question  vqa_accuracy
+                                                answers (records
+                                                with ``answer``)
+                                                image
+========== ========================= ========== ===================== ================
 
-Prompts are lmms-eval's defaults: DocVQA ``question + "\\nAnswer the question using a single
-word or phrase."``, TextVQA the same with ``question.capitalize()``, OCRBench the stripped
+Prompts are lmms-eval's defaults: ``question + "\\nAnswer the question using a single word or
+phrase."`` for DocVQA, InfoVQA and VQAv2 (TextVQA the same with ``question.capitalize()``),
+ChartQA ``question + "\\nAnswer the question with a single word."``, OCRBench the stripped
 question, NoCaps/Flickr30k ``"Provide a one-sentence caption for the provided image."``.
-(Newer lmms-eval reads the lmms-lab sets from ``lmms-lab-encoder/*``; both ids are searched.)
+The definitions, with the lmms-eval task file each one follows, are in
+:mod:`avl_lab.data.lmms_tasks`. (Newer lmms-eval reads the lmms-lab sets from
+``lmms-lab-encoder/*``; both ids are searched.)
 
 Nothing is downloaded. A copy is looked for, in order, at the ``path=`` argument, under
 ``$AVL_LAB_DATA_DIR`` (``<root>/<name>``, ``<root>/<hub id>`` or ``<root>/<owner>--<repo>``)
@@ -31,10 +44,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,140 +52,18 @@ from datasets import Dataset, DatasetDict, Image, load_from_disk
 from datasets.table import InMemoryTable
 
 from avl_lab.data.cache import cache_root
+from avl_lab.data.lmms_tasks import BENCHMARKS, Benchmark
 from avl_lab.data.registry import register
-from avl_lab.data.schema import CAPTION_PROMPT, COLUMNS, dump_meta, short_answer_prompt
+from avl_lab.data.schema import COLUMNS, dump_meta
 
 __all__ = ["BENCHMARKS", "Benchmark", "DatasetNotAvailableError", "load_benchmark"]
 
 log = logging.getLogger(__name__)
 DATA_DIR_ENV = "AVL_LAB_DATA_DIR"
 
-#: (id, question, prompt, answers, meta) of one source record at a row index.
-RowFn = Callable[[dict[str, Any], int], tuple[str, str, str, list[str], dict[str, Any]]]
-
 
 class DatasetNotAvailableError(FileNotFoundError):
     """A real benchmark has no local copy (nothing is ever downloaded)."""
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    """How to find one lmms-eval benchmark and map its rows to the common schema."""
-
-    name: str
-    hub_ids: tuple[str, ...]
-    config: str | None
-    split: str
-    metric: str
-    columns: tuple[str, ...]
-    to_row: RowFn
-    description: str
-
-
-def _answers(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else [str(a) for a in value]
-
-
-def _docvqa(r: dict, i: int):
-    q = r["question"]
-    meta = {"docId": r.get("docId"), "question_types": r.get("question_types")}
-    return str(r["questionId"]), q, short_answer_prompt(q), _answers(r["answers"]), meta
-
-
-def _textvqa(r: dict, i: int):
-    q = r["question"]
-    return (
-        str(r["question_id"]),
-        q,
-        short_answer_prompt(q.capitalize()),
-        _answers(r["answers"]),
-        {"image_id": r.get("image_id")},
-    )
-
-
-def _ocrbench(r: dict, i: int):
-    q = r["question"].strip()
-    meta = {"dataset": r["dataset"], "question_type": r["question_type"]}
-    return f"ocrbench-{i:04d}", q, q, _answers(r["answer"]), meta
-
-
-def _nocaps(r: dict, i: int):
-    return (
-        str(r["image_id"]),
-        CAPTION_PROMPT,
-        CAPTION_PROMPT,
-        _answers(r["annotations_captions"]),
-        {"image_id": r["image_id"]},
-    )
-
-
-def _flickr(r: dict, i: int):
-    return (
-        str(r["img_id"]),
-        CAPTION_PROMPT,
-        CAPTION_PROMPT,
-        _answers(r["caption"]),
-        {"img_id": r["img_id"], "filename": r.get("filename")},
-    )
-
-
-BENCHMARKS: dict[str, Benchmark] = {
-    b.name: b
-    for b in (
-        Benchmark(
-            "docvqa",
-            ("lmms-lab/DocVQA", "lmms-lab-encoder/DocVQA"),
-            "DocVQA",
-            "validation",
-            "anls",
-            ("questionId", "question", "answers", "image"),
-            _docvqa,
-            "DocVQA val (lmms-eval docvqa_val)",
-        ),
-        Benchmark(
-            "textvqa",
-            ("lmms-lab/textvqa", "lmms-lab-encoder/textvqa"),
-            None,
-            "validation",
-            "vqa_accuracy",
-            ("question_id", "question", "answers", "image"),
-            _textvqa,
-            "TextVQA val (lmms-eval textvqa_val)",
-        ),
-        Benchmark(
-            "ocrbench",
-            ("echo840/OCRBench",),
-            None,
-            "test",
-            "ocrbench",
-            ("question", "answer", "dataset", "question_type", "image"),
-            _ocrbench,
-            "OCRBench (1,000 questions)",
-        ),
-        Benchmark(
-            "nocaps",
-            ("lmms-lab/NoCaps", "lmms-lab-encoder/NoCaps"),
-            None,
-            "validation",
-            "cider",
-            ("image_id", "annotations_captions", "image"),
-            _nocaps,
-            "NoCaps val (lmms-eval nocaps_val)",
-        ),
-        Benchmark(
-            "flickr30k",
-            ("lmms-lab/flickr30k", "lmms-lab-encoder/flickr30k"),
-            None,
-            "test",
-            "cider",
-            ("img_id", "caption", "image"),
-            _flickr,
-            "Flickr30k test (lmms-eval flickr30k_test)",
-        ),
-    )
-}
 
 
 def _hub_snapshot(hub_id: str, cache_dir: str | Path | None) -> Path | None:
@@ -204,11 +92,24 @@ def _candidates(b: Benchmark, path: str | Path | None, hub_cache: str | Path | N
     return out
 
 
+def _sibling_configs(b: Benchmark) -> set[str]:
+    """Configs of other benchmarks read from the same hub repo (docvqa and infovqa share one)."""
+    return {
+        o.config
+        for o in BENCHMARKS.values()
+        if o.config and o.config != b.config and set(o.hub_ids) & set(b.hub_ids)
+    }
+
+
 def _split_files(root: Path, b: Benchmark, split: str) -> list[Path]:
     base = root / b.config if b.config and (root / b.config).is_dir() else root
+    # without its own config folder, never take another config's files for this benchmark's
+    skip = _sibling_configs(b) if base == root else set()
     files = []
     for f in sorted(base.rglob("*.parquet")):
         stem, parents = f.stem, {p.name for p in f.relative_to(base).parents}
+        if parents & skip:
+            continue
         if stem == split or stem.startswith((f"{split}-", f"{split}_")) or split in parents:
             files.append(f)
     return files

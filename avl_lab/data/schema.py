@@ -13,7 +13,8 @@ prompt    ``Value("string")``         the full text instruction for the model: l
                                       default prompt for the task (the paper's)
 answers   ``List(Value("string"))``   reference answers (>= 1)
 metric    ``Value("string")``         ``anls`` | ``vqa_accuracy`` | ``ocrbench`` | ``cider``
-                                      | ``accuracy`` (see :mod:`avl_lab.metrics`)
+                                      | ``accuracy`` | ``relaxed_accuracy`` (see
+                                      :mod:`avl_lab.metrics`)
 meta      ``Value("string")``         JSON object with task extras, e.g. OCRBench's
                                       ``{"dataset": "HME100k", "question_type": ...}``
 ========  ==========================  ======================================================
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 COLUMNS = ("id", "image", "question", "prompt", "answers", "metric", "meta")
-METRICS = ("anls", "vqa_accuracy", "ocrbench", "cider", "accuracy")
+METRICS = ("anls", "vqa_accuracy", "ocrbench", "cider", "accuracy", "relaxed_accuracy")
 
 #: lmms-eval's default post-prompt for DocVQA and TextVQA.
 SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."

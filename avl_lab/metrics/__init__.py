@@ -3,17 +3,18 @@
 Plain functions score one sample (or, for CIDEr, a corpus); the torchmetrics ``Metric``
 classes stream the same numbers with ``update`` / ``compute`` and sync across processes.
 
-==============  =======================================  ==================
-name            plain function                           streaming class
-==============  =======================================  ==================
-anls            ``anls(prediction, answers)``            :class:`ANLS`
-vqa_accuracy    ``vqa_accuracy(prediction, answers)``    :class:`VQAAccuracy`
-ocrbench        ``ocrbench_score(prediction, answers)``  :class:`OCRBenchScore`
-accuracy        ``accuracy(prediction, answers)``        :class:`Accuracy`
-cider           ``cider(predictions, references)``       :class:`CIDEr`
-(analysis)      ``ppci(scores_a, scores_b, p)``          :class:`PPCI`
-(cache)         ``cache_fraction(rows, full)``           :class:`CacheAccounting`
-==============  =======================================  ==================
+================  =========================================  ========================
+name              plain function                             streaming class
+================  =========================================  ========================
+anls              ``anls(prediction, answers)``              :class:`ANLS`
+vqa_accuracy      ``vqa_accuracy(prediction, answers)``      :class:`VQAAccuracy`
+ocrbench          ``ocrbench_score(prediction, answers)``    :class:`OCRBenchScore`
+accuracy          ``accuracy(prediction, answers)``          :class:`Accuracy`
+relaxed_accuracy  ``relaxed_accuracy(prediction, answers)``  :class:`RelaxedAccuracy`
+cider             ``cider(predictions, references)``         :class:`CIDEr`
+(analysis)        ``ppci(scores_a, scores_b, p)``            :class:`PPCI`
+(cache)           ``cache_fraction(rows, full)``             :class:`CacheAccounting`
+================  =========================================  ========================
 
 ``build_metric(name)`` returns the streaming metric for a dataset row's ``metric`` field.
 """
@@ -27,6 +28,7 @@ from avl_lab.metrics.ocrbench import OCRBenchScore, ocrbench_score
 from avl_lab.metrics.ppci import PPCI, ppci, ppci_rows
 from avl_lab.metrics.ptb import java_available, tokenize_captions
 from avl_lab.metrics.registry import METRIC_NAMES, build_metric, sample_score
+from avl_lab.metrics.relaxed_accuracy import RelaxedAccuracy, relaxed_accuracy
 from avl_lab.metrics.vqa_accuracy import VQAAccuracy, vqa_accuracy
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "CacheAccounting",
     "CiderResult",
     "OCRBenchScore",
+    "RelaxedAccuracy",
     "VQAAccuracy",
     "accuracy",
     "anls",
@@ -52,6 +55,7 @@ __all__ = [
     "ocrbench_score",
     "ppci",
     "ppci_rows",
+    "relaxed_accuracy",
     "sample_score",
     "tokenize_captions",
     "vqa_accuracy",

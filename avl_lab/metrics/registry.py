@@ -12,6 +12,7 @@ from avl_lab.metrics.accuracy import Accuracy, accuracy
 from avl_lab.metrics.anls import ANLS, anls
 from avl_lab.metrics.cider import CIDEr
 from avl_lab.metrics.ocrbench import OCRBenchScore, ocrbench_score
+from avl_lab.metrics.relaxed_accuracy import RelaxedAccuracy, relaxed_accuracy
 from avl_lab.metrics.vqa_accuracy import VQAAccuracy, vqa_accuracy
 
 __all__ = ["METRIC_NAMES", "SAMPLE_SCORERS", "build_metric", "sample_score"]
@@ -22,6 +23,7 @@ _BUILDERS: dict[str, Callable[..., Metric]] = {
     "ocrbench": OCRBenchScore,
     "cider": CIDEr,
     "accuracy": Accuracy,
+    "relaxed_accuracy": RelaxedAccuracy,
 }
 METRIC_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
@@ -31,6 +33,7 @@ SAMPLE_SCORERS: dict[str, Callable[[str, Sequence[str]], float]] = {
     "vqa_accuracy": vqa_accuracy,
     "ocrbench": ocrbench_score,
     "accuracy": accuracy,
+    "relaxed_accuracy": relaxed_accuracy,
 }
 
 
