@@ -44,3 +44,16 @@ def avl_tiny_processor():
 
     cfg = AvlTinyConfig()
     return build_processor(cfg, build_tokenizer(cfg.vocab_size))
+
+
+QUESTIONS = ["What?", "What is written in the image, please tell me?", "Hi there"]
+
+
+def family_inputs(processor, n: int = 3, rows: list[int] | None = None, sizes=SIZES):
+    """Like :func:`make_inputs` for any model family: each question in the processor's chat
+    template around one image (row i: ``QUESTIONS[i]``, ``sizes[i]``, image seed i)."""
+    from avl_lab.evaluation.prompting import encode
+
+    rows = list(range(n)) if rows is None else rows
+    images = [random_image(sizes[i], seed=i) for i in rows]
+    return encode(processor, images, [QUESTIONS[i] for i in rows])

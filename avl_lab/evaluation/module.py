@@ -12,7 +12,7 @@ import torch
 from avl_lab.data import safe_image
 from avl_lab.engine.session import attach
 from avl_lab.evaluation.config import EvalConfig
-from avl_lab.evaluation.prompting import chat_prompt
+from avl_lab.evaluation.prompting import encode
 from avl_lab.evaluation.records import RecordLog
 from avl_lab.metrics import CacheAccounting, build_metric, sample_score
 
@@ -36,9 +36,7 @@ class EvalModule(L.LightningModule):
         rows, images = self._decode_images(batch)
         if not rows:
             return
-        texts = [chat_prompt(self.processor, r["prompt"]) for r in rows]
-        inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
-        inputs = inputs.to(self.device)
+        inputs = encode(self.processor, images, [r["prompt"] for r in rows]).to(self.device)
         gen = self.cfg.generation
         start = time.perf_counter()
         with torch.no_grad(), attach(self.model, dict(self.cfg.policy), seed=self.cfg.seed) as session:

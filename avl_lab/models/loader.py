@@ -13,17 +13,26 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
-from avl_lab.models.tiny import tiny_random
+from avl_lab.models.tiny import KINDS, tiny_random
 
 log = logging.getLogger(__name__)
 
-RANDOM_MODELS = {"tiny-random-llava": "llava", "tiny-random-llava-next": "llava_next"}
+#: ``tiny-random-<kind>`` (underscores as dashes) for every family ``tiny_random`` builds.
+RANDOM_MODELS = {"tiny-random-" + kind.replace("_", "-"): kind for kind in KINDS}
 EMBEDDED = "avl-tiny"
 KNOWN_CHECKPOINTS = (
     "llava-hf/llava-1.5-7b-hf",
     "llava-hf/llava-1.5-13b-hf",
     "llava-hf/llava-v1.6-vicuna-7b-hf",
     "llava-hf/llava-v1.6-vicuna-13b-hf",
+    "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+    "Qwen/Qwen2-VL-7B-Instruct",
+    "Qwen/Qwen2.5-VL-7B-Instruct",
+    "Qwen/Qwen3-VL-8B-Instruct",
+    "google/gemma-3-4b-it",
+    "HuggingFaceM4/Idefics3-8B-Llama3",
+    "HuggingFaceTB/SmolVLM-Instruct",
+    "OpenGVLab/InternVL3-8B-hf",
 )
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -103,30 +112,27 @@ def _resolve(name: str) -> Path:
             f"model {name!r} not found: it is neither a local checkpoint directory (with "
             "config.json) nor in the local Hugging Face cache, and avl_lab never downloads. "
             f"Put the checkpoint in a directory and pass model=/path/to/dir, or run "
-            f"`huggingface-cli download {name}` on a machine with network and copy "
+            f"`hf download {name}` on a machine with network and copy "
             "~/.cache/huggingface here. Known names: " + ", ".join(names())
         ) from err
 
 
 def _from_pretrained(path: Path, dtype: torch.dtype):
-    from transformers import (
-        AutoConfig,
-        AutoProcessor,
-        LlavaForConditionalGeneration,
-        LlavaNextForConditionalGeneration,
-    )
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    from avl_lab.engine.families import families
+    from avl_lab.models import tiny_qwen  # noqa: F401  (registers the image-only Qwen processors)
 
     config = AutoConfig.from_pretrained(path, local_files_only=True)
-    cls = {
-        "llava": LlavaForConditionalGeneration,
-        "llava_next": LlavaNextForConditionalGeneration,
-    }.get(config.model_type)
-    if cls is None:
+    supported = [t for fam in families() for t in fam.model_types]
+    if config.model_type not in supported:
         raise ValueError(
-            f"`model` {path} is a {config.model_type!r} checkpoint; avl_lab supports llava and "
-            "llava_next"
+            f"`model` {path} is a {config.model_type!r} checkpoint; avl_lab supports "
+            + ", ".join(supported)
         )
-    model = cls.from_pretrained(path, dtype=dtype, local_files_only=True, attn_implementation="sdpa")
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=dtype, local_files_only=True, attn_implementation="sdpa"
+    )
     processor = AutoProcessor.from_pretrained(path, local_files_only=True, use_fast=False)
     if getattr(processor, "tokenizer", None) is not None:
         processor.tokenizer.padding_side = "left"
