@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -124,27 +125,47 @@ def _pinpoints(side: int) -> list[list[int]]:
     return [[side, 2 * side], [2 * side, side], [2 * side, 2 * side]]
 
 
+#: Modules with a ``BUILDERS`` dict for the other families, imported on first use.
+_FAMILY_MODULES = {
+    "llava_onevision": "tiny_onevision",
+    "qwen2_vl": "tiny_qwen",
+    "qwen2_5_vl": "tiny_qwen",
+    "qwen3_vl": "tiny_qwen",
+    "gemma3": "tiny_gemma3",
+    "idefics3": "tiny_idefics3",
+    "smolvlm": "tiny_idefics3",
+    "internvl": "tiny_internvl",
+}
+KINDS: tuple[str, ...] = ("llava", "llava_next", *_FAMILY_MODULES)
+
+
 def tiny_random(
     kind: str = "llava", seed: int = 0, **overrides: Any
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """Build a small random LLaVA (``kind="llava"``) or LLaVA-NeXT (``"llava_next"``) model.
+    """Build a small random model of one supported family, fully offline.
 
     Parameters
     ----------
     kind : str
-        ``"llava"`` or ``"llava_next"``.
+        One of :data:`KINDS`: ``"llava"``, ``"llava_next"``, ``"llava_onevision"``,
+        ``"qwen2_vl"``, ``"qwen2_5_vl"``, ``"qwen3_vl"``, ``"gemma3"``, ``"idefics3"``,
+        ``"smolvlm"``, ``"internvl"``.
     seed : int
         Seeds the weights; the same seed gives the same model.
     **overrides
-        Fields of :class:`TinyConfig`, e.g. ``image_seq_length=576`` for LLaVA-1.5's layout.
+        For LLaVA / LLaVA-NeXT, fields of :class:`TinyConfig`, e.g. ``image_seq_length=576``
+        for LLaVA-1.5's layout; for the other families, the fields of their builder's config.
 
     Returns
     -------
     (model, processor)
-        The model in eval mode (fp32, sdpa) and its processor (left padding).
+        The model in eval mode (fp32, sdpa) and its processor (left padding, a chat template).
     """
+    if kind in _FAMILY_MODULES:
+        module = importlib.import_module(f"avl_lab.models.{_FAMILY_MODULES[kind]}")
+        return module.BUILDERS[kind](seed=seed, **overrides)
     if kind not in ("llava", "llava_next"):
-        raise ValueError(f"`kind` must be 'llava' or 'llava_next', got {kind!r}")
+        raise ValueError(f"`kind` must be one of {', '.join(KINDS)}; got {kind!r}")
     names = {f.name for f in fields(TinyConfig)}
     unknown = sorted(set(overrides) - names)
     if unknown:
