@@ -122,6 +122,9 @@ def _from_pretrained(path: Path, dtype: torch.dtype):
 
     from avl_lab.engine.families import families
     from avl_lab.models import tiny_qwen  # noqa: F401  (registers the image-only Qwen processors)
+    from avl_lab.models.compat import processors_without_torchvision
+
+    processors_without_torchvision()
 
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     supported = [t for fam in families() for t in fam.model_types]
