@@ -14,10 +14,11 @@ from typing import Any
 from avl_lab.policies.base import Context, Policy
 from avl_lab.policies.compose import Compose
 from avl_lab.policies.registry import create, example, names, register
+from avl_lab.policies.scope import Scoped
 
-__all__ = ["Compose", "Context", "Policy", "build", "example", "names", "register"]
+__all__ = ["Compose", "Context", "Policy", "Scoped", "build", "example", "names", "register"]
 
-_NOT_POLICIES = {"base", "registry", "compose"}
+_NOT_POLICIES = {"base", "registry", "compose", "scope"}
 
 
 def _load_builtin() -> None:
@@ -33,6 +34,9 @@ _load_builtin()
 def build(spec: Any) -> Policy:
     """Build a policy from a name, a mapping (``{"name": ..., **fields}``), an OmegaConf node,
     a list of specs (composed), or a :class:`Policy` (returned as is).
+
+    A mapping may carry ``layers`` (e.g. ``"2-"`` or ``[2, 3]``), for any policy: the policy
+    then acts in those decoder layers only (:class:`~avl_lab.policies.scope.Scoped`).
 
     Raises
     ------
@@ -55,7 +59,9 @@ def build(spec: Any) -> Policy:
         params = dict(spec)
         if "name" not in params:
             raise ValueError(f"policy spec needs a `name` key; registered policies: {names()}")
-        return create(params.pop("name"), params)
+        layers = params.pop("layers", None)
+        policy = create(params.pop("name"), params)
+        return policy if layers is None else Scoped(policy, layers)
     if isinstance(spec, Sequence):
         return Compose([build(s) for s in spec])
     raise ValueError(f"cannot build a policy from {type(spec).__name__}: {spec!r}")
