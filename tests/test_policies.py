@@ -128,7 +128,7 @@ def test_s40_stored_matches_the_paper_formula(llava15_shaped):
     n_text = inputs["input_ids"].shape[1] - n_img
     assert n_img == 576 and 50 <= n_text <= 70
     _, session = run_policy(model, inputs, {"name": "avl", "S": 40}, 8)
-    expected = _paper_fraction(n_text, math.ceil(0.4 * 576), 576, 7)
+    expected = _paper_fraction(n_text, math.floor(0.4 * 576), 576, 7)
     assert session.stats.stored == pytest.approx(expected, abs=0.01)
     assert session.stats.stored == pytest.approx(0.46, abs=0.01)  # paper Table 3
 
@@ -137,8 +137,8 @@ def test_s45_c30_used_below_stored_by_the_formula(llava15_shaped):
     model, inputs = llava15_shaped
     n_text = inputs["input_ids"].shape[1] - 576
     _, session = run_policy(model, inputs, {"name": "avl", "S": 45, "C": 30}, 8)
-    stored = _paper_fraction(n_text, math.ceil(0.45 * 576), 576, 7)
-    used = _paper_fraction(n_text, math.ceil(0.30 * 576), 576, 7)
+    stored = _paper_fraction(n_text, math.floor(0.45 * 576), 576, 7)  # counts round down
+    used = _paper_fraction(n_text, math.floor(0.30 * 576), 576, 7)
     assert session.stats.stored == pytest.approx(stored, abs=1e-6)
     assert session.stats.used == pytest.approx(used, abs=1e-6)
     assert session.stats.stored - session.stats.used == pytest.approx(stored - used, abs=1e-6)
@@ -165,7 +165,7 @@ def test_decode_computes_over_only_the_active_rows(llava15_shaped, monkeypatch):
     n_text = inputs["input_ids"].shape[1] - 576
     run_policy(model, inputs, {"name": "avl", "S": 45, "C": 30}, 4)
     layers = model.config.text_config.num_hidden_layers
-    expected = [n_text + math.ceil(0.3 * 576) + t for t in range(1, 4) for _ in range(layers)]
+    expected = [n_text + math.floor(0.3 * 576) + t for t in range(1, 4) for _ in range(layers)]
     assert rows_seen == expected
 
 

@@ -123,8 +123,13 @@ def is_text(layer: AVLLayer) -> Tensor:
 
 
 def count_of(percent: float, total: Tensor) -> Tensor:
-    """``ceil(percent% * total)`` per row, as int64 (``total`` ``[B]``)."""
-    return torch.ceil(total.to(torch.float64) * (percent / 100.0) - 1e-9).clamp(min=0).long()
+    """``floor(percent% * total)`` per row, as int64 (``total`` ``[B]``).
+
+    Rounds down, as the official code's ``int((1 - rate) * N)`` does (modeling_llama.py
+    l.1758-1759 for S and C, l.1826 for P); computed as ``total * percent / 100`` so that exact multiples stay
+    exact (the official float product can land one below them, e.g. rate 0.9 of N=2880).
+    """
+    return torch.floor(total.to(torch.float64) * percent / 100.0 + 1e-9).clamp(min=0).long()
 
 
 def top_rows(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
@@ -176,11 +181,12 @@ def check_budget(ratio: float | None, budget: int | None) -> None:
         raise ValueError(f"`budget` must be a positive number of rows, got {budget!r}")
 
 
-def budget_rows(ratio: float | None, budget: int | None, n_prompt: Tensor) -> Tensor:
-    """``[B]`` rows a baseline may hold: ``ceil(ratio * prompt rows)`` or the fixed ``budget``."""
+def budget_rows(ratio: float | None, budget: int | None, n_rows: Tensor) -> Tensor:
+    """``[B]`` rows a baseline may hold: ``floor(ratio * n_rows)`` (at least 1) or the fixed
+    ``budget`` (counts from fractions round down, as the official code's ``int()``)."""
     if budget is not None:
-        return torch.full_like(n_prompt, budget)
-    return torch.ceil(n_prompt.to(torch.float64) * ratio - 1e-9).long().clamp(min=1)
+        return torch.full_like(n_rows, budget)
+    return torch.floor(n_rows.to(torch.float64) * ratio + 1e-9).long().clamp(min=1)
 
 
 def hash_uniform(pos: Tensor, layer_idx: int, seed: int) -> Tensor:
