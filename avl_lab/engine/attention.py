@@ -110,8 +110,13 @@ def _colsum_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float) ->
 
 
 def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> Tensor | None:
-    """Prune the prompt after this layer: later layers see only kept tokens; evict the rest here
-    and in every earlier layer. Returns this layer's eviction order (see ``AVLLayer.evict``)."""
+    """Prune the prompt after this layer: later layers see only the kept tokens.
+
+    This layer and the earlier ones keep the rows they computed, as the official code does
+    (it cuts only the hidden states, modeling_llama.py l.1817-1851), unless the policy's
+    ``prune_drops_earlier`` asks to evict the dropped tokens there too. Returns this layer's
+    eviction order (see ``AVLLayer.evict``), None when its rows did not move.
+    """
     P = run.layout.length
     keep_tok = torch.zeros(keep_rows.shape[0], P, dtype=torch.bool, device=keep_rows.device)
     keep_tok.scatter_(1, layer.tok, keep_rows & layer.valid)
@@ -122,6 +127,8 @@ def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> Tensor | None:
     index = torch.sort(keep_tok.to(torch.int8), dim=1, stable=True).indices[:, P - m :]
     valid = torch.arange(m, device=counts.device)[None, :] >= (m - counts)[:, None]
     run.prune = PruneState(layer=layer.layer_idx, index=index.masked_fill(~valid, 0), valid=valid)
+    if not run.policy.prune_drops_earlier:
+        return None
     for earlier in run.cache.layers[: layer.layer_idx]:
         earlier.evict(keep_tok.gather(1, earlier.tok))
     return layer.evict(keep_tok.gather(1, layer.tok))

@@ -85,6 +85,13 @@ class Policy:
         """The layer after which :meth:`prune_tokens` runs in prefill (None: never)."""
         return None
 
+    @property
+    def prune_drops_earlier(self) -> bool:
+        """Whether prefill pruning also evicts the dropped tokens' rows from layers
+        ``0..prune_layer`` (False: those layers keep every row they computed, as the
+        official A-VL code does)."""
+        return False
+
     def setup(self, cache: AVLCache, ctx: Context) -> None:
         """Register per-row state with ``cache.register_state``; called once per run."""
 
