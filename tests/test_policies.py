@@ -201,11 +201,12 @@ def test_ratio_budget_below_sinks_is_rejected_at_run_time(llava):
 
 
 def test_budget_as_rows_and_as_ratio(llava):
+    """A fixed budget equals a ratio of the prompt's rows (``ratio_of="prompt"``)."""
     model, processor = llava
     inputs = make_inputs(processor, n=1)
     n = inputs["input_ids"].shape[1]
     _, by_rows = run_policy(model, inputs, {"name": "h2o", "budget": 40}, 4)
-    _, by_ratio = run_policy(model, inputs, {"name": "h2o", "ratio": 40 / n}, 4)
+    _, by_ratio = run_policy(model, inputs, {"name": "h2o", "ratio": 40 / n, "ratio_of": "prompt"}, 4)
     for a, b in zip(by_rows.last_run.cache.layers, by_ratio.last_run.cache.layers, strict=True):
         assert int(a.valid.sum()) == int(b.valid.sum()) == 40
 
