@@ -94,15 +94,20 @@ def test_update_steps_rechoose_the_core(llava):
 
 
 def test_text_window_smaller_than_the_prompt_text_runs(tiny):
+    """T=5: the text after the image ends at round(5% of its current length) rows (at least
+    one); the system rows are never evicted (official semantics, see test_fidelity.py)."""
     _, model, processor = tiny
     inputs = make_inputs(processor)
     got, session = run_policy(model, inputs, {"name": "avl", "T": 5}, NEW)
     assert got.tokens.shape == (3, NEW)
     layout = token_layout(inputs["input_ids"], inputs["attention_mask"], model.config.image_token_id)
-    window = torch.ceil((layout.n_prompt - layout.n_image + NEW) * 0.05).long()
+    n_system = (layout.modality == 0).sum(1)
+    n_after = layout.n_prompt - layout.n_image - n_system
+    window = torch.round((n_after + NEW - 1) * 0.05).long().clamp(min=1)  # after the last step
     for layer in session.last_run.cache.layers:
-        text = (layer.mod != 1) & layer.valid
-        assert torch.equal(text.sum(1), window)
+        after = ((layer.mod == 2) | (layer.mod == 3)) & layer.valid
+        assert torch.equal(after.sum(1), window)
+        assert torch.equal(((layer.mod == 0) & layer.valid).sum(1), n_system)
 
 
 # --- accounting against the paper (LLaVA-1.5 layout: 576 image tokens, ~60 others) --------------

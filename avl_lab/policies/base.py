@@ -19,6 +19,7 @@ Hooks, in the order the engine calls them:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -57,6 +58,10 @@ class Context:
     probs : Tensor or None
         Decode, after attention: ``[B, R]`` head-averaged attention of this step's query over
         the layer's rows (0 on rows that did not take part).
+    query_probs : callable or None
+        Prefill: ``query_probs(rows)`` with ``rows`` a ``[B, R]`` bool mask returns ``[B, m, R]``,
+        the head-averaged attention of the queries at those rows (in row order; m = the
+        largest count, all-zero padding after a row's own count). Computed on demand, fp32.
     """
 
     layer_idx: int
@@ -71,6 +76,7 @@ class Context:
     scores: Tensor | None = None
     colsum: Tensor | None = None
     probs: Tensor | None = None
+    query_probs: Callable[[Tensor], Tensor] | None = None
 
 
 class Policy:
