@@ -14,7 +14,7 @@ from avl_lab.engine.attention import ATTN_NAME, avl_attention
 from avl_lab.engine.layout import token_layout
 from avl_lab.engine.prune_hooks import make_pre_hook
 from avl_lab.engine.run import Run
-from avl_lab.engine.stats import CacheStats
+from avl_lab.engine.stats import CacheStats, steps_until_eos
 from avl_lab.policies import Policy, build
 
 _REGISTERED = False
@@ -91,7 +91,8 @@ class Session:
             run.finish()
             self.run = None
             self.last_run = run
-        self.stats = run.stats()
+        steps = steps_until_eos(out, input_ids.shape[1], run.step, kwargs, self.model.generation_config)
+        self.stats = run.stats(steps)
         return out
 
 
