@@ -143,6 +143,59 @@ def test_corrupt_image_rows_are_skipped_and_counted(tmp_path):
     assert summary.n == 3 and summary.skipped == 1
 
 
+class _FixedAnswers:
+    """A processor whose decoded answers are fixed strings (everything else delegated)."""
+
+    def __init__(self, processor, answers):
+        self._processor, self._answers = processor, answers
+
+    def __call__(self, *args, **kwargs):
+        return self._processor(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._processor, name)
+
+    def batch_decode(self, ids, **kwargs):
+        return [self._answers.pop(0) for _ in range(len(ids))]
+
+
+def test_ocrbench_hme100k_rule_applies_through_evaluate(tmp_path, monkeypatch):
+    """The row's meta reaches the scorer: records, summary and the progress-bar metric all
+    compare HME100k answers case-sensitively (lower-cased, "X^{2}" would match "x^{2}")."""
+    from datasets import Dataset, Features, Image, List, Value
+
+    from avl_lab.evaluation import module as module_mod
+    from avl_lab.evaluation import runner
+    from tests.test_data_lmms import _img
+
+    S = Value("string")
+    feats = Features({"dataset": S, "question": S, "question_type": S, "answer": List(S),
+                      "image": Image()})
+    rows = {"dataset": ["IIIT5K", "HME100k"], "question": ["what is written?"] * 2,
+            "question_type": ["Regular Text Recognition", "Handwritten Mathematical Expression"],
+            "answer": [["word"], ["x^{2}"]], "image": [_img(0), _img(1)]}
+    (tmp_path / "data").mkdir()
+    Dataset.from_dict(rows, features=feats).to_parquet(str(tmp_path / "data" / "test-00000-of-00001.parquet"))
+    model, processor = runner._load_model(load_config(["model=tiny-random-llava"]))
+    fixed = _FixedAnswers(processor, ["WORD", "X^{2}"])
+    monkeypatch.setattr(runner, "_load_model", lambda cfg: (model, fixed))
+    shown = []
+
+    class Keep(module_mod.EvalModule):
+        def log(self, name, value, *args, **kwargs):  # what the progress bar shows
+            shown.append(float(value.compute()))
+            return super().log(name, value, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "EvalModule", Keep)
+    summary = avl_lab.evaluate(["model=tiny-random-llava", "data=ocrbench", f"data.path={tmp_path}",
+                                "generation.max_new_tokens=2", "progress=false", "batch_size=2",
+                                f"out_dir={tmp_path / 'out'}"])
+    scores = {r["prediction"]: r["score"] for r in _lines(tmp_path / "out")}
+    assert scores == {"WORD": 1.0, "X^{2}": 0.0}
+    assert summary.score == pytest.approx(0.5)
+    assert shown == [pytest.approx(0.5)]
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

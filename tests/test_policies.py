@@ -94,15 +94,20 @@ def test_update_steps_rechoose_the_core(llava):
 
 
 def test_text_window_smaller_than_the_prompt_text_runs(tiny):
+    """T=5: the text after the image ends at round(5% of its current length) rows (at least
+    one); the system rows are never evicted (official semantics, see test_fidelity.py)."""
     _, model, processor = tiny
     inputs = make_inputs(processor)
     got, session = run_policy(model, inputs, {"name": "avl", "T": 5}, NEW)
     assert got.tokens.shape == (3, NEW)
     layout = token_layout(inputs["input_ids"], inputs["attention_mask"], model.config.image_token_id)
-    window = torch.ceil((layout.n_prompt - layout.n_image + NEW) * 0.05).long()
+    n_system = (layout.modality == 0).sum(1)
+    n_after = layout.n_prompt - layout.n_image - n_system
+    window = torch.round((n_after + NEW - 1) * 0.05).long().clamp(min=1)  # after the last step
     for layer in session.last_run.cache.layers:
-        text = (layer.mod != 1) & layer.valid
-        assert torch.equal(text.sum(1), window)
+        after = ((layer.mod == 2) | (layer.mod == 3)) & layer.valid
+        assert torch.equal(after.sum(1), window)
+        assert torch.equal(((layer.mod == 0) & layer.valid).sum(1), n_system)
 
 
 # --- accounting against the paper (LLaVA-1.5 layout: 576 image tokens, ~60 others) --------------
@@ -128,7 +133,7 @@ def test_s40_stored_matches_the_paper_formula(llava15_shaped):
     n_text = inputs["input_ids"].shape[1] - n_img
     assert n_img == 576 and 50 <= n_text <= 70
     _, session = run_policy(model, inputs, {"name": "avl", "S": 40}, 8)
-    expected = _paper_fraction(n_text, math.ceil(0.4 * 576), 576, 7)
+    expected = _paper_fraction(n_text, math.floor(0.4 * 576), 576, 7)
     assert session.stats.stored == pytest.approx(expected, abs=0.01)
     assert session.stats.stored == pytest.approx(0.46, abs=0.01)  # paper Table 3
 
@@ -137,8 +142,8 @@ def test_s45_c30_used_below_stored_by_the_formula(llava15_shaped):
     model, inputs = llava15_shaped
     n_text = inputs["input_ids"].shape[1] - 576
     _, session = run_policy(model, inputs, {"name": "avl", "S": 45, "C": 30}, 8)
-    stored = _paper_fraction(n_text, math.ceil(0.45 * 576), 576, 7)
-    used = _paper_fraction(n_text, math.ceil(0.30 * 576), 576, 7)
+    stored = _paper_fraction(n_text, math.floor(0.45 * 576), 576, 7)  # counts round down
+    used = _paper_fraction(n_text, math.floor(0.30 * 576), 576, 7)
     assert session.stats.stored == pytest.approx(stored, abs=1e-6)
     assert session.stats.used == pytest.approx(used, abs=1e-6)
     assert session.stats.stored - session.stats.used == pytest.approx(stored - used, abs=1e-6)
@@ -165,7 +170,7 @@ def test_decode_computes_over_only_the_active_rows(llava15_shaped, monkeypatch):
     n_text = inputs["input_ids"].shape[1] - 576
     run_policy(model, inputs, {"name": "avl", "S": 45, "C": 30}, 4)
     layers = model.config.text_config.num_hidden_layers
-    expected = [n_text + math.ceil(0.3 * 576) + t for t in range(1, 4) for _ in range(layers)]
+    expected = [n_text + math.floor(0.3 * 576) + t for t in range(1, 4) for _ in range(layers)]
     assert rows_seen == expected
 
 
@@ -201,11 +206,12 @@ def test_ratio_budget_below_sinks_is_rejected_at_run_time(llava):
 
 
 def test_budget_as_rows_and_as_ratio(llava):
+    """A fixed budget equals a ratio of the prompt's rows (``ratio_of="prompt"``)."""
     model, processor = llava
     inputs = make_inputs(processor, n=1)
     n = inputs["input_ids"].shape[1]
     _, by_rows = run_policy(model, inputs, {"name": "h2o", "budget": 40}, 4)
-    _, by_ratio = run_policy(model, inputs, {"name": "h2o", "ratio": 40 / n}, 4)
+    _, by_ratio = run_policy(model, inputs, {"name": "h2o", "ratio": 40 / n, "ratio_of": "prompt"}, 4)
     for a, b in zip(by_rows.last_run.cache.layers, by_ratio.last_run.cache.layers, strict=True):
         assert int(a.valid.sum()) == int(b.valid.sum()) == 40
 

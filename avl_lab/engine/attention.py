@@ -8,6 +8,8 @@ policy marks active, through :func:`avl_lab.ext.core_attention`.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -53,6 +55,7 @@ def _prefill(run, layer, module, query, key, value, mask, scale, **kwargs):
     ctx = run.context(layer.layer_idx)
     visible = _visible(mask, layer.valid, query.shape[2])  # [B, q, R]
     ctx.scores = _last_query_scores(query, key, visible[:, -1], scale)
+    ctx.query_probs = functools.partial(_query_probs, query, key, visible, scale)
     if policy.needs_colsum:
         ctx.colsum = _colsum_scores(query, key, visible, scale)
     if run.trace is not None:
@@ -103,6 +106,22 @@ def _last_query_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float
     return torch.softmax(s, dim=-1).nan_to_num(0.0).mean(dim=(1, 2))
 
 
+def _query_probs(query: Tensor, key: Tensor, visible: Tensor, scale: float, rows: Tensor) -> Tensor:
+    """``[B, m]`` selected prefill queries' head-averaged attention ``[B, m, R]`` (in prefill a
+    layer's rows are its queries); zero for padding beyond a row's own count."""
+    B, Hq, _, D = query.shape
+    Hkv = key.shape[1]
+    idx = rows_to_index(rows)  # [B, m], -1 = padding
+    m = idx.shape[1]
+    at = idx.clamp(min=0)
+    q = query.float().gather(2, at[:, None, :, None].expand(B, Hq, m, D))  # [B, Hq, m, D]
+    s = torch.einsum("bhgcd,bhrd->bhgcr", q.view(B, Hkv, Hq // Hkv, m, D), key.float()) * scale
+    see = visible.gather(1, at[:, :, None].expand(B, m, visible.shape[2]))  # [B, m, R]
+    s = s.masked_fill(~see[:, None, None], float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0).mean(dim=(1, 2))  # [B, m, R]
+    return p.masked_fill((idx < 0)[:, :, None], 0.0)
+
+
 def _colsum_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float) -> Tensor:
     """``[B, R]`` attention received by each key summed over all queries, averaged over heads."""
     B, Hq, Q, D = query.shape
@@ -122,8 +141,13 @@ def _colsum_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float) ->
 
 
 def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> Tensor | None:
-    """Prune the prompt after this layer: later layers see only kept tokens; evict the rest here
-    and in every earlier layer. Returns this layer's eviction order (see ``AVLLayer.evict``)."""
+    """Prune the prompt after this layer: later layers see only the kept tokens.
+
+    This layer and the earlier ones keep the rows they computed, as the official code does
+    (it cuts only the hidden states, modeling_llama.py l.1817-1851), unless the policy's
+    ``prune_drops_earlier`` asks to evict the dropped tokens there too. Returns this layer's
+    eviction order (see ``AVLLayer.evict``), None when its rows did not move.
+    """
     P = run.layout.length
     keep_tok = torch.zeros(keep_rows.shape[0], P, dtype=torch.bool, device=keep_rows.device)
     keep_tok.scatter_(1, layer.tok, keep_rows & layer.valid)
@@ -136,6 +160,8 @@ def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> Tensor | None:
     run.prune = PruneState(
         layer=layer.layer_idx, keep=keep_tok, index=index.masked_fill(~valid, 0), valid=valid
     )
+    if not run.policy.prune_drops_earlier:
+        return None
     for earlier in run.cache.layers[: layer.layer_idx]:
         earlier.evict(keep_tok.gather(1, earlier.tok))
     return layer.evict(keep_tok.gather(1, layer.tok))

@@ -176,9 +176,8 @@ class Run:
         """``[B]`` rows the Full policy would hold at the current step."""
         return self.n_prompt + self.step
 
-    def stats(self) -> CacheStats:
-        """Cache accounting over the decode steps (the post-prefill state if there were none)."""
+    def stats(self, steps: Tensor | None = None) -> CacheStats:
+        """Cache accounting over the decode steps, per row only those before its end of sequence
+        (``steps`` ``[B]``, see ``stats.steps_until_eos``); the post-prefill state without any."""
         n = self.base_layout.batch_size
-        if self.decode_stats.counts[0]:
-            return self.decode_stats.finalize(n)
-        return self.prefill_stats.finalize(n)
+        return self.decode_stats.finalize(n, steps, after_prefill=self.prefill_stats)

@@ -15,7 +15,7 @@ from avl_lab.engine.families import Family, family_of
 from avl_lab.engine.layout import token_layout
 from avl_lab.engine.prune_hooks import make_pre_hook, make_text_hook
 from avl_lab.engine.run import Run
-from avl_lab.engine.stats import CacheStats
+from avl_lab.engine.stats import CacheStats, steps_until_eos
 from avl_lab.policies import Policy, build
 
 _REGISTERED = False
@@ -78,7 +78,8 @@ class Session:
             run.finish()
             self.run = None
             self.last_run = run
-        self.stats = run.stats()
+        steps = steps_until_eos(out, input_ids.shape[1], run.step, kwargs, self.model.generation_config)
+        self.stats = run.stats(steps)
         return out
 
 

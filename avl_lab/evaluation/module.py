@@ -14,7 +14,7 @@ from avl_lab.engine.session import attach
 from avl_lab.evaluation.config import EvalConfig
 from avl_lab.evaluation.prompting import encode
 from avl_lab.evaluation.records import RecordLog
-from avl_lab.metrics import CacheAccounting, build_metric, sample_score
+from avl_lab.metrics import CacheAccounting, build_metric, score_rows
 
 
 class EvalModule(L.LightningModule):
@@ -48,19 +48,23 @@ class EvalModule(L.LightningModule):
         stats, timing = session.stats, session.last_run.timing
         pad = self.processor.tokenizer.pad_token_id
         batch_id = uuid.uuid4().hex[:12]
+        scores = score_rows(self.metric_name, preds, rows)  # with each row's meta
         records = []
         for i, (row, pred) in enumerate(zip(rows, preds, strict=True)):
             records.append({
                 "id": row["id"], "prompt": row["prompt"], "prediction": pred,
                 "references": list(row["answers"]),
-                "score": sample_score(self.metric_name, pred, row["answers"]),
+                "score": scores[i],
                 "stored": stats.per_sample_stored[i], "used": stats.per_sample_used[i],
                 "latency_s": latency, "prefill_s": timing.prefill_s, "decode_s": timing.decode_s,
                 "new_tokens": int((new[i] != pad).sum()) if pad is not None else new.shape[1],
                 "batch": batch_id, "batch_size": len(rows),
             })
         self.samples.append(records)
-        self.task_metric.update(preds, [list(r["answers"]) for r in rows])
+        if None in scores:  # a corpus metric (CIDEr): no per-sample score
+            self.task_metric.update(preds, [list(r["answers"]) for r in rows])
+        else:
+            self.task_metric.add_scores(scores)
         self.cache_metric.update(torch.tensor(stats.per_sample_stored), torch.tensor(stats.per_sample_used))
         self.log("score", self.task_metric, prog_bar=True, batch_size=len(rows))
 

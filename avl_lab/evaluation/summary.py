@@ -58,8 +58,9 @@ def task_score(metric: str, records: list[dict[str, Any]]) -> tuple[float, dict[
         res = cider_score({r["id"]: r["prediction"] for r in records},
                           {r["id"]: r["references"] for r in records})
         return float(res.score), {"cider_tokenizer": res.tokenizer}
-    scores = [r["score"] if r.get("score") is not None
-              else sample_score(metric, r["prediction"], r["references"]) for r in records]
+    scores = [r["score"] if r.get("score") is not None  # scored with the row's meta
+              else sample_score(metric, r["prediction"], r["references"], r.get("meta"))
+              for r in records]
     return sum(scores) / len(scores), {}
 
 

@@ -16,7 +16,9 @@ cider             ``cider(predictions, references)``         :class:`CIDEr`
 (cache)           ``cache_fraction(rows, full)``             :class:`CacheAccounting`
 ================  =========================================  ========================
 
-``build_metric(name)`` returns the streaming metric for a dataset row's ``metric`` field.
+``build_metric(name)`` returns the streaming metric for a dataset row's ``metric`` field;
+``score_rows(name, predictions, rows)`` scores samples with their rows' ``meta`` (one path for
+every caller), and a per-sample streaming metric takes those scores with ``add_scores``.
 """
 
 from avl_lab.metrics.accuracy import Accuracy, accuracy
@@ -27,7 +29,7 @@ from avl_lab.metrics.normalize import normalize_answer
 from avl_lab.metrics.ocrbench import OCRBenchScore, ocrbench_score
 from avl_lab.metrics.ppci import PPCI, ppci, ppci_rows
 from avl_lab.metrics.ptb import java_available, tokenize_captions
-from avl_lab.metrics.registry import METRIC_NAMES, build_metric, sample_score
+from avl_lab.metrics.registry import METRIC_NAMES, build_metric, sample_score, score_rows
 from avl_lab.metrics.relaxed_accuracy import RelaxedAccuracy, relaxed_accuracy
 from avl_lab.metrics.vqa_accuracy import VQAAccuracy, vqa_accuracy
 
@@ -57,6 +59,7 @@ __all__ = [
     "ppci_rows",
     "relaxed_accuracy",
     "sample_score",
+    "score_rows",
     "tokenize_captions",
     "vqa_accuracy",
 ]

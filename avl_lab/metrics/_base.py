@@ -95,6 +95,12 @@ class MeanScoreMetric(Metric):
         self.total += float(batch)
         self.count += len(preds)
 
+    def add_scores(self, scores: Sequence[float]) -> None:
+        """Add samples already scored (e.g. by :func:`avl_lab.metrics.score_rows`)."""
+        values = [float(x) for x in scores]
+        self.total += sum(values)
+        self.count += len(values)
+
     def compute(self) -> torch.Tensor:
         """Mean score over all samples seen (by every process after sync)."""
         if int(self.count) == 0:

@@ -15,7 +15,7 @@ from avl_lab.metrics.ocrbench import OCRBenchScore, ocrbench_score
 from avl_lab.metrics.relaxed_accuracy import RelaxedAccuracy, relaxed_accuracy
 from avl_lab.metrics.vqa_accuracy import VQAAccuracy, vqa_accuracy
 
-__all__ = ["METRIC_NAMES", "SAMPLE_SCORERS", "build_metric", "sample_score"]
+__all__ = ["METRIC_NAMES", "SAMPLE_SCORERS", "build_metric", "sample_score", "score_rows"]
 
 _BUILDERS: dict[str, Callable[..., Metric]] = {
     "anls": ANLS,
@@ -61,3 +61,14 @@ def sample_score(
         return ocrbench_score(prediction, answers, info.get("dataset"))
     fn = SAMPLE_SCORERS.get(name)
     return None if fn is None else fn(prediction, answers)
+
+
+def score_rows(
+    name: str, predictions: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> list[float | None]:
+    """Per-sample scores of ``predictions`` against dataset ``rows`` (their ``answers`` and
+    ``meta``): the one scoring path of evaluation records, summaries, progress bars and
+    training evaluation, so that category rules such as OCRBench's HME100k always apply."""
+    if len(predictions) != len(rows):
+        raise ValueError(f"got {len(predictions)} predictions but {len(rows)} rows")
+    return [sample_score(name, p, r["answers"], r.get("meta")) for p, r in zip(predictions, rows)]

@@ -20,8 +20,10 @@ from avl_lab.policies.vision_tiering import VisionTiering
 @register("avl", example={"S": 45, "C": 30, "K": 3, "P": 90, "T": 50})
 @dataclass
 class AVL(Compose):
-    """A-VL (paper Table 1). Parameters are percentages of N_img (S, C, P), of the maximum
-    text length (T), and a period in decode steps (K); ``layer`` is PrefillPrune's layer."""
+    """A-VL (paper Table 1). Parameters are percentages of N_img (S, C, P), of the current
+    text length (T), and a period in decode steps (K); ``layer`` and ``drop_early`` are
+    PrefillPrune's, ``text_variant`` and ``text_min_window`` TextH2O's ``variant`` and
+    ``min_window`` (see their modules; the defaults follow the official code)."""
 
     S: float | None = None
     C: float | None = None
@@ -29,6 +31,9 @@ class AVL(Compose):
     P: float | None = None
     T: float | None = None
     layer: int = 2
+    drop_early: bool = False
+    text_variant: str = "quantile"
+    text_min_window: int = 1
     parts: list[Policy] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -46,8 +51,8 @@ class AVL(Compose):
         if self.K is not None:
             parts.append(UpdateSchedule(K=self.K))
         if self.P is not None:
-            parts.append(PrefillPrune(P=self.P, layer=self.layer))
+            parts.append(PrefillPrune(P=self.P, layer=self.layer, drop_early=self.drop_early))
         if self.T is not None:
-            parts.append(TextH2O(T=self.T))
+            parts.append(TextH2O(T=self.T, variant=self.text_variant, min_window=self.text_min_window))
         self.parts = parts
         super().__post_init__()

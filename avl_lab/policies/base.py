@@ -19,6 +19,7 @@ Hooks, in the order the engine calls them:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -57,6 +58,10 @@ class Context:
     probs : Tensor or None
         Decode, after attention: ``[B, R]`` head-averaged attention of this step's query over
         the layer's rows (0 on rows that did not take part).
+    query_probs : callable or None
+        Prefill: ``query_probs(rows)`` with ``rows`` a ``[B, R]`` bool mask returns ``[B, m, R]``,
+        the head-averaged attention of the queries at those rows (in row order; m = the
+        largest count, all-zero padding after a row's own count). Computed on demand, fp32.
     """
 
     layer_idx: int
@@ -71,6 +76,7 @@ class Context:
     scores: Tensor | None = None
     colsum: Tensor | None = None
     probs: Tensor | None = None
+    query_probs: Callable[[Tensor], Tensor] | None = None
 
 
 class Policy:
@@ -84,6 +90,13 @@ class Policy:
     def prune_layer(self) -> int | None:
         """The layer after which :meth:`prune_tokens` runs in prefill (None: never)."""
         return None
+
+    @property
+    def prune_drops_earlier(self) -> bool:
+        """Whether prefill pruning also evicts the dropped tokens' rows from layers
+        ``0..prune_layer`` (False: those layers keep every row they computed, as the
+        official A-VL code does)."""
+        return False
 
     def setup(self, cache: AVLCache, ctx: Context) -> None:
         """Register per-row state with ``cache.register_state``; called once per run."""
@@ -123,8 +136,13 @@ def is_text(layer: AVLLayer) -> Tensor:
 
 
 def count_of(percent: float, total: Tensor) -> Tensor:
-    """``ceil(percent% * total)`` per row, as int64 (``total`` ``[B]``)."""
-    return torch.ceil(total.to(torch.float64) * (percent / 100.0) - 1e-9).clamp(min=0).long()
+    """``floor(percent% * total)`` per row, as int64 (``total`` ``[B]``).
+
+    Rounds down, as the official code's ``int((1 - rate) * N)`` does (modeling_llama.py
+    l.1758-1759 for S and C, l.1826 for P); computed as ``total * percent / 100`` so that exact multiples stay
+    exact (the official float product can land one below them, e.g. rate 0.9 of N=2880).
+    """
+    return torch.floor(total.to(torch.float64) * percent / 100.0 + 1e-9).clamp(min=0).long()
 
 
 def top_rows(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
@@ -176,11 +194,12 @@ def check_budget(ratio: float | None, budget: int | None) -> None:
         raise ValueError(f"`budget` must be a positive number of rows, got {budget!r}")
 
 
-def budget_rows(ratio: float | None, budget: int | None, n_prompt: Tensor) -> Tensor:
-    """``[B]`` rows a baseline may hold: ``ceil(ratio * prompt rows)`` or the fixed ``budget``."""
+def budget_rows(ratio: float | None, budget: int | None, n_rows: Tensor) -> Tensor:
+    """``[B]`` rows a baseline may hold: ``floor(ratio * n_rows)`` (at least 1) or the fixed
+    ``budget`` (counts from fractions round down, as the official code's ``int()``)."""
     if budget is not None:
-        return torch.full_like(n_prompt, budget)
-    return torch.ceil(n_prompt.to(torch.float64) * ratio - 1e-9).long().clamp(min=1)
+        return torch.full_like(n_rows, budget)
+    return torch.floor(n_rows.to(torch.float64) * ratio + 1e-9).long().clamp(min=1)
 
 
 def hash_uniform(pos: Tensor, layer_idx: int, seed: int) -> Tensor:

@@ -49,6 +49,10 @@ class Compose(Policy):
     def prune_layer(self) -> int | None:
         return next((p.prune_layer for p in self.parts if p.prune_layer is not None), None)
 
+    @property
+    def prune_drops_earlier(self) -> bool:
+        return any(p.prune_drops_earlier for p in self.parts)
+
     def setup(self, cache, ctx: Context) -> None:
         for p in self.parts:
             p.setup(cache, ctx)

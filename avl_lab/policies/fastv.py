@@ -1,5 +1,11 @@
 """FastV with a KV cache (the paper's baseline): prune image tokens after layer 2 in prefill,
-then decode on that cache."""
+then decode on that cache.
+
+As the official A-VL code runs it (its prefill filter, modeling_llama.py l.1817-1851), only the
+hidden states of later layers lose the pruned tokens; layers ``0..layer`` keep their full cache.
+``drop_early=True`` also evicts them there (FastV read as "the image is cut to ``keep``% for
+decode", avl_lab's earlier default). Paper: https://arxiv.org/abs/2403.06764.
+"""
 
 from __future__ import annotations
 
@@ -22,12 +28,15 @@ class FastV(PrunesAfterLayer):
     tokens : int, optional
         A fixed number of image tokens to keep instead of ``keep``.
     layer : int
-        FastV's K: the layer after which image tokens are pruned.
+        The 0-based layer after which image tokens are pruned (layers ``0..layer`` see all).
+    drop_early : bool
+        Also evict the pruned tokens' rows from layers ``0..layer``.
     """
 
     keep: float = 50.0
     tokens: int | None = None
     layer: int = 2
+    drop_early: bool = False
 
     def __post_init__(self) -> None:
         check_percent("keep", self.keep, allow_none=False)

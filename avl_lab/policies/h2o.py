@@ -1,25 +1,46 @@
-"""H2O over all rows: a fixed cache budget split into recent rows and heavy hitters.
+"""H2O over all rows: a cache budget split into recent rows and heavy hitters.
 
-The budget is a fraction of the prompt's full cache (``ratio``) or a number of rows
-(``budget``); 75% of it holds the most recent rows, 25% the rows with the highest accumulated
-attention (summed over ALL prompt queries in prefill, then over every decode step).
+As the official A-VL code runs its H2O baseline (``all_use_h2o``, modeling_llama.py
+l.1486-1527, class ``H2OKVCache_LayerWise`` l.132-229): the budget is a fraction ``ratio`` of
+the *current* length (prompt + tokens generated so far, so it grows during decode), split into
+``floor(n * ratio * recent)`` most recent rows and ``floor(n * ratio * (1 - recent))`` rows with
+the highest accumulated attention (summed over ALL prompt queries in prefill, then over every
+decode step). ``ratio_of="prompt"`` keeps the budget at a fraction of the prompt's rows, fixed
+during decode (avl_lab's earlier reading); ``budget`` is a fixed number of rows.
+
+The official code ranks per head (its rows differ between heads); here all heads share one
+set of rows, ranked by the head-averaged score (per-head rows come with the head-wise engine).
+Paper: https://arxiv.org/abs/2306.14048.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from avl_lab.policies.base import (
-    Context,
-    Policy,
-    budget_rows,
-    check_budget,
-    newest_rows,
-    top_rows,
-)
+from avl_lab.policies.base import Context, Policy, check_budget, newest_rows, top_rows
 from avl_lab.policies.registry import register
+
+RATIO_OF = ("current", "prompt")
+
+
+def split_budget(ratio: float | None, budget: int | None, recent: float, n_rows):
+    """``([B] recent rows, [B] heavy-hitter rows)`` for ``n_rows`` ``[B]`` rows of length.
+
+    With ``ratio``: ``floor(n * ratio * recent)`` and ``floor(n * ratio * (1 - recent))``, each
+    rounded down on its own as the official ``int(seq_len * 0.5 * 0.75)`` /
+    ``int(seq_len * 0.5 * 0.25)`` (l.1520-1521). With a fixed ``budget``: ``floor(budget *
+    recent)`` recent rows and the rest heavy hitters, ``budget`` rows in all.
+    """
+    if budget is not None:
+        n_recent = math.floor(budget * recent + 1e-9)
+        return torch.full_like(n_rows, n_recent), torch.full_like(n_rows, budget - n_recent)
+    total = n_rows.to(torch.float64) * ratio
+    n_recent = torch.floor(total * recent + 1e-9).long()
+    n_heavy = torch.floor(total * (1.0 - recent) + 1e-9).long()
+    return n_recent, n_heavy
 
 
 @register("h2o", example={"ratio": 0.5})
@@ -28,16 +49,20 @@ class H2O(Policy):
     """Parameters
     ----------
     ratio : float, optional
-        Budget as a fraction (0, 1] of the prompt rows (default 0.5 when ``budget`` is unset).
+        Budget as a fraction (0, 1] of ``ratio_of`` (default 0.5 when ``budget`` is unset).
     budget : int, optional
-        Budget as a number of rows.
+        Budget as a fixed number of rows.
     recent : float
         Share of the budget for the most recent rows (paper: 0.75).
+    ratio_of : str
+        ``"current"`` (official): the current length, prompt + generated tokens; ``"prompt"``:
+        the prompt's rows, fixed during decode.
     """
 
     ratio: float | None = None
     budget: int | None = None
     recent: float = 0.75
+    ratio_of: str = "current"
     needs_colsum = True
     needs_probs = True
 
@@ -45,20 +70,22 @@ class H2O(Policy):
         if self.ratio is None and self.budget is None:
             self.ratio = 0.5
         check_budget(self.ratio, self.budget)
-        if not 0 < self.recent < 1:
+        if isinstance(self.recent, bool) or not 0 < self.recent < 1:
             raise ValueError(f"`recent` must be a fraction in (0, 1), got {self.recent!r}")
+        if self.ratio_of not in RATIO_OF:
+            raise ValueError(f"`ratio_of` must be one of {RATIO_OF}, got {self.ratio_of!r}")
 
     def setup(self, cache, ctx: Context) -> None:
         cache.register_state("h2o_acc", 0.0, torch.float32)
 
     def _keep(self, layer, ctx: Context):
-        total = budget_rows(self.ratio, self.budget, ctx.n_prompt)
+        n = ctx.n_prompt + (ctx.step if self.ratio_of == "current" else 0)
+        n_recent, n_heavy = split_budget(self.ratio, self.budget, self.recent, n)
         valid = layer.valid
-        if not bool((valid.sum(1) > total).any()):
+        if not bool((valid.sum(1) > n_recent + n_heavy).any()):
             return None
-        n_recent = (total.to(torch.float64) * self.recent).ceil().long().clamp(min=1)
         recent = newest_rows(valid, n_recent)
-        heavy = top_rows(layer.state("h2o_acc"), valid & ~recent, total - n_recent)
+        heavy = top_rows(layer.state("h2o_acc"), valid & ~recent, n_heavy)
         return recent | heavy
 
     def prefill_keep(self, layer, ctx: Context):

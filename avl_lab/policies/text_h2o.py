@@ -1,10 +1,33 @@
-"""TextH2O (T): H2O eviction on the text (non-image) rows only.
+"""TextH2O (T): H2O-style eviction on the text rows only.
 
-The text window is T% of the maximum text length (non-image prompt tokens + max_new_tokens).
-When the text rows overflow it, the rows with the lowest accumulated attention are evicted from
-the older part of the window; the newest half of the window is never evicted. Accumulated
-attention starts from the attention every prompt query paid each row in prefill (H2O) and grows
-with each decode step's attention.
+Default (``variant="quantile"``), as the official code's own text method
+(``TextPruneHistoryKVCache``, modeling_llama.py l.278-372, driven at l.1702-1733):
+
+- *text* is every token after the image (the instruction, then the generated tokens); the
+  system rows before the image are never evicted;
+- the window is ``max(round(T% * n), min_window)`` rows, ``n`` the *current* text length
+  (text prompt tokens + tokens generated so far, l.1415 and l.1707-1709; ``round`` is Python's,
+  half to even);
+- when the text rows overflow it, the newest ``floor(window / 2)`` are kept and the rest of
+  the window is filled with the rows of highest score (l.308-322);
+- a row's score starts at the attention it pays itself; each later text query q adds, to every
+  earlier text row j, ``a(q, j) - quantile_r(a(q, ·))``: its attention centred on the
+  ``r = 1 - T/100`` quantile of that query's attention over the text rows (l.346-372; in
+  prefill the quantile runs over the keys before q, in decode over all text rows including q,
+  as the official code does).
+
+The official code scores and evicts per head; here all heads share one set of rows and the
+score is computed from the head-averaged attention (per-head rows come with the head-wise
+engine). Other variants:
+
+- ``"h2o"``: the branch that the released lmms-eval CLI takes by default
+  (``--text_use_h2o true``, ``__main__.py`` l.216-220; modeling_llama.py l.1621-1657): the same
+  text and window, plain accumulated attention of the text queries (``H2OKVCache_LayerWise``),
+  ``floor(0.7 * window)`` heavy hitters (``--text_h20_hh_rate_in_cache 0.7``) and the rest
+  recent rows; the CLI also sets ``--text_init_cache 20`` (``min_window=20``);
+- ``"max_length"``: avl_lab's earlier reading of the paper's text ("T% of the maximum text
+  token length"): window ``floor(T% * (non-image prompt tokens + max_new_tokens))``, system
+  rows evictable, accumulated attention of all prompt queries, newest half protected.
 """
 
 from __future__ import annotations
@@ -12,7 +35,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
+from avl_lab.engine.layout import Modality
 from avl_lab.policies.base import (
     Context,
     Policy,
@@ -23,6 +48,9 @@ from avl_lab.policies.base import (
     top_rows,
 )
 from avl_lab.policies.registry import register
+
+VARIANTS = ("quantile", "h2o", "max_length")
+_RECENT = {"quantile": 0.5, "h2o": 0.3, "max_length": 0.5}
 
 
 def evict_lowest(layer, acc, candidates, budget, protect) -> torch.Tensor | None:
@@ -35,34 +63,122 @@ def evict_lowest(layer, acc, candidates, budget, protect) -> torch.Tensor | None
     return ~top_rows(-acc, pool, over)
 
 
+def masked_quantile(x: Tensor, valid: Tensor, q: float) -> Tensor:
+    """``torch.quantile(x[valid], q)`` (linear interpolation) along the last dim, per row;
+    0 where a row has no valid entry. ``x``, ``valid``: ``[..., n]`` → ``[...]``."""
+    n = valid.sum(-1)
+    srt = torch.sort(x.masked_fill(~valid, float("inf")), dim=-1).values
+    pos = (n - 1).clamp(min=0).to(x.dtype) * q
+    lo = pos.floor().long()
+    hi = pos.ceil().long()
+    a = srt.gather(-1, lo[..., None])[..., 0]
+    b = srt.gather(-1, hi[..., None])[..., 0]
+    out = a + (b - a) * (pos - lo.to(x.dtype))
+    return out.masked_fill(n == 0, 0.0)
+
+
+def text_rows(layer) -> Tensor:
+    """``[B, R]`` valid rows after the image: instruction and generated tokens."""
+    mod = layer.mod
+    return ((mod == int(Modality.INSTRUCTION)) | (mod == int(Modality.GENERATED))) & layer.valid
+
+
 @register("text_h2o", example={"T": 50})
 @dataclass
 class TextH2O(Policy):
     """Parameters
     ----------
     T : float
-        Text window as % of the maximum text length.
+        Text window as % of the current text length (``variant="max_length"``: of the maximum).
+    variant : str
+        ``"quantile"`` (the official text method, default), ``"h2o"`` (the official CLI's
+        default branch) or ``"max_length"`` (avl_lab's earlier reading); see the module doc.
+    recent : float, optional
+        Share of the window held by the newest rows (default: the variant's, 0.5 / 0.3 / 0.5).
+    min_window : int
+        Smallest window in rows (the official ``text_init_cache``: 1 in the module, 20 in the
+        lmms-eval CLI).
     """
 
     T: float = 50.0
-    needs_colsum = True
+    variant: str = "quantile"
+    recent: float | None = None
+    min_window: int = 1
     needs_probs = True
 
     def __post_init__(self) -> None:
         check_percent("T", self.T, allow_none=False)
+        if self.variant not in VARIANTS:
+            raise ValueError(f"`variant` must be one of {VARIANTS}, got {self.variant!r}")
+        if self.recent is not None and (isinstance(self.recent, bool) or not 0 <= self.recent <= 1):
+            raise ValueError(f"`recent` must be a fraction in [0, 1], got {self.recent!r}")
+        if isinstance(self.min_window, bool) or not isinstance(self.min_window, int) or self.min_window < 1:
+            raise ValueError(f"`min_window` must be an integer ≥ 1, got {self.min_window!r}")
+
+    @property
+    def needs_colsum(self) -> bool:  # type: ignore[override]
+        return self.variant == "max_length"
 
     def setup(self, cache, ctx: Context) -> None:
         cache.register_state("acc", 0.0, torch.float32)
 
+    # --- which rows, how many ------------------------------------------------------------------
+    def _candidates(self, layer) -> Tensor:
+        return is_text(layer) if self.variant == "max_length" else text_rows(layer)
+
+    def _window(self, layer, ctx: Context) -> tuple[Tensor, Tensor]:
+        """``([B] window, [B] protected newest rows)``."""
+        share = _RECENT[self.variant] if self.recent is None else self.recent
+        if self.variant == "max_length":
+            window = count_of(self.T, ctx.n_text + ctx.max_new_tokens).clamp(min=self.min_window)
+            return window, count_of(100 * share, window).clamp(min=1)
+        n_system = ((layer.mod == int(Modality.SYSTEM)) & layer.valid).sum(1)  # never evicted
+        n = (ctx.n_text - n_system + ctx.step).to(torch.float64)  # current text length
+        window = torch.round(n * self.T / 100.0).long().clamp(min=self.min_window)
+        if self.variant == "h2o":  # hh = int(window * 0.7), recent = the rest (l.1639-1640)
+            return window, window - count_of(100 * (1 - share), window)
+        return window, count_of(100 * share, window)  # recent = int(window / 2) (l.308)
+
     def _keep(self, layer, ctx: Context):
-        window = count_of(self.T, ctx.n_text + ctx.max_new_tokens).clamp(min=1)
-        return evict_lowest(layer, layer.state("acc"), is_text(layer), window,
-                            (window // 2).clamp(min=1))
+        window, protect = self._window(layer, ctx)
+        return evict_lowest(layer, layer.state("acc"), self._candidates(layer), window, protect)
+
+    # --- scores --------------------------------------------------------------------------------
+    def _prefill_scores(self, layer, ctx: Context) -> Tensor:
+        if self.variant == "max_length":
+            return ctx.colsum.float()
+        text = text_rows(layer)
+        idx = torch.sort((~text).to(torch.int8), dim=1, stable=True).indices  # text rows first
+        m = int(text.sum(1).max())
+        idx = idx[:, :m]  # [B, m] the text rows in order
+        live = torch.arange(m, device=idx.device)[None, :] < text.sum(1)[:, None]  # [B, m]
+        probs = ctx.query_probs(text)  # [B, m, R]: text query k over the layer's rows
+        a = probs.gather(2, idx[:, None, :].expand(-1, m, -1))  # [B, m, m]: query k, text key j
+        earlier = torch.ones(m, m, dtype=torch.bool, device=a.device).tril(-1)  # j < k
+        pairs = earlier[None] & live[:, :, None] & live[:, None, :]  # [B, k, j]
+        if self.variant == "h2o":  # H2O: attention summed over the text queries (j <= k)
+            score = (a * (pairs | torch.diag_embed(live))).sum(1)
+        else:
+            quant = masked_quantile(a, pairs, 1.0 - self.T / 100.0)  # [B, k]
+            centred = (a - quant[:, :, None]) * pairs
+            score = a.diagonal(dim1=1, dim2=2) * live + centred.sum(1)  # [B, j]
+        acc = torch.zeros(text.shape, dtype=torch.float32, device=text.device)
+        return acc.scatter(1, idx, score.float() * live)
+
+    def _decode_scores(self, layer, ctx: Context) -> Tensor:
+        acc, probs = layer.state("acc"), ctx.probs
+        if self.variant != "quantile":
+            return acc + probs
+        text = text_rows(layer)
+        quant = masked_quantile(probs, text, 1.0 - self.T / 100.0)  # over all text rows, q too
+        current = newest_rows(layer.valid, 1)
+        centred = torch.where(current, probs, probs - quant[:, None])
+        return acc + centred * text
 
     def prefill_keep(self, layer, ctx: Context):
-        layer.set_state("acc", ctx.colsum.float())
+        layer.set_state("acc", self._prefill_scores(layer, ctx))
         return self._keep(layer, ctx)
 
     def decode_keep(self, layer, ctx: Context):
-        layer.set_state("acc", layer.state("acc") + ctx.probs)
+        layer.set_state("acc", self._decode_scores(layer, ctx))
         return self._keep(layer, ctx)

@@ -14,7 +14,7 @@ import torch
 from avl_lab import data
 from avl_lab.evaluation.prompting import chat_prompt
 from avl_lab.metrics.cider import cider
-from avl_lab.metrics.registry import sample_score
+from avl_lab.metrics.registry import score_rows
 from avl_lab.train.config import TASKS
 
 __all__ = [
@@ -61,7 +61,7 @@ def score_task(rows: list[dict[str, Any]], preds: list[str]) -> float:
     metric = rows[0]["metric"]
     if metric == "cider":
         return cider(dict(enumerate(preds)), {i: r["answers"] for i, r in enumerate(rows)})
-    scores = [sample_score(metric, p, r["answers"], r["meta"]) for p, r in zip(preds, rows)]
+    scores = score_rows(metric, preds, rows)
     return float(sum(scores) / len(scores))
 
 
