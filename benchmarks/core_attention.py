@@ -1,7 +1,9 @@
 """Core-cache decode attention: the op against full attention and the index_select path.
 
-One decode query per head over one layer's KV cache, LLaVA-1.5-7B / 1.6-7B shapes (32 query
-and KV heads, head_dim 128). Columns, all timed in one process and interleaved:
+One decode query per head over one layer's KV cache: LLaVA-1.5-7B / 1.6-7B shapes (32 query
+and KV heads, head_dim 128) and Qwen2.5-VL-7B shapes (28 query heads, 4 KV heads: GQA group 7,
+head_dim 128) at 1,000 / 2,000 / 4,000 vision tokens. Columns, all timed in one process and
+interleaved:
 
 * ``SDPA full``  — ``F.scaled_dot_product_attention`` over all ``N`` rows;
 * ``best full``  — the fastest of SDPA, matmul+softmax and the op over all rows (arange);
@@ -20,7 +22,7 @@ Every layer has its own buffers and active set; ``L`` layers are cycled (as many
 active rows; the probe is ``x.sum()`` over a 256 MiB buffer (two alternated), timed in the
 same round-robin as the variants; "x BW" = op time / (active K/V bytes / probe GB/s).
 
-Usage: ``python benchmarks/core_attention.py [--device cuda] [--quick]``
+Usage: ``python benchmarks/core_attention.py [--device cuda] [--quick] [--shapes llava qwen25vl]``
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from avl_lab.ext import core_attention, core_attention_ref
 
 @dataclass(frozen=True)
 class Shape:
-    """A LLaVA decode layout: ``text`` prompt rows around ``image`` rows."""
+    """A decode layout: ``text`` prompt rows around ``image`` rows (half before, half after)."""
 
     name: str
     image: int
@@ -60,6 +62,15 @@ class Shape:
 SHAPES = {
     "llava15": Shape("LLaVA-1.5", image=576, text=64),  # 640 rows, 237 active (37%)
     "llava16": Shape("LLaVA-1.6", image=2880, text=20),  # 2,900 rows, 884 active (30%)
+    # Qwen2.5-VL-7B (Qwen2.5-7B decoder): 28 query heads over 4 KV heads, ~60 chat-template rows.
+    "qwen25vl_1k": Shape("Qwen2.5-VL", image=1000, text=60, heads=28, kv_heads=4),  # 1060/360
+    "qwen25vl_2k": Shape("Qwen2.5-VL", image=2000, text=60, heads=28, kv_heads=4),  # 2060/660
+    "qwen25vl_4k": Shape("Qwen2.5-VL", image=4000, text=60, heads=28, kv_heads=4),  # 4060/1260
+}
+GROUPS = {
+    "llava": ["llava15", "llava16"],
+    "qwen25vl": ["qwen25vl_1k", "qwen25vl_2k", "qwen25vl_4k"],
+    "all": list(SHAPES),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -192,6 +203,16 @@ def check(fns: dict, layers: list[Layer], dtype) -> None:
         got = fns[name](0)
         got = got[0] if isinstance(got, tuple) else got
         torch.testing.assert_close(got.float(), full_out.float(), **tol, msg=name)
+    # GQA: the op (and the reference) group query heads ``h`` on kv head ``h // G`` without
+    # repeating K/V; check that against plain multi-head attention over repeated K/V rows
+    # (the repeat_kv convention of Hugging Face models), which shares no grouping code.
+    G = x.q.shape[1] // x.k.shape[1]
+    if G > 1:
+        mha = core_attention_ref(
+            x.q, x.k.repeat_interleave(G, dim=1), x.v.repeat_interleave(G, dim=1), x.a
+        )
+        torch.testing.assert_close(ref_out, mha[0], **tol, msg=f"reference vs MHA, group {G}")
+        torch.testing.assert_close(ref_p, mha[1], atol=1e-6, rtol=1e-5, msg="reference vs MHA")
     for name in ("idx_head", "op_head", "idx_tok", "op_tok"):
         out, p = fns[name](0)
         torch.testing.assert_close(out.float(), ref_out.float(), **tol, msg=name)
@@ -258,8 +279,16 @@ HEADER = (
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--quick", action="store_true", help="LLaVA-1.6 fp32 only, few rounds")
-    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    p.add_argument(
+        "--quick", action="store_true", help="LLaVA-1.6 and Qwen2.5-VL 2k, fp32 B=1, few rounds"
+    )
+    p.add_argument(
+        "--shapes",
+        nargs="+",
+        default=["all"],
+        choices=[*SHAPES, *GROUPS],
+        help="shapes or groups (llava, qwen25vl, all)",
+    )
     p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     p.add_argument("--rounds", type=int, default=0, help="timed rounds (0: by size)")
@@ -268,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.quick:
-        args.shapes, args.dtypes, args.batch = ["llava16"], ["fp32"], [1]
+        args.shapes, args.dtypes, args.batch = ["llava16", "qwen25vl_2k"], ["fp32"], [1]
+    args.shapes = list(dict.fromkeys(k for s in args.shapes for k in GROUPS.get(s, [s])))
     if args.budget_gib is None:
         args.budget_gib = 8.0 if args.device == "cuda" else 1.5
     if args.device == "cuda" and not torch.cuda.is_available():
