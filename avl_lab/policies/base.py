@@ -3,7 +3,7 @@
 A policy is a ``@dataclass`` whose tunables are typed fields validated in ``__post_init__``.
 It overrides only the hooks it needs; every hook may return ``None`` for "no opinion".
 Masks are ``[B, R]`` booleans over the rows of one layer's cache (see
-:class:`avl_lab.engine.cache.AVLLayer` for the row bookkeeping).
+:class:`Rows`, the engine's view of them).
 
 Hooks, in the order the engine calls them:
 
@@ -21,15 +21,50 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor
 
 from avl_lab.engine.layout import Modality
 
-if TYPE_CHECKING:
-    from avl_lab.engine.cache import AVLCache, AVLLayer
+
+class Rows(Protocol):
+    """What a policy sees of one layer's cache rows (the engine's ``AVLLayer`` is one).
+
+    Every tensor is ``[B, R]`` over the rows held, aligned with each other.
+    """
+
+    layer_idx: int
+
+    @property
+    def valid(self) -> Tensor:
+        """bool: the row holds real data (False on padding and filler)."""
+
+    @property
+    def mod(self) -> Tensor:
+        """int8 :class:`~avl_lab.engine.layout.Modality` codes."""
+
+    @property
+    def pos(self) -> Tensor:
+        """int64 logical (RoPE) positions."""
+
+    @property
+    def tok(self) -> Tensor:
+        """int64 column in the padded sequence (prompt, then generated tokens)."""
+
+    def state(self, name: str) -> Tensor:
+        """Policy state ``name`` (registered with :meth:`CacheState.register_state`)."""
+
+    def set_state(self, name: str, value: Tensor) -> None:
+        """Replace policy state ``name``."""
+
+
+class CacheState(Protocol):
+    """What :meth:`Policy.setup` sees of the cache."""
+
+    def register_state(self, name: str, default: float | int | bool, dtype: torch.dtype) -> None:
+        """Declare a per-row state; new rows get ``default``."""
 
 
 @dataclass
@@ -98,14 +133,14 @@ class Policy:
         official A-VL code does)."""
         return False
 
-    def setup(self, cache: AVLCache, ctx: Context) -> None:
+    def setup(self, cache: CacheState, ctx: Context) -> None:
         """Register per-row state with ``cache.register_state``; called once per run."""
 
-    def prune_tokens(self, layer: AVLLayer, ctx: Context) -> Tensor | None:
+    def prune_tokens(self, layer: Rows, ctx: Context) -> Tensor | None:
         """``[B, R]`` prompt rows of layer :attr:`prune_layer` that stay in later layers."""
         return None
 
-    def prefill_keep(self, layer: AVLLayer, ctx: Context) -> Tensor | None:
+    def prefill_keep(self, layer: Rows, ctx: Context) -> Tensor | None:
         """``[B, R]`` rows to keep after this layer's prefill attention."""
         return None
 
@@ -113,11 +148,11 @@ class Policy:
         """Whether decode step ``step`` (1-based) is an update step."""
         return False
 
-    def decode_active(self, layer: AVLLayer, ctx: Context) -> Tensor | None:
+    def decode_active(self, layer: Rows, ctx: Context) -> Tensor | None:
         """``[B, R]`` rows that take part in this decode step's attention."""
         return None
 
-    def decode_keep(self, layer: AVLLayer, ctx: Context) -> Tensor | None:
+    def decode_keep(self, layer: Rows, ctx: Context) -> Tensor | None:
         """``[B, R]`` rows to keep after this decode step's attention (``ctx.probs`` set)."""
         return None
 
@@ -125,12 +160,12 @@ class Policy:
 # --- helpers shared by policies --------------------------------------------------------------
 
 
-def is_image(layer: AVLLayer) -> Tensor:
+def is_image(layer: Rows) -> Tensor:
     """``[B, R]`` valid image rows."""
     return (layer.mod == int(Modality.IMAGE)) & layer.valid
 
 
-def is_text(layer: AVLLayer) -> Tensor:
+def is_text(layer: Rows) -> Tensor:
     """``[B, R]`` valid non-image rows (system, instruction, generated)."""
     return (layer.mod != int(Modality.IMAGE)) & layer.valid
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from avl_lab.policies.base import Context, Policy, check_budget, newest_rows, top_rows
+from avl_lab.policies.base import Context
 from avl_lab.policies.registry import register
+from avl_lab.policies.scorer import ScorerPolicy
 
 RATIO_OF = ("current", "prompt")
 
@@ -45,7 +46,7 @@ def split_budget(ratio: float | None, budget: int | None, recent: float, n_rows)
 
 @register("h2o", example={"ratio": 0.5})
 @dataclass
-class H2O(Policy):
+class H2O(ScorerPolicy):
     """Parameters
     ----------
     ratio : float, optional
@@ -59,17 +60,13 @@ class H2O(Policy):
         the prompt's rows, fixed during decode.
     """
 
-    ratio: float | None = None
-    budget: int | None = None
     recent: float = 0.75
     ratio_of: str = "current"
     needs_colsum = True
     needs_probs = True
 
     def __post_init__(self) -> None:
-        if self.ratio is None and self.budget is None:
-            self.ratio = 0.5
-        check_budget(self.ratio, self.budget)
+        super().__post_init__()
         if isinstance(self.recent, bool) or not 0 < self.recent < 1:
             raise ValueError(f"`recent` must be a fraction in (0, 1), got {self.recent!r}")
         if self.ratio_of not in RATIO_OF:
@@ -78,20 +75,18 @@ class H2O(Policy):
     def setup(self, cache, ctx: Context) -> None:
         cache.register_state("h2o_acc", 0.0, torch.float32)
 
-    def _keep(self, layer, ctx: Context):
+    def split(self, ctx: Context):
+        """Recent rows (protected) and heavy hitters (scored)."""
         n = ctx.n_prompt + (ctx.step if self.ratio_of == "current" else 0)
-        n_recent, n_heavy = split_budget(self.ratio, self.budget, self.recent, n)
-        valid = layer.valid
-        if not bool((valid.sum(1) > n_recent + n_heavy).any()):
-            return None
-        recent = newest_rows(valid, n_recent)
-        heavy = top_rows(layer.state("h2o_acc"), valid & ~recent, n_heavy)
-        return recent | heavy
+        return split_budget(self.ratio, self.budget, self.recent, n)
+
+    def score(self, layer, ctx: Context):
+        return layer.state("h2o_acc")
 
     def prefill_keep(self, layer, ctx: Context):
         layer.set_state("h2o_acc", ctx.colsum.float())
-        return self._keep(layer, ctx)
+        return self.keep(layer, ctx)
 
     def decode_keep(self, layer, ctx: Context):
         layer.set_state("h2o_acc", layer.state("h2o_acc") + ctx.probs)
-        return self._keep(layer, ctx)
+        return self.keep(layer, ctx)

@@ -1,41 +1,33 @@
-"""StreamingLLM: attention sinks (the first rows) plus a window of the most recent rows."""
+"""StreamingLLM: attention sinks (the first rows) plus a window of the most recent rows.
+
+Paper: https://arxiv.org/abs/2309.17453 (code: mit-han-lab/streaming-llm). The budget counts
+the sinks; the window is the newest rows that fit beside them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from avl_lab.policies.base import (
-    Context,
-    Policy,
-    budget_rows,
-    check_budget,
-    newest_rows,
-    oldest_rows,
-)
+from avl_lab.policies.base import Context, budget_rows, oldest_rows
 from avl_lab.policies.registry import register
+from avl_lab.policies.scorer import ScorerPolicy
 
 
 @register("streaming", example={"ratio": 0.5, "sinks": 4})
 @dataclass
-class Streaming(Policy):
+class Streaming(ScorerPolicy):
     """Parameters
     ----------
-    ratio : float, optional
-        Cache budget as a fraction (0, 1] of the prompt rows (default 0.5 when ``budget`` unset).
-    budget : int, optional
-        Cache budget in rows (sinks included).
+    ratio, budget
+        The cache budget (sinks included), see :class:`ScorerPolicy`.
     sinks : int
         Attention-sink rows kept from the start of the sequence.
     """
 
-    ratio: float | None = None
-    budget: int | None = None
     sinks: int = 4
 
     def __post_init__(self) -> None:
-        if self.ratio is None and self.budget is None:
-            self.ratio = 0.5
-        check_budget(self.ratio, self.budget)
+        super().__post_init__()
         if isinstance(self.sinks, bool) or not isinstance(self.sinks, int) or self.sinks < 0:
             raise ValueError(f"`sinks` must be a non-negative integer, got {self.sinks!r}")
         if self.budget is not None and self.budget <= self.sinks:
@@ -51,15 +43,12 @@ class Streaming(Policy):
                 f"`sinks` ({self.sinks}); raise `ratio` or lower `sinks`"
             )
 
-    def _keep(self, layer, ctx: Context):
+    def split(self, ctx: Context):
         total = budget_rows(self.ratio, self.budget, ctx.n_prompt)
-        valid = layer.valid
-        if not bool((valid.sum(1) > total).any()):
-            return None
-        return oldest_rows(valid, self.sinks) | newest_rows(valid, total - self.sinks)
+        return total.new_full(total.shape, self.sinks), total - self.sinks
 
-    def prefill_keep(self, layer, ctx: Context):
-        return self._keep(layer, ctx)
+    def protect(self, layer, ctx: Context, n):
+        return oldest_rows(layer.valid, n)
 
-    def decode_keep(self, layer, ctx: Context):
-        return self._keep(layer, ctx)
+    def score(self, layer, ctx: Context):
+        return layer.tok  # the newest rows win

@@ -1,0 +1,72 @@
+"""The shared skeleton of budget baselines: keep some protected rows, then the best-scored ones.
+
+As kvpress's ``ScorerPress``: a subclass writes :meth:`ScorerPolicy.score` (and, where it
+differs, how the budget splits and which rows are protected); the base checks the budget,
+keeps the protected rows and the top-scored rest, in prefill and after every decode step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from avl_lab.policies.base import (
+    Context,
+    Policy,
+    Rows,
+    budget_rows,
+    check_budget,
+    newest_rows,
+    top_rows,
+)
+
+
+@dataclass
+class ScorerPolicy(Policy):
+    """A cache budget of ``ratio`` × the prompt's rows or a fixed ``budget`` of rows.
+
+    Parameters
+    ----------
+    ratio : float, optional
+        Budget as a fraction (0, 1] of the prompt rows (default 0.5 when ``budget`` is unset).
+    budget : int, optional
+        Budget as a fixed number of rows.
+    """
+
+    ratio: float | None = None
+    budget: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.ratio is None and self.budget is None:
+            self.ratio = 0.5
+        check_budget(self.ratio, self.budget)
+
+    def split(self, ctx: Context) -> tuple[Tensor, Tensor]:
+        """``([B] protected rows, [B] scored rows)``; default: no protected rows."""
+        total = budget_rows(self.ratio, self.budget, ctx.n_prompt)
+        return torch.zeros_like(total), total
+
+    def protect(self, layer: Rows, ctx: Context, n: Tensor) -> Tensor:
+        """``[B, R]`` the ``n`` rows kept whatever their score; default: the newest."""
+        return newest_rows(layer.valid, n)
+
+    def score(self, layer: Rows, ctx: Context) -> Tensor:
+        """``[B, R]`` higher = keep."""
+        raise NotImplementedError
+
+    def keep(self, layer: Rows, ctx: Context) -> Tensor | None:
+        """``[B, R]`` rows to keep (None: every row fits the budget)."""
+        n_protected, n_scored = self.split(ctx)
+        valid = layer.valid
+        if not bool((valid.sum(1) > n_protected + n_scored).any()):
+            return None
+        protected = self.protect(layer, ctx, n_protected)
+        return protected | top_rows(self.score(layer, ctx), valid & ~protected, n_scored)
+
+    def prefill_keep(self, layer: Rows, ctx: Context) -> Tensor | None:
+        return self.keep(layer, ctx)
+
+    def decode_keep(self, layer: Rows, ctx: Context) -> Tensor | None:
+        return self.keep(layer, ctx)
