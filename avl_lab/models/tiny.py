@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
-import torch
 from transformers import (
     CLIPVisionConfig,
     LlamaConfig,
@@ -25,6 +24,13 @@ from transformers.models.llava_next.image_processing_pil_llava_next import (
     LlavaNextImageProcessorPil,
 )
 
+from avl_lab.models.tiny_common import (
+    DecoderSizes,
+    build_seeded,
+    text_kwargs,
+    vision_kwargs,
+    with_overrides,
+)
 from avl_lab.models.tokenizer import tiny_tokenizer
 
 CHAT_TEMPLATE = (
@@ -36,24 +42,13 @@ CHAT_TEMPLATE = (
 
 
 @dataclass
-class TinyConfig:
+class TinyConfig(DecoderSizes):
     """Sizes of a tiny random LLaVA; every field can be overridden by keyword."""
 
     image_seq_length: int = 64
     """Image tokens per image (LLaVA) or per base tile (LLaVA-NeXT); a square number."""
     patch_size: int = 4
     """ViT patch size in pixels; image side = sqrt(image_seq_length) * patch_size."""
-    vision_hidden_size: int = 32
-    vision_layers: int = 2
-    vision_heads: int = 2
-    hidden_size: int = 64
-    """Decoder width."""
-    intermediate_size: int = 128
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    vocab_size: int = 512
-    max_position_embeddings: int = 4096
 
     def __post_init__(self) -> None:
         side = math.isqrt(self.image_seq_length)
@@ -61,11 +56,7 @@ class TinyConfig:
             raise ValueError(
                 f"`image_seq_length` must be a positive square number, got {self.image_seq_length}"
             )
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                "`num_attention_heads` must be a multiple of `num_key_value_heads`, got "
-                f"{self.num_attention_heads} and {self.num_key_value_heads}"
-            )
+        super().__post_init__()
 
     @property
     def image_size(self) -> int:
@@ -73,26 +64,12 @@ class TinyConfig:
 
 
 def _text_config(cfg: TinyConfig, tok: Any) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    return LlamaConfig(**text_kwargs(cfg, tok))
 
 
 def _vision_config(cfg: TinyConfig) -> CLIPVisionConfig:
     return CLIPVisionConfig(
-        hidden_size=cfg.vision_hidden_size,
-        intermediate_size=2 * cfg.vision_hidden_size,
-        num_hidden_layers=cfg.vision_layers,
-        num_attention_heads=cfg.vision_heads,
+        **vision_kwargs(cfg),
         image_size=cfg.image_size,
         patch_size=cfg.patch_size,
         projection_dim=cfg.vision_hidden_size,
@@ -166,11 +143,7 @@ def tiny_random(
         return module.BUILDERS[kind](seed=seed, **overrides)
     if kind not in ("llava", "llava_next"):
         raise ValueError(f"`kind` must be one of {', '.join(KINDS)}; got {kind!r}")
-    names = {f.name for f in fields(TinyConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"unknown tiny_random override(s) {unknown}; allowed: {sorted(names)}")
-    cfg = replace(TinyConfig(), **overrides)
+    cfg = with_overrides(TinyConfig, overrides, "tiny_random")
     tok = tiny_tokenizer(cfg.vocab_size)
     common = dict(
         vision_config=_vision_config(cfg),
@@ -186,10 +159,4 @@ def tiny_random(
         config = LlavaNextConfig(image_grid_pinpoints=_pinpoints(cfg.image_size), **common)
         model_cls = LlavaNextForConditionalGeneration
     config._attn_implementation = "sdpa"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = model_cls(config)
-    model.eval()
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = tok.pad_token_id
-    return model, _processor(kind, cfg, tok)
+    return build_seeded(model_cls, config, tok, seed), _processor(kind, cfg, tok)

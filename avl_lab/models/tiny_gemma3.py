@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,6 +26,13 @@ from transformers import (
 )
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
+from avl_lab.models.tiny_common import (
+    DecoderWidths,
+    build_seeded,
+    text_kwargs,
+    vision_kwargs,
+    with_overrides,
+)
 from avl_lab.models.tokenizer import tiny_tokenizer
 
 BOI_TOKEN = "<start_of_image>"
@@ -50,26 +57,21 @@ def _default_layer_types() -> list[str]:
 
 
 @dataclass
-class TinyGemma3Config:
-    """Sizes of a tiny random Gemma 3; every field can be overridden by keyword."""
+class TinyGemma3Config(DecoderWidths):
+    """Sizes of a tiny random Gemma 3; every field can be overridden by keyword.
+
+    The decoder and vision sizes are those of :class:`~avl_lab.models.tiny_common.DecoderWidths`;
+    the decoder's layer count is ``len(layer_types)``.
+    """
 
     mm_tokens_per_image: int = 16
     """Image tokens per image (a square number); the vision patches are average-pooled to it."""
     image_size: int = 32
     patch_size: int = 4
-    vision_hidden_size: int = 32
-    vision_layers: int = 2
-    vision_heads: int = 2
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
     head_dim: int = 16
     layer_types: list[str] = field(default_factory=_default_layer_types)
     """One entry per decoder layer, ``"sliding_attention"`` or ``"full_attention"``."""
     sliding_window: int = 16
-    vocab_size: int = 512
-    max_position_embeddings: int = 4096
 
     def __post_init__(self) -> None:
         side = math.isqrt(self.mm_tokens_per_image)
@@ -81,8 +83,12 @@ class TinyGemma3Config:
             )
         if not set(self.layer_types) <= {"sliding_attention", "full_attention"}:
             raise ValueError(f"unknown layer types in {self.layer_types}")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError("`num_attention_heads` must be a multiple of `num_key_value_heads`")
+        super().__post_init__()
+
+    @property
+    def num_hidden_layers(self) -> int:
+        """Decoder layers: one per ``layer_types`` entry."""
+        return len(self.layer_types)
 
 
 def _tokenizer(cfg: TinyGemma3Config) -> PreTrainedTokenizerFast:
@@ -92,26 +98,14 @@ def _tokenizer(cfg: TinyGemma3Config) -> PreTrainedTokenizerFast:
 
 def _config(cfg: TinyGemma3Config, tok: PreTrainedTokenizerFast) -> Gemma3Config:
     text = Gemma3TextConfig(
-        vocab_size=len(tok),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=len(cfg.layer_types),
-        num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads,
+        **text_kwargs(cfg, tok),
         head_dim=cfg.head_dim,
         query_pre_attn_scalar=cfg.head_dim,
         layer_types=list(cfg.layer_types),
         sliding_window=cfg.sliding_window,
-        max_position_embeddings=cfg.max_position_embeddings,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
     )
     vision = SiglipVisionConfig(
-        hidden_size=cfg.vision_hidden_size,
-        intermediate_size=2 * cfg.vision_hidden_size,
-        num_hidden_layers=cfg.vision_layers,
-        num_attention_heads=cfg.vision_heads,
+        **vision_kwargs(cfg),
         image_size=cfg.image_size,
         patch_size=cfg.patch_size,
         vision_use_head=False,
@@ -156,23 +150,18 @@ def build(seed: int = 0, **overrides: Any) -> tuple[PreTrainedModel, ProcessorMi
         The model in eval mode (fp32, sdpa for text and vision) and its processor (left
         padding; 16 image tokens per image whatever its size).
     """
-    names = {f.name for f in fields(TinyGemma3Config)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"unknown gemma3 override(s) {unknown}; allowed: {sorted(names)}")
-    cfg = replace(TinyGemma3Config(), **overrides)
+    cfg = with_overrides(TinyGemma3Config, overrides, "gemma3")
     tok = _tokenizer(cfg)
-    config = _config(cfg, tok)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Gemma3ForConditionalGeneration(config)
-        # Stock init zeroes the image projection, which would make every image token the same.
-        proj = model.model.multi_modal_projector.mm_input_projection_weight
-        torch.nn.init.normal_(proj, std=config.initializer_range)
-    model.eval()
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = tok.pad_token_id
+    model = build_seeded(
+        Gemma3ForConditionalGeneration, _config(cfg, tok), tok, seed, _init_projection
+    )
     return model, _processor(cfg, tok)
+
+
+def _init_projection(model: Gemma3ForConditionalGeneration) -> None:
+    """Stock init zeroes the image projection, which would make every image token the same."""
+    proj = model.model.multi_modal_projector.mm_input_projection_weight
+    torch.nn.init.normal_(proj, std=model.config.initializer_range)
 
 
 BUILDERS: dict[str, Callable[..., tuple[PreTrainedModel, ProcessorMixin]]] = {"gemma3": build}

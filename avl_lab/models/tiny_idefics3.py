@@ -10,10 +10,9 @@ aspect ratios give different image-token counts (``image_seq_len`` tokens per ti
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
-import torch
 from transformers import (
     Idefics3Config,
     Idefics3ForConditionalGeneration,
@@ -33,6 +32,13 @@ from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImag
 from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
 
 from avl_lab.models.compat import processors_without_torchvision
+from avl_lab.models.tiny_common import (
+    DecoderSizes,
+    build_seeded,
+    text_kwargs,
+    vision_kwargs,
+    with_overrides,
+)
 from avl_lab.models.tokenizer import tiny_tokenizer
 
 IMAGE_TOKEN = "<image>"
@@ -67,7 +73,7 @@ processors_without_torchvision()
 
 
 @dataclass
-class TinyIdefics3Config:
+class TinyIdefics3Config(DecoderSizes):
     """Sizes of a tiny random Idefics3 / SmolVLM; every field can be overridden by keyword."""
 
     tile_size: int = 32
@@ -78,16 +84,6 @@ class TinyIdefics3Config:
     patch_size: int = 8
     scale_factor: int = 2
     """Pixel-shuffle factor: ``(tile_size // patch_size / scale_factor) ** 2`` tokens per tile."""
-    vision_hidden_size: int = 32
-    vision_layers: int = 2
-    vision_heads: int = 2
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    vocab_size: int = 512
-    max_position_embeddings: int = 4096
 
     def __post_init__(self) -> None:
         patches = self.tile_size // self.patch_size
@@ -98,8 +94,7 @@ class TinyIdefics3Config:
             )
         if not 1 <= self.split_factor <= 6:
             raise ValueError(f"`split_factor` must be in 1..6, got {self.split_factor}")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError("`num_attention_heads` must be a multiple of `num_key_value_heads`")
+        super().__post_init__()
 
     @property
     def image_seq_len(self) -> int:
@@ -119,29 +114,14 @@ def _tokenizer(kind: str, cfg: TinyIdefics3Config) -> PreTrainedTokenizerFast:
 
 
 def _config(kind: str, cfg: TinyIdefics3Config, tok: PreTrainedTokenizerFast) -> Any:
-    text = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads,
-        head_dim=cfg.hidden_size // cfg.num_attention_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    text = LlamaConfig(**text_kwargs(cfg, tok), head_dim=cfg.hidden_size // cfg.num_attention_heads)
     vision_cls, config_cls = (
         (Idefics3VisionConfig, Idefics3Config)
         if kind == "idefics3"
         else (SmolVLMVisionConfig, SmolVLMConfig)
     )
     vision = vision_cls(
-        hidden_size=cfg.vision_hidden_size,
-        intermediate_size=2 * cfg.vision_hidden_size,
-        num_hidden_layers=cfg.vision_layers,
-        num_attention_heads=cfg.vision_heads,
+        **vision_kwargs(cfg),
         image_size=cfg.tile_size,
         patch_size=cfg.patch_size,
     )
@@ -181,22 +161,12 @@ def _processor(kind: str, cfg: TinyIdefics3Config, tok: PreTrainedTokenizerFast)
 def _build(
     kind: str, seed: int, overrides: dict[str, Any]
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
-    names = {f.name for f in fields(TinyIdefics3Config)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"unknown {kind} override(s) {unknown}; allowed: {sorted(names)}")
-    cfg = replace(TinyIdefics3Config(), **overrides)
+    cfg = with_overrides(TinyIdefics3Config, overrides, kind)
     tok = _tokenizer(kind, cfg)
-    config = _config(kind, cfg, tok)
     model_cls = (
         Idefics3ForConditionalGeneration if kind == "idefics3" else SmolVLMForConditionalGeneration
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = model_cls(config)
-    model.eval()
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = tok.pad_token_id
+    model = build_seeded(model_cls, _config(kind, cfg, tok), tok, seed)
     return model, _processor(kind, cfg, tok)
 
 

@@ -10,10 +10,9 @@ wide one with the defaults.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
-import torch
 from transformers import (
     InternVLConfig,
     InternVLForConditionalGeneration,
@@ -29,6 +28,13 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2Im
 from transformers.video_processing_utils import BaseVideoProcessor
 
 from avl_lab.models.compat import internvl_video_processor, processors_without_torchvision
+from avl_lab.models.tiny_common import (
+    DecoderSizes,
+    build_seeded,
+    text_kwargs,
+    vision_kwargs,
+    with_overrides,
+)
 from avl_lab.models.tokenizer import tiny_tokenizer
 
 START_IMAGE = "<img>"
@@ -51,7 +57,7 @@ processors_without_torchvision()
 
 
 @dataclass
-class TinyInternVLConfig:
+class TinyInternVLConfig(DecoderSizes):
     """Sizes of a tiny random InternVL; every field can be overridden by keyword."""
 
     image_size: int = 32
@@ -61,16 +67,6 @@ class TinyInternVLConfig:
     pixel shuffle."""
     max_patches: int = 2
     """Most tiles per image (a thumbnail is added when there is more than one)."""
-    vision_hidden_size: int = 32
-    vision_layers: int = 2
-    vision_heads: int = 2
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    vocab_size: int = 512
-    max_position_embeddings: int = 4096
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size or (self.image_size // self.patch_size) % 2:
@@ -80,8 +76,7 @@ class TinyInternVLConfig:
             )
         if self.max_patches < 1:
             raise ValueError(f"`max_patches` must be >= 1, got {self.max_patches}")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError("`num_attention_heads` must be a multiple of `num_key_value_heads`")
+        super().__post_init__()
 
     @property
     def image_seq_length(self) -> int:
@@ -99,23 +94,9 @@ def _tokenizer(cfg: TinyInternVLConfig) -> PreTrainedTokenizerFast:
 
 
 def _config(cfg: TinyInternVLConfig, tok: PreTrainedTokenizerFast) -> InternVLConfig:
-    text = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    text = Qwen2Config(**text_kwargs(cfg, tok))
     vision = InternVLVisionConfig(
-        hidden_size=cfg.vision_hidden_size,
-        intermediate_size=2 * cfg.vision_hidden_size,
-        num_hidden_layers=cfg.vision_layers,
-        num_attention_heads=cfg.vision_heads,
+        **vision_kwargs(cfg),
         image_size=[cfg.image_size, cfg.image_size],
         patch_size=[cfg.patch_size, cfg.patch_size],
     )
@@ -182,19 +163,9 @@ def build(seed: int = 0, **overrides: Any) -> tuple[PreTrainedModel, ProcessorMi
         (``GotOcr2ImageProcessorPil``, left padding). Pass one image per prompt as a flat list,
         ``images=[img0, img1]`` (nested ``[[img0], [img1]]`` works too).
     """
-    names = {f.name for f in fields(TinyInternVLConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"unknown internvl override(s) {unknown}; allowed: {sorted(names)}")
-    cfg = replace(TinyInternVLConfig(), **overrides)
+    cfg = with_overrides(TinyInternVLConfig, overrides, "internvl")
     tok = _tokenizer(cfg)
-    config = _config(cfg, tok)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = InternVLForConditionalGeneration(config)
-    model.eval()
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = tok.pad_token_id
+    model = build_seeded(InternVLForConditionalGeneration, _config(cfg, tok), tok, seed)
     return model, _processor(cfg, tok)
 
 

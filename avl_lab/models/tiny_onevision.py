@@ -9,10 +9,9 @@ images of different sizes give different image-token counts (36 for a square ima
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
-import torch
 from transformers import (
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
@@ -31,6 +30,13 @@ from transformers.models.llava_onevision.video_processing_llava_onevision import
 )
 
 from avl_lab.models.compat import processors_without_torchvision
+from avl_lab.models.tiny_common import (
+    DecoderSizes,
+    build_seeded,
+    text_kwargs,
+    vision_kwargs,
+    with_overrides,
+)
 from avl_lab.models.tokenizer import tiny_tokenizer
 
 IMAGE_TOKEN = "<image>"
@@ -53,7 +59,7 @@ processors_without_torchvision()
 
 
 @dataclass
-class TinyOnevisionConfig:
+class TinyOnevisionConfig(DecoderSizes):
     """Sizes of a tiny random LLaVA-OneVision; every field can be overridden by keyword."""
 
     image_size: int = 16
@@ -63,24 +69,13 @@ class TinyOnevisionConfig:
     max_tiles: int = 2
     """Grids up to ``max_tiles`` tiles in one direction (pinpoints 1x1, 1x2, 2x1, ...)."""
     vision_aspect_ratio: str = "anyres_max_9"
-    vision_hidden_size: int = 32
-    vision_layers: int = 2
-    vision_heads: int = 2
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    vocab_size: int = 512
-    max_position_embeddings: int = 4096
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
             raise ValueError("`image_size` must be a multiple of `patch_size`")
         if self.max_tiles < 1:
             raise ValueError(f"`max_tiles` must be >= 1, got {self.max_tiles}")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError("`num_attention_heads` must be a multiple of `num_key_value_heads`")
+        super().__post_init__()
 
     @property
     def pinpoints(self) -> list[list[int]]:
@@ -99,23 +94,9 @@ def _tokenizer(cfg: TinyOnevisionConfig) -> PreTrainedTokenizerFast:
 
 
 def _config(cfg: TinyOnevisionConfig, tok: PreTrainedTokenizerFast) -> LlavaOnevisionConfig:
-    text = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    text = Qwen2Config(**text_kwargs(cfg, tok))
     vision = SiglipVisionConfig(
-        hidden_size=cfg.vision_hidden_size,
-        intermediate_size=2 * cfg.vision_hidden_size,
-        num_hidden_layers=cfg.vision_layers,
-        num_attention_heads=cfg.vision_heads,
+        **vision_kwargs(cfg),
         image_size=cfg.image_size,
         patch_size=cfg.patch_size,
         vision_use_head=False,
@@ -167,19 +148,9 @@ def build(seed: int = 0, **overrides: Any) -> tuple[PreTrainedModel, ProcessorMi
         ``LlavaOnevisionProcessor`` (``LlavaOnevisionImageProcessorPil``, left padding). Pass one
         image per prompt as a flat list, ``images=[img0, img1]``, or nested, ``[[img0], [img1]]``.
     """
-    names = {f.name for f in fields(TinyOnevisionConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"unknown llava_onevision override(s) {unknown}; allowed: {sorted(names)}")
-    cfg = replace(TinyOnevisionConfig(), **overrides)
+    cfg = with_overrides(TinyOnevisionConfig, overrides, "llava_onevision")
     tok = _tokenizer(cfg)
-    config = _config(cfg, tok)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlavaOnevisionForConditionalGeneration(config)
-    model.eval()
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = tok.pad_token_id
+    model = build_seeded(LlavaOnevisionForConditionalGeneration, _config(cfg, tok), tok, seed)
     return model, _processor(cfg, tok)
 
 

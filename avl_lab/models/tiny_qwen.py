@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,7 @@ from transformers.models.qwen3_vl.configuration_qwen3_vl import (
     Qwen3VLVisionConfig,
 )
 
+from avl_lab.models.tiny_common import DecoderSizes, build_seeded, text_kwargs, with_overrides
 from avl_lab.models.tokenizer import tiny_tokenizer
 
 KINDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -84,21 +85,16 @@ CHAT_TEMPLATE = (
 
 
 @dataclass
-class TinyQwenConfig:
-    """Sizes of a tiny random Qwen VL model; every field can be overridden by keyword."""
+class TinyQwenConfig(DecoderSizes):
+    """Sizes of a tiny random Qwen VL model; every field can be overridden by keyword.
 
-    hidden_size: int = 64
-    """Decoder width; must equal ``num_attention_heads * head_dim``."""
-    intermediate_size: int = 128
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
+    The decoder and vision sizes are those of :class:`~avl_lab.models.tiny_common.DecoderSizes`;
+    ``hidden_size`` must equal ``num_attention_heads * head_dim``.
+    """
+
     head_dim: int = 16
     mrope_section: tuple[int, int, int] = (2, 3, 3)
     """Rotary frequencies for (temporal, height, width); sums to ``head_dim // 2``."""
-    vision_hidden_size: int = 32
-    vision_layers: int = 2
-    vision_heads: int = 2
     patch_size: int = 8
     """ViT patch side in pixels; one merged token covers ``(patch_size * spatial_merge_size)**2``."""
     spatial_merge_size: int = 2
@@ -111,15 +107,12 @@ class TinyQwenConfig:
     """Qwen3-VL: vision layers whose merged features are added after decoder layers 0, 1, ..."""
     num_position_embeddings: int = 64
     """Qwen3-VL: learned vision position grid (a square number), resampled to each image."""
-    vocab_size: int = 512
-    max_position_embeddings: int = 4096
 
     def __post_init__(self) -> None:
         self.mrope_section = tuple(self.mrope_section)
         self.deepstack_visual_indexes = tuple(self.deepstack_visual_indexes)
+        super().__post_init__()
         checks = [
-            (self.num_attention_heads % self.num_key_value_heads == 0,
-             "`num_attention_heads` must be a multiple of `num_key_value_heads`"),
             (self.hidden_size == self.num_attention_heads * self.head_dim,
              "`hidden_size` must equal `num_attention_heads * head_dim`"),
             (len(self.mrope_section) == 3 and 2 * sum(self.mrope_section) == self.head_dim,
@@ -209,24 +202,14 @@ def _text_config(kind: str, cfg: TinyQwenConfig, tok: PreTrainedTokenizerFast) -
         "rope_theta": _FAMILIES[kind].rope_theta,
         "mrope_section": list(cfg.mrope_section),
     }
-    common: dict[str, Any] = dict(
-        vocab_size=len(tok),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        pad_token_id=tok.pad_token_id,
-    )
     if kind == "qwen3_vl":
         rope["mrope_interleaved"] = True
-        return Qwen3VLTextConfig(head_dim=cfg.head_dim, rope_parameters=rope, **common)
+        return Qwen3VLTextConfig(
+            head_dim=cfg.head_dim, rope_parameters=rope, **text_kwargs(cfg, tok, bos_eos=False)
+        )
     # Qwen2(.5)-VL text configs have no head_dim: it is hidden_size // num_attention_heads
     text_cls = Qwen2VLTextConfig if kind == "qwen2_vl" else Qwen2_5_VLTextConfig
-    return text_cls(
-        rope_parameters=rope, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **common
-    )
+    return text_cls(rope_parameters=rope, **text_kwargs(cfg, tok))
 
 
 def _vision_config(kind: str, cfg: TinyQwenConfig) -> PreTrainedConfig:
@@ -295,11 +278,7 @@ def tiny_qwen(
     """
     if kind not in _FAMILIES:
         raise ValueError(f"`kind` must be one of {list(KINDS)}, got {kind!r}")
-    names = {f.name for f in fields(TinyQwenConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"unknown tiny_qwen override(s) {unknown}; allowed: {sorted(names)}")
-    cfg = replace(TinyQwenConfig(), **overrides)
+    cfg = with_overrides(TinyQwenConfig, overrides, "tiny_qwen")
     tok = qwen_tokenizer(cfg.vocab_size)
     family = _FAMILIES[kind]
     config = family.config(
@@ -311,12 +290,7 @@ def tiny_qwen(
         vision_end_token_id=tok.vision_end_token_id,
     )
     config._attn_implementation = "sdpa"  # the setter sets the text and vision configs too
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = family.model(config)
-    model.eval()
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = tok.pad_token_id
+    model = build_seeded(family.model, config, tok, seed)
     processor = family.processor(
         image_processor=_image_processor(kind, cfg), tokenizer=tok, chat_template=CHAT_TEMPLATE
     )
