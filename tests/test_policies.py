@@ -10,7 +10,6 @@ import torch
 import avl_lab
 from avl_lab import policies
 from avl_lab.engine.layout import token_layout
-from avl_lab.models import tiny_random
 from avl_lab.testing import run_policy
 from tests.helpers import make_inputs
 
@@ -111,16 +110,6 @@ def test_text_window_smaller_than_the_prompt_text_runs(tiny):
 
 
 # --- accounting against the paper (LLaVA-1.5 layout: 576 image tokens, ~60 others) --------------
-
-
-@pytest.fixture(scope="module")
-def llava15_shaped():
-    model, processor = tiny_random("llava", image_seq_length=576, patch_size=1, num_hidden_layers=2)
-    prompt = ("USER: <image>\nA chat between a curious human and an artificial intelligence "
-              "assistant. The assistant gives helpful answers. "
-              "questions. What is written on the sign? ASSISTANT:")
-    inputs = make_inputs(processor, n=1, prompts=[prompt], sizes=[(24, 24)])
-    return model, inputs
 
 
 def _paper_fraction(n_text: int, n_kept_img: int, n_img: int, steps: int) -> float:

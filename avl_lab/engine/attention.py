@@ -17,6 +17,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from avl_lab import ext
 from avl_lab.engine.cache import AVLLayer
 from avl_lab.engine.run import PruneState, Run
+from avl_lab.policies.base import both, heads
 
 ATTN_NAME = "avl_lab"
 _COLSUM_CHUNK = 1 << 24  # elements of one [B, Hq, c, R] probability block
@@ -54,7 +55,8 @@ def _prefill(run, layer, module, query, key, value, mask, scale, **kwargs):
     policy = run.policy
     ctx = run.context(layer.layer_idx)
     visible = _visible(mask, layer.valid, query.shape[2])  # [B, q, R]
-    ctx.scores = _last_query_scores(query, key, visible[:, -1], scale)
+    ctx.head_scores = _last_query_scores(query, key, visible[:, -1], scale)  # [B, Hkv, R]
+    ctx.scores = ctx.head_scores.mean(1)
     ctx.query_probs = functools.partial(_query_probs, query, key, visible, scale)
     if policy.needs_colsum:
         ctx.colsum = _colsum_scores(query, key, visible, scale)
@@ -66,6 +68,8 @@ def _prefill(run, layer, module, query, key, value, mask, scale, **kwargs):
             order = _start_prune(run, layer, keep_tok)
             if order is not None:  # this layer's rows moved: re-align the scores
                 ctx.scores = ctx.scores.gather(1, order)
+                ctx.head_scores = ctx.head_scores.gather(2, heads(order, ctx.head_scores).expand(
+                    -1, ctx.head_scores.shape[1], -1))
                 ctx.colsum = None if ctx.colsum is None else ctx.colsum.gather(1, order)
     keep = policy.prefill_keep(layer, ctx)
     window = kwargs.get("sliding_window")
@@ -73,7 +77,7 @@ def _prefill(run, layer, module, query, key, value, mask, scale, **kwargs):
         keep = _in_window(layer, run.layout.length, window, keep)
     if keep is not None:
         layer.evict(keep)
-    n = layer.valid.sum(1)
+    n = _held(layer.valid)
     full = run.full_rows() if not window else run.full_rows().clamp(max=window - 1)
     run.prefill_stats.record(layer.layer_idx, n, n, full)
     return out, None
@@ -83,8 +87,7 @@ def _in_window(layer: AVLLayer, query_tok: int, window: int, rows: Tensor | None
     """``rows`` (all valid rows when None) restricted to those a query at padded column
     ``query_tok`` sees through a sliding window (``tok > query_tok - window``, as transformers'
     ``sliding_window_overlay``)."""
-    inside = layer.tok > query_tok - window
-    return inside & (layer.valid if rows is None else rows)
+    return both(layer.tok > query_tok - window, layer.valid if rows is None else rows)
 
 
 def _visible(mask: Tensor | None, valid: Tensor, q_len: int) -> Tensor:
@@ -97,18 +100,22 @@ def _visible(mask: Tensor | None, valid: Tensor, q_len: int) -> Tensor:
 
 
 def _last_query_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float) -> Tensor:
-    """``[B, R]`` head-averaged attention of the last query (paper Eq. 1); 0 where masked."""
+    """``[B, Hkv, R]`` attention of the last query per KV head (averaged over its group of
+    query heads; their mean over heads is paper Eq. 1); 0 where masked."""
     B, Hq, _, D = query.shape
     Hkv = key.shape[1]
     q = query[:, :, -1].float().view(B, Hkv, Hq // Hkv, D)
     s = torch.einsum("bhgd,bhrd->bhgr", q, key.float()) * scale
     s = s.masked_fill(~visible[:, None, None, :], float("-inf"))
-    return torch.softmax(s, dim=-1).nan_to_num(0.0).mean(dim=(1, 2))
+    return torch.softmax(s, dim=-1).nan_to_num(0.0).mean(dim=2)
 
 
-def _query_probs(query: Tensor, key: Tensor, visible: Tensor, scale: float, rows: Tensor) -> Tensor:
+def _query_probs(
+    query: Tensor, key: Tensor, visible: Tensor, scale: float, rows: Tensor, per_head: bool = False
+) -> Tensor:
     """``[B, m]`` selected prefill queries' head-averaged attention ``[B, m, R]`` (in prefill a
-    layer's rows are its queries); zero for padding beyond a row's own count."""
+    layer's rows are its queries; ``per_head``: ``[B, Hkv, m, R]``, averaged over each KV
+    head's group of query heads); zero for padding beyond a row's own count."""
     B, Hq, _, D = query.shape
     Hkv = key.shape[1]
     idx = rows_to_index(rows)  # [B, m], -1 = padding
@@ -118,8 +125,10 @@ def _query_probs(query: Tensor, key: Tensor, visible: Tensor, scale: float, rows
     s = torch.einsum("bhgcd,bhrd->bhgcr", q.view(B, Hkv, Hq // Hkv, m, D), key.float()) * scale
     see = visible.gather(1, at[:, :, None].expand(B, m, visible.shape[2]))  # [B, m, R]
     s = s.masked_fill(~see[:, None, None], float("-inf"))
-    p = torch.softmax(s, dim=-1).nan_to_num(0.0).mean(dim=(1, 2))  # [B, m, R]
-    return p.masked_fill((idx < 0)[:, :, None], 0.0)
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # [B, Hkv, G, m, R]
+    if per_head:
+        return p.mean(dim=2).masked_fill((idx < 0)[:, None, :, None], 0.0)
+    return p.mean(dim=(1, 2)).masked_fill((idx < 0)[:, :, None], 0.0)
 
 
 def _colsum_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float) -> Tensor:
@@ -173,24 +182,24 @@ def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> Tensor | None:
 def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | None = None):
     policy = run.policy
     ctx = run.context(layer.layer_idx)
-    active = policy.decode_active(layer, ctx)
-    active = layer.valid.clone() if active is None else active & layer.valid
+    active = both(policy.decode_active(layer, ctx), layer.valid)  # [B, R] or [B, Hkv, R]
+    active = active.clone() if active is not layer.valid else layer.valid.clone()
     full = run.full_rows()
     if window:  # a sliding layer (Gemma 3): never more than the stock window sees
         query_tok = run.layout.length + run.step - 1
         active = _in_window(layer, query_tok, window, active)
         full = full.clamp(max=window)
-    active[:, -1] = True  # the current token always attends to itself
-    idx = rows_to_index(active)  # [B, n]
-    out, probs = ext.core_attention(query, key, value, idx, scale)
-    run.decode_stats.record(layer.layer_idx, layer.valid.sum(1), active.sum(1), full)
+    active[..., -1] = True  # the current token always attends to itself
+    idx = rows_to_index(active)  # [B, n] or [B, Hkv, n]
+    per_head = idx.dim() == 3 or policy.needs_head_probs
+    out, probs = ext.core_attention(query, key, value, idx, scale, per_head_probs=per_head)
+    run.decode_stats.record(layer.layer_idx, _held(layer.valid), _held(active), full)
     if run.trace is not None:
-        run.trace.decode[-1][layer.layer_idx] = layer.tok.gather(1, idx.clamp(min=0)).masked_fill(
+        run.trace.decode[-1][layer.layer_idx] = layer.tok.gather(-1, idx.clamp(min=0)).masked_fill(
             idx < 0, -1
         )
-    if policy.needs_probs:
-        full = torch.zeros(active.shape, dtype=probs.dtype, device=probs.device)
-        ctx.probs = full.scatter_add_(1, idx.clamp(min=0), probs.masked_fill(idx < 0, 0.0))
+    if policy.needs_probs or policy.needs_head_probs:
+        _set_probs(run, layer, ctx, idx, probs)
     keep = policy.decode_keep(layer, ctx)
     if window:
         keep = _in_window(layer, query_tok + 1, window, keep)
@@ -199,9 +208,40 @@ def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | N
     return out.transpose(1, 2), None
 
 
+def _held(rows: Tensor) -> Tensor:
+    """``[B]`` rows per batch row; with rows per KV head, the mean over heads."""
+    n = rows.sum(-1)
+    return n if n.dim() == 1 else n.to(torch.float64).mean(1)
+
+
+def _set_probs(run: Run, layer: AVLLayer, ctx, idx: Tensor, probs: Tensor) -> None:
+    """This step's attention over the layer's rows: ``ctx.probs`` averaged over all heads (per
+    token, so with rows per KV head each head's row of a token carries the token's average) and,
+    when computed per KV head, ``ctx.head_probs`` ``[B, Hkv, R]``."""
+    valid = layer.valid
+    if probs.dim() == 2:  # shared rows, head-averaged
+        rows = torch.zeros(valid.shape, dtype=probs.dtype, device=probs.device)
+        ctx.probs = rows.scatter_add_(1, idx.clamp(min=0), probs.masked_fill(idx < 0, 0.0))
+        return
+    H = probs.shape[1]
+    idx = heads(idx, probs).expand_as(probs)
+    per_head = torch.zeros(*probs.shape[:2], valid.shape[-1], dtype=probs.dtype, device=probs.device)
+    per_head.scatter_add_(2, idx.clamp(min=0), probs.masked_fill(idx < 0, 0.0))  # [B, Hkv, R]
+    ctx.head_probs = per_head
+    if not layer.per_head:
+        ctx.probs = per_head.mean(1)
+        return
+    # Rows differ between heads: average each token over all heads (0 where a head lacks it).
+    B, T = valid.shape[0], run.tokens_seen
+    tok = layer.tok.masked_fill(~valid, T).flatten(1)  # [B, Hkv * R], T = a dump column
+    by_token = per_head.new_zeros(B, T + 1).scatter_add_(1, tok, per_head.flatten(1)) / H
+    ctx.probs = by_token.gather(1, tok).view_as(per_head).masked_fill(~valid, 0.0)
+
+
 def rows_to_index(rows: Tensor) -> Tensor:
-    """``[B, R]`` bool → ``[B, n]`` int64 row indices in order, ``-1``-padded, n = max count."""
-    counts = rows.sum(1)
+    """``[B, (Hkv,) R]`` bool → ``[B, (Hkv,) n]`` int64 row indices in order, ``-1``-padded,
+    n = the largest count."""
+    counts = rows.sum(-1)
     n = int(counts.max())
-    order = torch.sort((~rows).to(torch.int8), dim=1, stable=True).indices[:, :n]
-    return order.masked_fill(torch.arange(n, device=rows.device)[None, :] >= counts[:, None], -1)
+    order = torch.sort((~rows).to(torch.int8), dim=-1, stable=True).indices[..., :n]
+    return order.masked_fill(torch.arange(n, device=rows.device) >= counts[..., None], -1)

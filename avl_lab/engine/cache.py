@@ -12,6 +12,11 @@ Rows of one batch may hold different numbers of valid rows: the shorter ones are
 invalid filler up to the longest. Eviction (:meth:`AVLLayer.evict`) compacts the storage, so
 evicted rows really leave memory.
 
+Rows per KV head: once a policy keeps different rows for different KV heads (a ``[B, Hkv, R]``
+keep mask), the layer's bookkeeping becomes ``[B, Hkv, R]``: slot r of head h is that head's
+r-th kept token, compacted per (b, h) in the same token-major buffer, padded with invalid
+filler to the head that keeps most. Evicted (row, head) pairs leave memory up to that padding.
+
 Storage is token-major, ``[B, R, Hkv, D]``: one selected row is one contiguous run of
 ``Hkv * D`` values for all heads, which the core-attention op streams at close to bandwidth
 (a head-major row is a short random read per head). ``keys``/``values`` are ``[B, Hkv, R, D]``
@@ -105,6 +110,20 @@ class AVLLayer(DynamicLayer):
         return self.rows["tok"]
 
     @property
+    def per_head(self) -> bool:
+        """Whether each KV head holds its own rows (bookkeeping ``[B, Hkv, R]``)."""
+        return self.rows["valid"].dim() == 3
+
+    def split_heads(self) -> None:
+        """Give every KV head its own rows: bookkeeping ``[B, R]`` → ``[B, Hkv, R]``."""
+        if self.per_head:
+            return
+        H = self._k.shape[2]
+        self.rows = {
+            k: t[:, None].expand(t.shape[0], H, t.shape[1]).contiguous() for k, t in self.rows.items()
+        }
+
+    @property
     def num_rows(self) -> int:
         """Rows in use ``R`` (valid + filler)."""
         return 0 if self._k is None else self._n
@@ -114,9 +133,12 @@ class AVLLayer(DynamicLayer):
         return self.rows[name]
 
     def set_state(self, name: str, value: Tensor) -> None:
-        """Replace policy state ``name`` with a ``[B, R]`` tensor."""
+        """Replace policy state ``name`` with a ``[B, R]`` tensor (or ``[B, Hkv, R]`` when the
+        rows are per KV head; a ``[B, R]`` value then applies to every head)."""
         if name in _META:
             raise ValueError(f"{name!r} is engine bookkeeping, not policy state")
+        if self.per_head and value.dim() == 2:  # one value per token: the same for every head
+            value = value[:, None].expand(-1, self._k.shape[2], -1).contiguous()
         self.rows[name] = value
 
     # --- transformers Cache layer API ----------------------------------------------------------
@@ -137,7 +159,10 @@ class AVLLayer(DynamicLayer):
         self._k[:, self._n : self._n + q] = key_states.transpose(1, 2)
         self._v[:, self._n : self._n + q] = value_states.transpose(1, 2)
         self._n += q
-        self.rows = {k: torch.cat([t, new_rows[k]], dim=1) for k, t in self.rows.items()}
+        if self.per_head:  # the new token is a row of every head
+            H = self._k.shape[2]
+            new_rows = {k: t[:, None].expand(t.shape[0], H, q) for k, t in new_rows.items()}
+        self.rows = {k: torch.cat([t, new_rows[k]], dim=-1) for k, t in self.rows.items()}
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
@@ -169,29 +194,41 @@ class AVLLayer(DynamicLayer):
 
     # --- the eviction primitive ----------------------------------------------------------------
     def evict(self, keep: Tensor) -> Tensor | None:
-        """Keep only the rows where ``keep`` ``[B, R]`` is True (and valid); free the rest.
+        """Keep only the rows where ``keep`` is True (and valid); free the rest.
 
-        Kept rows stay in order; each batch row is padded with invalid filler up to the
-        largest kept count, and the storage is reallocated at that size.
+        ``keep`` is ``[B, R]`` (all KV heads alike) or ``[B, Hkv, R]`` (per head: the layer
+        then holds rows per head from here on, unless every head keeps the same rows). Kept rows
+        stay in order; each batch row (and head) is padded with invalid filler up to the largest
+        kept count, and the storage is reallocated at that size.
 
         Returns
         -------
         Tensor or None
-            ``[B, m]`` the old row index of each new row (None when nothing changed), to
-            re-align other per-row tensors with ``t.gather(1, order)``.
+            ``[B, m]`` (``[B, Hkv, m]`` per head) the old row index of each new row (None when
+            nothing changed), to re-align other per-row tensors with ``t.gather(-1, order)``.
         """
+        if keep.dim() == 3 and not self.per_head:
+            if bool((keep == keep[:, :1]).all()):  # every head keeps the same rows
+                keep = keep[:, 0]
+            else:
+                self.split_heads()
+        if self.per_head and keep.dim() == 2:
+            keep = keep[:, None]
         keep = keep & self.valid
-        counts = keep.sum(1)  # [B]
+        counts = keep.sum(-1)  # [B] or [B, Hkv]
         m = int(counts.max()) if counts.numel() else 0
         if m == self.num_rows and bool(keep.all()):
             return None
         # Stable sort puts kept rows first, in their original order.
-        order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :m]  # [B, m]
+        order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[..., :m]
         B, _, H, D = self._k.shape
-        kv_idx = order[:, :, None, None].expand(B, m, H, D)
+        if self.per_head:  # [B, Hkv, m] -> per (token slot, head) gather of the storage
+            kv_idx = order.transpose(1, 2)[..., None].expand(B, m, H, D)
+        else:
+            kv_idx = order[:, :, None, None].expand(B, m, H, D)
         self._store(self._k[:, : self._n].gather(1, kv_idx), self._v[:, : self._n].gather(1, kv_idx))
-        rows = {k: t.gather(1, order) for k, t in self.rows.items()}
-        rows["valid"] = torch.arange(m, device=counts.device)[None, :] < counts[:, None]
+        rows = {k: t.gather(-1, order) for k, t in self.rows.items()}
+        rows["valid"] = torch.arange(m, device=counts.device) < counts[..., None]
         self.rows = rows
         return order
 

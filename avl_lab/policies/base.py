@@ -32,7 +32,8 @@ from avl_lab.engine.layout import Modality
 class Rows(Protocol):
     """What a policy sees of one layer's cache rows (the engine's ``AVLLayer`` is one).
 
-    Every tensor is ``[B, R]`` over the rows held, aligned with each other.
+    Every tensor is ``[B, R]`` over the rows held, aligned with each other, or ``[B, Hkv, R]``
+    once the KV heads hold different rows (:attr:`per_head`).
     """
 
     layer_idx: int
@@ -58,6 +59,13 @@ class Rows(Protocol):
 
     def set_state(self, name: str, value: Tensor) -> None:
         """Replace policy state ``name``."""
+
+    @property
+    def per_head(self) -> bool:
+        """Whether each KV head holds its own rows (then every tensor is ``[B, Hkv, R]``)."""
+
+    def split_heads(self) -> None:
+        """Give every KV head its own rows from now on (bookkeeping ``[B, Hkv, R]``)."""
 
 
 class CacheState(Protocol):
@@ -92,11 +100,20 @@ class Context:
         summed over all prompt queries and averaged over heads (H2O's accumulated score).
     probs : Tensor or None
         Decode, after attention: ``[B, R]`` head-averaged attention of this step's query over
-        the layer's rows (0 on rows that did not take part).
+        the layer's rows (0 on rows that did not take part). With rows per KV head
+        (``[B, Hkv, R]`` bookkeeping) it is ``[B, Hkv, R]``, each head's row of a token carrying
+        that token's average over all heads.
+    head_scores : Tensor or None
+        Prefill: ``[B, Hkv, R]`` the last prompt token's attention per KV head (averaged over
+        the query heads of each KV head's group).
+    head_probs : Tensor or None
+        Decode, when :attr:`Policy.needs_head_probs` or the rows are per KV head:
+        ``[B, Hkv, R]`` this step's attention per KV head.
     query_probs : callable or None
         Prefill: ``query_probs(rows)`` with ``rows`` a ``[B, R]`` bool mask returns ``[B, m, R]``,
         the head-averaged attention of the queries at those rows (in row order; m = the
-        largest count, all-zero padding after a row's own count). Computed on demand, fp32.
+        largest count, all-zero padding after a row's own count); ``query_probs(rows,
+        per_head=True)`` returns it per KV head, ``[B, Hkv, m, R]``. Computed on demand, fp32.
     """
 
     layer_idx: int
@@ -111,6 +128,8 @@ class Context:
     scores: Tensor | None = None
     colsum: Tensor | None = None
     probs: Tensor | None = None
+    head_scores: Tensor | None = None
+    head_probs: Tensor | None = None
     query_probs: Callable[[Tensor], Tensor] | None = None
 
 
@@ -120,6 +139,7 @@ class Policy:
     name: ClassVar[str] = ""
     needs_colsum: ClassVar[bool] = False
     needs_probs: ClassVar[bool] = False
+    needs_head_probs: ClassVar[bool] = False
 
     @property
     def prune_layer(self) -> int | None:
@@ -180,27 +200,48 @@ def count_of(percent: float, total: Tensor) -> Tensor:
     return torch.floor(total.to(torch.float64) * percent / 100.0 + 1e-9).clamp(min=0).long()
 
 
+def heads(t: Tensor, like: Tensor) -> Tensor:
+    """``t`` aligned with ``like`` over the rows' head axis: a ``[B, R]`` tensor becomes
+    ``[B, 1, R]`` when ``like`` is per KV head (``[B, Hkv, R]``); otherwise unchanged.
+
+    Per-row masks and scores (``[B, R]``) and per-head ones (``[B, Hkv, R]``) mix only through
+    this, so that ``[B, R]`` never broadcasts against ``[B, Hkv, R]`` as ``[1, B, R]``.
+    """
+    return t[:, None] if t.dim() == 2 and like.dim() == 3 else t
+
+
+def both(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """``a & b`` for row masks of either shape (None = no opinion)."""
+    if a is None or b is None:
+        return b if a is None else a
+    return heads(a, b) & heads(b, a)
+
+
 def top_rows(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
-    """``[B, R]`` mask of the ``k[b]`` highest-``score`` rows among ``candidates`` per row.
+    """Mask of the ``k[b]`` highest-``score`` rows among ``candidates``, per row (and per KV
+    head when ``candidates`` is ``[B, Hkv, R]``; ``score`` may be ``[B, R]`` then).
 
     Ties break towards the earlier row (stable), so results are deterministic.
     """
+    score, candidates = heads(score, candidates), heads(candidates, score)
     masked = score.to(torch.float64).masked_fill(~candidates, -math.inf)
-    order = torch.sort(masked, dim=1, descending=True, stable=True).indices  # [B, R]
+    order = torch.sort(masked, dim=-1, descending=True, stable=True).indices  # [..., R]
     rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    return candidates & (rank < k[:, None])
+    rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    return candidates & (rank < _per_row(k, candidates))
 
 
 def _per_row(k: Tensor | int, like: Tensor) -> Tensor:
-    """``k`` as a ``[B, 1]`` (or scalar) tensor broadcastable against ``[B, R]``."""
+    """``k`` (``[B]``, ``[B, Hkv]`` or a scalar) broadcastable against ``like`` ``[B, (Hkv,) R]``."""
     k = torch.as_tensor(k, device=like.device)
-    return k[:, None] if k.dim() else k
+    if not k.dim():
+        return k
+    return k.view(*k.shape, *([1] * (like.dim() - k.dim())))
 
 
 def newest_rows(candidates: Tensor, k: Tensor | int) -> Tensor:
-    """``[B, R]`` mask of the ``k`` most recent (rightmost) ``candidates`` per row."""
-    from_right = candidates.flip(1).long().cumsum(1).flip(1)  # 1 = newest candidate
+    """Mask of the ``k`` most recent (rightmost) ``candidates`` per row (per head)."""
+    from_right = candidates.flip(-1).long().cumsum(-1).flip(-1)  # 1 = newest candidate
     return candidates & (from_right <= _per_row(k, candidates))
 
 
@@ -215,8 +256,8 @@ def check_percent(name: str, value: float | None, *, allow_none: bool = True) ->
 
 
 def oldest_rows(candidates: Tensor, k: Tensor | int) -> Tensor:
-    """``[B, R]`` mask of the ``k`` oldest (leftmost) ``candidates`` per row."""
-    return candidates & (candidates.long().cumsum(1) <= _per_row(k, candidates))
+    """Mask of the ``k`` oldest (leftmost) ``candidates`` per row (per head)."""
+    return candidates & (candidates.long().cumsum(-1) <= _per_row(k, candidates))
 
 
 def check_budget(ratio: float | None, budget: int | None) -> None:

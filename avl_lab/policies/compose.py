@@ -7,14 +7,13 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from avl_lab.policies.base import Context, Policy
+from avl_lab.policies.base import Context, Policy, both
 
 
 def _all(masks: list[Tensor | None]) -> Tensor | None:
     out = None
     for m in masks:
-        if m is not None:
-            out = m if out is None else out & m
+        out = both(out, m)
     return out
 
 
@@ -44,6 +43,10 @@ class Compose(Policy):
     @property
     def needs_probs(self) -> bool:  # type: ignore[override]
         return any(p.needs_probs for p in self.parts)
+
+    @property
+    def needs_head_probs(self) -> bool:  # type: ignore[override]
+        return any(p.needs_head_probs for p in self.parts)
 
     @property
     def prune_layer(self) -> int | None:

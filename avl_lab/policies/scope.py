@@ -78,6 +78,10 @@ class Scoped(Policy):
         return self.policy.needs_probs
 
     @property
+    def needs_head_probs(self) -> bool:  # type: ignore[override]
+        return self.policy.needs_head_probs
+
+    @property
     def prune_layer(self) -> int | None:
         layer = self.policy.prune_layer
         return layer if layer is not None and self.covers(layer) else None

@@ -16,6 +16,7 @@ from avl_lab.policies.base import (
     Context,
     Policy,
     Rows,
+    _per_row,
     budget_rows,
     check_budget,
     newest_rows,
@@ -60,7 +61,8 @@ class ScorerPolicy(Policy):
         """``[B, R]`` rows to keep (None: every row fits the budget)."""
         n_protected, n_scored = self.split(ctx)
         valid = layer.valid
-        if not bool((valid.sum(1) > n_protected + n_scored).any()):
+        held = valid.sum(-1)  # [B] (or [B, Hkv] with rows per KV head)
+        if not bool((held > _per_row(n_protected + n_scored, held)).any()):
             return None
         protected = self.protect(layer, ctx, n_protected)
         return protected | top_rows(self.score(layer, ctx), valid & ~protected, n_scored)

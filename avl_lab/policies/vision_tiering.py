@@ -28,13 +28,23 @@ class VisionTiering(Policy):
         Secondary share: % of N_img (before any pruning) stored per layer.
     C : float, optional
         Core share: % of N_img computed over in decode; ``None`` means C = S (no core tier).
+    per_head : bool
+        Rank per KV head (each head keeps and computes over its own top image rows, by its own
+        attention) instead of by the head-averaged attention (paper Eq. 1, the default).
     """
 
     S: float = 45.0
     C: float | None = None
+    per_head: bool = False
     needs_probs = True
 
+    @property
+    def needs_head_probs(self) -> bool:  # type: ignore[override]
+        return self.per_head
+
     def __post_init__(self) -> None:
+        if not isinstance(self.per_head, bool):
+            raise ValueError(f"`per_head` must be true or false, got {self.per_head!r}")
         check_percent("S", self.S, allow_none=False)
         check_percent("C", self.C)
         if self.C is not None and self.C > self.S:
@@ -49,14 +59,18 @@ class VisionTiering(Policy):
         layer.set_state("core", ~img | core)
 
     def prefill_keep(self, layer, ctx: Context):
+        score = ctx.scores
+        if self.per_head:
+            layer.split_heads()
+            score = ctx.head_scores
         img = is_image(layer)
-        self._choose_core(layer, ctx.scores, ctx)
-        return ~img | top_rows(ctx.scores, img, count_of(self.S, ctx.n_image))
+        self._choose_core(layer, score, ctx)
+        return ~img | top_rows(score, img, count_of(self.S, ctx.n_image))
 
     def decode_active(self, layer, ctx: Context):
         return None if ctx.update or self.C is None else layer.state("core")
 
     def decode_keep(self, layer, ctx: Context):
         if ctx.update and self.C is not None:
-            self._choose_core(layer, ctx.probs, ctx)
+            self._choose_core(layer, ctx.head_probs if self.per_head else ctx.probs, ctx)
         return None

@@ -37,12 +37,16 @@ class ReferenceOutput:
 
 
 def _ref_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
-    visible: Tensor = module._avl_ref_visible  # [B, kv] bool columns this layer may see
-    B, _, q, _ = query.shape
+    visible: Tensor = module._avl_ref_visible  # [B, kv] or [B, Hkv, kv] bool columns it may see
+    B, Hq, q, _ = query.shape
     kv = key.shape[2]
     if attention_mask is None:
         attention_mask = torch.ones(q, kv, dtype=torch.bool, device=key.device).tril(kv - q)[None, None]
-    mask = attention_mask.to(torch.bool).expand(B, 1, q, kv) & visible[:, None, None, :kv]
+    if visible.dim() == 3:  # per KV head: each query head sees its group's columns
+        visible = visible.repeat_interleave(Hq // visible.shape[1], dim=1)  # [B, Hq, kv]
+        mask = attention_mask.to(torch.bool).expand(B, Hq, q, kv) & visible[:, :, None, :kv]
+    else:
+        mask = attention_mask.to(torch.bool).expand(B, 1, q, kv) & visible[:, None, None, :kv]
     empty = ~mask.any(-1, keepdim=True)  # queries that see nothing: let them see themselves
     diag = torch.zeros(q, kv, dtype=torch.bool, device=key.device)
     diag[torch.arange(q), torch.arange(kv - q, kv)] = True
@@ -51,10 +55,10 @@ def _ref_attention(module, query, key, value, attention_mask, scaling=None, drop
 
 
 def _columns(cols: Tensor, width: int) -> Tensor:
-    """``[B, n]`` column indices (``-1`` = none) → ``[B, width]`` bool."""
-    out = torch.zeros(cols.shape[0], width + 1, dtype=torch.bool, device=cols.device)
-    out.scatter_(1, cols.masked_fill(cols < 0, width), True)
-    return out[:, :width]
+    """``[B, (Hkv,) n]`` column indices (``-1`` = none) → ``[B, (Hkv,) width]`` bool."""
+    out = torch.zeros(*cols.shape[:-1], width + 1, dtype=torch.bool, device=cols.device)
+    out.scatter_(-1, cols.masked_fill(cols < 0, width), True)
+    return out[..., :width]
 
 
 @torch.no_grad()
