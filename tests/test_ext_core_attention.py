@@ -86,9 +86,9 @@ def make_case(B, Hq, Hkv, N, D, spec, dtype, device, seed=0):
     return q.to(device, dtype), k.to(device, dtype), v.to(device, dtype), a.to(device)
 
 
-def assert_matches_ref(q, k, v, a, impl, scale=None):
-    out, probs = core_attention(q, k, v, a, scale, impl=impl)
-    ref_out, ref_probs = core_attention_ref(q, k, v, a, scale)
+def assert_matches_ref(q, k, v, a, impl, scale=None, per_head_probs=False):
+    out, probs = core_attention(q, k, v, a, scale, impl=impl, per_head_probs=per_head_probs)
+    ref_out, ref_probs = core_attention_ref(q, k, v, a, scale, per_head_probs=per_head_probs)
     assert out.shape == ref_out.shape and out.dtype == q.dtype and out.device == q.device
     assert probs.shape == ref_probs.shape and probs.dtype == torch.float32
     torch.testing.assert_close(out, ref_out, **TOL[q.dtype])
@@ -115,6 +115,8 @@ def test_op_matches_reference(shape, dtype, layout, device):
         assert_matches_ref(q, k, v, a, impl="auto")  # auto falls back to the reference
         return
     assert_matches_ref(q, k, v, a, impl=device)
+    _, probs = assert_matches_ref(q, k, v, a, impl=device, per_head_probs=True)
+    assert probs.shape == (shape[0], shape[2], a.shape[1])
 
 
 @pytest.mark.cuda
@@ -170,3 +172,111 @@ def test_noncontiguous_query_and_index():
     a2 = torch.cat([a, a], dim=1)[:, ::2]
     assert not a2.is_contiguous()
     assert_matches_ref(q2, k, v, a2, impl="cpu")
+
+
+# --- per-head rows: active [B, Hkv, n] -------------------------------------------------------
+
+# (B, Hkv, G, N, D, active): "heads:<n>" (every head its own sorted random rows, a different
+# count per head, -1 padded at the end; the last head of the last batch row has none),
+# "holes:<n>" (unsorted, -1 anywhere, repeats), "empty" (n = 0), "same:<n>" (one row set
+# for all heads).
+HEAD_SHAPES = [
+    (1, 1, 1, 50, 64, "heads:20"),
+    (1, 2, 4, 300, 128, "heads:90"),
+    (3, 2, 1, 100, 64, "heads:40"),
+    (3, 4, 7, 200, 128, "heads:64"),
+    (1, 4, 4, 3000, 128, "heads:900"),  # long enough for several row splits
+    (3, 4, 1, 64, 64, "holes:30"),
+    (1, 2, 7, 80, 128, "holes:50"),
+    (3, 1, 4, 33, 128, "heads:9"),
+    (1, 32, 1, 640, 128, "heads:237"),  # LLaVA-1.5-like
+    (3, 2, 4, 20, 64, "empty"),
+    (3, 4, 1, 40, 128, "same:12"),
+]
+
+
+def make_head_active(spec: str, B: int, Hkv: int, N: int, gen: torch.Generator) -> torch.Tensor:
+    kind, _, num = spec.partition(":")
+    n = int(num) if num else 0
+    if kind == "empty":
+        return torch.empty(B, Hkv, 0, dtype=torch.long)
+    if kind == "same":
+        rows = torch.randperm(N, generator=gen)[:n].sort().values
+        return rows.expand(B, Hkv, n).contiguous()
+    if kind == "holes":
+        a = torch.randint(0, N, (B, Hkv, n), generator=gen)
+        return a.masked_fill(torch.rand(B, Hkv, n, generator=gen) < 0.3, -1)
+    a = torch.full((B, Hkv, n), -1, dtype=torch.long)
+    for b in range(B):
+        for h in range(Hkv):
+            count = n - ((b * Hkv + h) * n) // (2 * B * Hkv)  # fewer rows for later heads
+            if (b, h) == (B - 1, Hkv - 1) and B * Hkv > 1:
+                count = 0  # a head without active rows
+            a[b, h, :count] = torch.randperm(N, generator=gen)[:count].sort().values
+    return a
+
+
+def make_head_case(B, Hkv, G, N, D, spec, dtype, device, layout="head", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hkv * G, 1, D, generator=gen)
+    k = torch.randn(B, Hkv, N, D, generator=gen)
+    v = torch.randn(B, Hkv, N, D, generator=gen)
+    a = make_head_active(spec, B, Hkv, N, gen)
+    q, k, v, a = q.to(device, dtype), k.to(device, dtype), v.to(device, dtype), a.to(device)
+    if layout == "token":
+        k, v = token_major(k), token_major(v)
+    return q, k, v, a
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["head", "token"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", HEAD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_per_head_op_matches_reference(shape, dtype, layout, device):
+    B, Hkv, G, _, _, _ = shape
+    q, k, v, a = make_head_case(*shape, dtype, device, layout)
+    for per_head_probs in (False, True):  # per-head rows always give per-head probs
+        out, probs = assert_matches_ref(q, k, v, a, impl=device, per_head_probs=per_head_probs)
+        assert probs.shape == (B, Hkv, a.shape[2])
+    assert torch.all(probs[a < 0] == 0)  # padding gets no probability
+    heads = probs.sum(-1)  # [B, Hkv]: 1 for a head with active rows, else 0
+    torch.testing.assert_close(heads, (a >= 0).any(-1).float(), atol=1e-5, rtol=0)
+    if B * Hkv > 1 and shape[5].startswith("heads"):  # the last head has no rows: zeros
+        assert torch.all(out[-1, (Hkv - 1) * G :] == 0)
+
+
+def test_per_head_reference_is_shared_reference_per_head():
+    """The specification's per-head mode equals the shared mode run head by head: kv head h
+    with its G query heads h * G .. h * G + G - 1 (GQA) and its own rows."""
+    B, Hkv, G, N, D = 3, 4, 7, 60, 64
+    q, k, v, a = make_head_case(B, Hkv, G, N, D, "heads:25", torch.float32, "cpu")
+    out, probs = core_attention_ref(q, k, v, a, scale=0.2)
+    for h in range(Hkv):
+        qs = slice(h * G, (h + 1) * G)
+        o_h, p_h = core_attention_ref(
+            q[:, qs], k[:, h : h + 1], v[:, h : h + 1], a[:, h], scale=0.2
+        )
+        torch.testing.assert_close(out[:, qs], o_h, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(probs[:, h], p_h, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["ref", CPU, CUDA])
+@pytest.mark.parametrize("layout", ["head", "token"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_broadcast_per_head_rows_give_exactly_the_shared_result(dtype, layout, impl):
+    device = "cpu" if impl == "ref" else impl
+    for B, Hq, Hkv, N, D, spec in [
+        (1, 32, 32, 640, 128, "rand:237"),
+        (3, 8, 2, 300, 128, "pad:120"),
+        (2, 28, 4, 257, 64, "rand:77"),
+    ]:
+        q, k, v, a = make_case(B, Hq, Hkv, N, D, spec, dtype, device)
+        if layout == "token":
+            k, v = token_major(k), token_major(v)
+        out, probs = core_attention(q, k, v, a, impl=impl, per_head_probs=True)
+        a_heads = a[:, None, :].expand(B, Hkv, a.shape[1]).contiguous()
+        out_h, probs_h = core_attention(q, k, v, a_heads, impl=impl)
+        assert torch.equal(out_h, out) and torch.equal(probs_h, probs)
+        # Averaging the per-head probabilities over kv heads gives the all-heads average.
+        _, mean_probs = core_attention(q, k, v, a, impl=impl)
+        torch.testing.assert_close(probs.mean(1), mean_probs, atol=1e-6, rtol=1e-5)

@@ -37,7 +37,16 @@ BAD = [
     ("active", lambda q, k, v, a: (q, k, v, a[:1])),
     ("active", lambda q, k, v, a: (q, k, v, a + 10)),  # index N
     ("active", lambda q, k, v, a: (q, k, v, a - 20)),  # below -1
+    ("active", lambda q, k, v, a: (q, k, v, a[:, None].expand(-1, 3, -1))),  # 3 != Hkv heads
+    ("active", lambda q, k, v, a: (q, k, v, a[:, None, None])),  # 4-D
+    ("active", lambda q, k, v, a: (q, k, v, heads(a).int())),
+    ("active", lambda q, k, v, a: (q, k, v, heads(a) + 10)),  # per-head index N
 ]
+
+
+def heads(a: torch.Tensor, Hkv: int = 2) -> torch.Tensor:
+    """Per-head rows ``[B, Hkv, n]``: head h gets the rows of ``a`` shifted by h (mod N=10)."""
+    return torch.stack([(a + h) % 10 for h in range(Hkv)], dim=1)
 
 
 @pytest.mark.parametrize("impl", ["ref", "cpu", "auto"])
@@ -56,6 +65,8 @@ def test_bad_scale_and_impl():
         core_attention(q, k, v, a, impl="gpu")
     with pytest.raises(ValueError, match="impl='cuda'"):
         core_attention(q, k, v, a, impl="cuda")  # CPU tensors
+    with pytest.raises(ValueError, match="`per_head_probs`"):
+        core_attention(q, k, v, a, per_head_probs=1)
 
 
 @needs_cpu_op
@@ -69,6 +80,12 @@ def test_cpp_checks_reject_bad_inputs():
         mod.core_attention(q, k, v, a + 10, 1.0)
     with pytest.raises(RuntimeError, match="multiple"):
         mod.core_attention(q[:, :3].contiguous(), k, v, a, 1.0)
+    with pytest.raises(RuntimeError, match="per-head active"):
+        mod.core_attention(q, k, v, a[:, None].expand(-1, 3, -1).contiguous(), 1.0)
+    with pytest.raises(RuntimeError, match="active"):
+        mod.core_attention(q, k, v, a[:, None, None].contiguous(), 1.0)
+    with pytest.raises(RuntimeError, match="outside"):
+        mod.core_attention(q, k, v, heads(a) - 11, 1.0, True)
 
 
 @pytest.fixture
@@ -101,8 +118,24 @@ def test_failed_build_warns_once_and_falls_back(broken_build):
         core_attention(q, k, v, a)  # no second warning
     with pytest.raises(ExtensionBuildError, match="simulated cpu compiler failure"):
         core_attention(q, k, v, a, impl="cpu")
+    out, probs = core_attention(q, k, v, heads(a))  # per-head rows fall back too
+    ref_out, ref_probs = core_attention_ref(q, k, v, heads(a))
+    assert probs.shape == (2, 2, 4)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(probs, ref_probs)
 
 
 @needs_cpu_op
 def test_build_is_cached_per_process():
     assert build.load("cpu") is build.load("cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    build.toolchain_problem("nvcc") is not None, reason=f"{build.toolchain_problem('nvcc')}"
+)
+def test_cuda_source_compiles_with_nvcc():
+    """The CUDA op compiles (host, device and ptxas for sm_90) without a GPU; cached by source
+    hash, so only a changed source takes the ~2 min compile again."""
+    obj = build.nvcc_compile(arch="90")
+    assert obj.exists() and obj.stat().st_size > 0

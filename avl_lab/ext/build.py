@@ -9,13 +9,21 @@ variable ``AVL_LAB_NO_EXT=1`` skips the builds (the reference is used, with one 
 
 The CPU op is compiled for the ISA torch reports (AVX-512 or AVX2 code paths, else portable
 C++), and the ISA is part of the extension's name, so a shared extensions directory never
-hands a binary to a CPU that cannot run it.
+hands a binary to a CPU that cannot run it; so is a hash of the source, so that it never hands
+one checkout the binary another checkout built from different sources.
+
+:func:`nvcc_compile` compiles the CUDA source to an object file with the JIT build's nvcc
+flags but needs neither a GPU nor a CUDA build of torch, so that machines without a GPU still
+catch compile errors in the CUDA op.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import subprocess
+import sysconfig
 import threading
 import warnings
 from pathlib import Path
@@ -23,7 +31,14 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["ExtensionBuildError", "load", "try_load", "reset", "toolchain_problem"]
+__all__ = [
+    "ExtensionBuildError",
+    "load",
+    "try_load",
+    "reset",
+    "toolchain_problem",
+    "nvcc_compile",
+]
 
 CSRC = Path(__file__).parent / "csrc"
 KINDS = ("cpu", "cuda")
@@ -50,13 +65,19 @@ def _cpu_isa_flags() -> tuple[str, list[str]]:
     return "generic", []
 
 
+def _source_hash(name: str) -> str:
+    """Short hash of a source file: part of the extension's name, so that checkouts with
+    different sources sharing one extensions directory never load each other's binary."""
+    return hashlib.sha1((CSRC / name).read_bytes()).hexdigest()[:10]
+
+
 def _build(kind: str) -> ModuleType:
     from torch.utils import cpp_extension
 
     if kind == "cpu":
         tag, isa = _cpu_isa_flags()
         return cpp_extension.load(
-            name=f"avl_core_attention_cpu_{tag}",
+            name=f"avl_core_attention_cpu_{tag}_{_source_hash('core_attention_cpu.cpp')}",
             sources=[str(CSRC / "core_attention_cpu.cpp")],
             extra_cflags=["-O3", "-fopenmp", *isa],
             extra_ldflags=["-fopenmp"],
@@ -65,7 +86,7 @@ def _build(kind: str) -> ModuleType:
     if not torch.cuda.is_available():
         raise ExtensionBuildError("torch has no usable CUDA device/runtime")
     return cpp_extension.load(
-        name="avl_core_attention_cuda",
+        name=f"avl_core_attention_cuda_{_source_hash('core_attention_cuda.cu')}",
         sources=[str(CSRC / "core_attention_cuda.cu")],
         extra_cflags=["-O3"],
         extra_cuda_cflags=["-O3", "-lineinfo"],
@@ -75,6 +96,8 @@ def _build(kind: str) -> ModuleType:
 
 def toolchain_problem(kind: str = "cpu") -> str | None:
     """Why ``kind`` cannot even be attempted here (no ninja, compiler or GPU), else None.
+
+    ``kind`` is "cpu" or "cuda" (the ops), or "nvcc" (:func:`nvcc_compile`: no GPU needed).
 
     Tests skip on this; a build that fails although the toolchain is present is a failure.
     """
@@ -88,7 +111,73 @@ def toolchain_problem(kind: str = "cpu") -> str | None:
         return "no C++ compiler on PATH"
     if kind == "cuda" and not torch.cuda.is_available():
         return "no CUDA device"
+    if kind == "nvcc" and _nvcc() is None:
+        return "no nvcc (CUDA toolkit) on PATH or in $CUDA_HOME/bin"
     return None
+
+
+def _nvcc() -> str | None:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and Path(home, "bin", "nvcc").exists():
+        return str(Path(home, "bin", "nvcc"))
+    return shutil.which("nvcc")
+
+
+def nvcc_compile(arch: str = "90", out_dir: str | Path | None = None) -> Path:
+    """Compile the CUDA op to an object file for ``sm_<arch>`` (no GPU needed); return its path.
+
+    Uses the JIT build's nvcc flags (``COMMON_NVCC_FLAGS``, C++20, ``-O3``), so host code,
+    device code and every kernel instantiation go through nvcc and ptxas. A CPU build of torch
+    ships the CUDA headers but not ``c10/cuda/impl/cuda_cmake_macros.h``; a one-line stand-in
+    is supplied then. The object is cached under ``out_dir`` (default: the torch extensions
+    directory) by a hash of source and flags, so only a changed source is compiled again
+    (~2 min on 2 cores).
+
+    Raises
+    ------
+    ExtensionBuildError
+        If nvcc is missing or the compile fails, with nvcc's last error lines.
+    """
+    from torch.utils import cpp_extension
+
+    nvcc = _nvcc()
+    if nvcc is None:
+        raise ExtensionBuildError(toolchain_problem("nvcc") or "no nvcc")
+    src = CSRC / "core_attention_cuda.cu"
+    default = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    root = Path(out_dir or default) / "avl_core_attention_cuda_nvcc"
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    flags = [
+        *cpp_extension.COMMON_NVCC_FLAGS,
+        "-std=c++20",
+        "-O3",
+        "-DTORCH_EXTENSION_NAME=avl_core_attention_cuda",
+        "-DTORCH_API_INCLUDE_EXTENSION_H",
+        f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        f"-gencode=arch=compute_{arch},code=sm_{arch}",
+        "-Xcompiler",
+        "-fPIC",
+    ]
+    key = hashlib.sha1(src.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
+    obj = root / f"core_attention_cuda_sm{arch}_{key}.o"
+    if obj.exists():
+        return obj
+    root.mkdir(parents=True, exist_ok=True)
+    includes = [*cpp_extension.include_paths(), sysconfig.get_paths()["include"]]
+    macros = "c10/cuda/impl/cuda_cmake_macros.h"
+    if not any(Path(d, macros).exists() for d in includes):  # CPU build of torch
+        Path(root, "shim", macros).parent.mkdir(parents=True, exist_ok=True)
+        Path(root, "shim", macros).write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+        includes.append(str(root / "shim"))
+    tmp = obj.with_suffix(f".{os.getpid()}.tmp")
+    cmd = [nvcc, "-c", str(src), "-o", str(tmp), *flags, *(f"-I{d}" for d in includes)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        errors = [ln for ln in (res.stderr + res.stdout).splitlines() if "error" in ln]
+        raise ExtensionBuildError("nvcc failed: " + " | ".join(errors[-6:] or ["(no message)"]))
+    tmp.replace(obj)
+    return obj
 
 
 def load(kind: str) -> ModuleType:

@@ -17,7 +17,14 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 CUDA_HEAD_DIMS = (64, 128, 256)  # head dims the CUDA kernel is instantiated for
 
 
-def check_inputs(q: Tensor, k: Tensor, v: Tensor, active: Tensor, scale: float | None) -> None:
+def check_inputs(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    active: Tensor,
+    scale: float | None,
+    per_head_probs: bool = False,
+) -> None:
     """Raise ``ValueError`` naming the offending argument if the inputs are malformed.
 
     Index values are checked on the CPU only: on CUDA that would cost a device sync per call,
@@ -40,8 +47,13 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, active: Tensor, scale: float |
     Hkv, N = k.shape[1], k.shape[2]
     if Hkv == 0 or Hq % Hkv != 0:
         raise ValueError(f"`q` heads ({Hq}) must be a multiple of `k` heads ({Hkv})")
-    if active.dim() != 2 or active.shape[0] != B:
-        raise ValueError(f"`active` must be [B={B}, n], got {tuple(active.shape)}")
+    if not (
+        (active.dim() == 2 and active.shape[0] == B)
+        or (active.dim() == 3 and active.shape[:2] == (B, Hkv))
+    ):
+        raise ValueError(
+            f"`active` must be [B={B}, n] or [B={B}, Hkv={Hkv}, n], got {tuple(active.shape)}"
+        )
     if active.dtype != torch.int64:
         raise ValueError(f"`active` must be int64 (LongTensor), got {active.dtype}")
     if active.device != q.device:
@@ -52,9 +64,19 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, active: Tensor, scale: float |
             raise ValueError(f"`active` values must lie in [-1, {N}), got [{int(lo)}, {int(hi)}]")
     if scale is not None and not math.isfinite(scale):
         raise ValueError(f"`scale` must be a finite float or None, got {scale!r}")
+    if not isinstance(per_head_probs, bool):
+        raise ValueError(f"`per_head_probs` must be a bool, got {per_head_probs!r}")
 
 
-def _cuda_op(q: Tensor, k: Tensor, v: Tensor, active: Tensor, scale: float, strict: bool):
+def _cuda_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    active: Tensor,
+    scale: float,
+    per_head_probs: bool,
+    strict: bool,
+):
     if q.shape[3] not in CUDA_HEAD_DIMS:
         if strict:
             raise ValueError(
@@ -66,7 +88,7 @@ def _cuda_op(q: Tensor, k: Tensor, v: Tensor, active: Tensor, scale: float, stri
         return None
     vec = q.shape[3] // 32  # each lane loads D/32 contiguous values with one vector load
     k, v = _aligned(k, vec), _aligned(v, vec)
-    return mod.core_attention(q.contiguous(), k, v, active.contiguous(), scale)
+    return mod.core_attention(q.contiguous(), k, v, active.contiguous(), scale, per_head_probs)
 
 
 def _aligned(t: Tensor, vec: int) -> Tensor:
@@ -76,12 +98,20 @@ def _aligned(t: Tensor, vec: int) -> Tensor:
     return t.clone(memory_format=torch.contiguous_format)  # fresh, aligned storage
 
 
-def _cpu_op(q: Tensor, k: Tensor, v: Tensor, active: Tensor, scale: float, strict: bool):
+def _cpu_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    active: Tensor,
+    scale: float,
+    per_head_probs: bool,
+    strict: bool,
+):
     mod = build.load("cpu") if strict else build.try_load("cpu")
     if mod is None:
         return None
     k, v = _unit_stride(k), _unit_stride(v)
-    return mod.core_attention(q.contiguous(), k, v, active.contiguous(), scale)
+    return mod.core_attention(q.contiguous(), k, v, active.contiguous(), scale, per_head_probs)
 
 
 def _unit_stride(t: Tensor) -> Tensor:
@@ -97,6 +127,7 @@ def core_attention(
     active: Tensor,
     scale: float | None = None,
     impl: str = "auto",
+    per_head_probs: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Attention of one decode query over the rows ``active`` of ``k``/``v``.
 
@@ -108,34 +139,41 @@ def core_attention(
         ``[B, Hkv, N, D]`` the layer's cache, ``Hq % Hkv == 0`` (GQA heads not repeated).
         Any batch/head/row strides are accepted without a copy.
     active : Tensor
-        ``[B, n]`` int64 row indices shared by all heads, ``-1`` = padding.
+        int64 row indices, ``-1`` = padding: ``[B, n]`` shared by all heads, or
+        ``[B, Hkv, n]`` per kv head (the ``G = Hq // Hkv`` query heads of kv head ``h`` read
+        the rows ``active[:, h]``; heads may have different counts, padded with ``-1``).
     scale : float, optional
         Softmax scale, ``D ** -0.5`` when None.
     impl : {"auto", "cuda", "cpu", "ref"}
         "auto" runs the compiled op for the tensors' device and falls back (one warning) to
         the reference if it cannot be built; "cuda"/"cpu" raise instead; "ref" is
         :func:`core_attention_ref`, the specification.
+    per_head_probs : bool
+        Return ``probs`` per kv head, ``[B, Hkv, n]``. Always so with a per-head ``active``.
 
     Returns
     -------
     out : Tensor
-        ``[B, Hq, 1, D]`` in ``q.dtype``; zeros for a batch row without active indices.
+        ``[B, Hq, 1, D]`` in ``q.dtype``; zeros for a query head whose rows are all padding.
     probs : Tensor
-        ``[B, n]`` float32 head-averaged attention over the active rows (0 at padding).
+        float32 attention probabilities over the active rows, aligned with ``active`` (0 at
+        padding): ``[B, Hkv, n]`` averaged over the ``G`` query heads of each kv head when
+        ``per_head_probs`` or ``active`` is ``[B, Hkv, n]``; else ``[B, n]`` averaged over
+        all ``Hq`` query heads.
     """
     if impl not in IMPLS:
         raise ValueError(f"`impl` must be one of {IMPLS}, got {impl!r}")
-    check_inputs(q, k, v, active, scale)
+    check_inputs(q, k, v, active, scale, per_head_probs)
     scale = q.shape[3] ** -0.5 if scale is None else float(scale)
     dev = q.device.type
     if impl in ("cuda", "cpu") and dev != impl:
         raise ValueError(f"impl={impl!r} needs {impl} tensors, `q` is on {q.device}")
     res = None
     if impl == "cuda" or (impl == "auto" and dev == "cuda"):
-        res = _cuda_op(q, k, v, active, scale, strict=impl == "cuda")
+        res = _cuda_op(q, k, v, active, scale, per_head_probs, strict=impl == "cuda")
     elif impl == "cpu" or (impl == "auto" and dev == "cpu"):
-        res = _cpu_op(q, k, v, active, scale, strict=impl == "cpu")
+        res = _cpu_op(q, k, v, active, scale, per_head_probs, strict=impl == "cpu")
     if res is None:
-        return core_attention_ref(q, k, v, active, scale)
+        return core_attention_ref(q, k, v, active, scale, per_head_probs)
     out, probs = res
     return out, probs

@@ -7,7 +7,12 @@ from torch import Tensor
 
 
 def core_attention_ref(
-    q: Tensor, k: Tensor, v: Tensor, active: Tensor, scale: float | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    active: Tensor,
+    scale: float | None = None,
+    per_head_probs: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Decode attention over a subset of cache rows.
 
@@ -18,33 +23,44 @@ def core_attention_ref(
     k, v : Tensor
         ``[B, Hkv, N, D]`` the layer's cache (GQA: ``Hq % Hkv == 0``, heads not repeated).
     active : Tensor
-        ``[B, n]`` int64 row indices into ``N``, shared by all heads; ``-1`` pads rows that
-        have fewer active rows than ``n``.
+        int64 row indices into ``N``, ``-1`` = padding (a row, or a head, with fewer active
+        rows than ``n``). Either ``[B, n]``: the same rows for every kv head; or
+        ``[B, Hkv, n]``: kv head ``h`` (and its ``G = Hq // Hkv`` query heads
+        ``h * G .. h * G + G - 1``) reads its own rows ``active[:, h]``.
     scale : float, optional
         Softmax scale; ``D ** -0.5`` when None.
+    per_head_probs : bool
+        Return ``probs`` per kv head (see below). Implied by a ``[B, Hkv, n]`` ``active``.
 
     Returns
     -------
     out : Tensor
-        ``[B, Hq, 1, D]`` in ``q.dtype``: ``softmax(q K[a]^T * scale) V[a]``. A row with no
-        active index gives zeros.
+        ``[B, Hq, 1, D]`` in ``q.dtype``: ``softmax(q K[a]^T * scale) V[a]``. A query head
+        whose kv head has no active index gives zeros.
     probs : Tensor
-        ``[B, n]`` float32 attention probabilities averaged over the ``Hq`` heads, aligned
-        with ``active`` (0 where ``active == -1``).
+        float32 attention probabilities aligned with ``active`` (0 where ``active == -1``):
+        ``[B, Hkv, n]`` averaged over the ``G`` query heads of each kv head when
+        ``per_head_probs`` or ``active`` is per head (with per-head rows, an average over all
+        heads of "row ``j``" would mix different rows); else ``[B, n]`` averaged over all
+        ``Hq`` query heads.
     """
     B, Hq, _, D = q.shape
-    Hkv, n = k.shape[1], active.shape[1]
+    Hkv = k.shape[1]
     G = Hq // Hkv
     scale = D**-0.5 if scale is None else scale
-    valid = active >= 0  # [B, n]
-    idx = active.clamp(min=0)[:, None, :, None].expand(B, Hkv, n, D)
-    k_a = k.gather(2, idx).float()  # [B, Hkv, n, D]
-    v_a = v.gather(2, idx).float()
+    per_head = active.dim() == 3
+    idx = active if per_head else active[:, None, :].expand(B, Hkv, active.shape[-1])
+    n = idx.shape[2]  # idx: [B, Hkv, n]
+    valid = idx >= 0
+    rows = idx.clamp(min=0)[..., None].expand(B, Hkv, n, D)
+    k_a = k.gather(2, rows).float()  # [B, Hkv, n, D]
+    v_a = v.gather(2, rows).float()
     qg = q.float().view(B, Hkv, G, D)
     s = torch.einsum("bhgd,bhnd->bhgn", qg, k_a) * scale  # [B, Hkv, G, n]
-    s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
-    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # empty rows -> 0
+    s = s.masked_fill(~valid[:, :, None, :], float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # no valid row -> 0
     out = torch.einsum("bhgn,bhnd->bhgd", p, v_a)  # [B, Hkv, G, D]
     out = out.reshape(B, Hq, 1, D).to(q.dtype)
-    probs = p.mean(dim=(1, 2))  # [B, n]
-    return out, probs
+    if per_head or per_head_probs:
+        return out, p.mean(dim=2)  # [B, Hkv, n]
+    return out, p.mean(dim=(1, 2))  # [B, n]

@@ -4,14 +4,24 @@
 // Specification: avl_lab/ext/reference.py::core_attention_ref. Layout: q [B, Hq, 1, D] (made
 // contiguous by the caller), k/v [B, Hkv, N, D] with any strides but a unit stride on D (so a
 // slice of a larger buffer or a token-major [B, N, Hkv, D] buffer viewed as [B, Hkv, N, D] is
-// read in place), active [B, n] int64 with -1 padding.
+// read in place), active [B, n] (rows shared by all kv heads) or [B, Hkv, n] (rows per kv head)
+// int64 with -1 padding.
 //
 // Work is split into tasks run by at::parallel_for: (batch, kv head, row split) for head-major
 // caches, (batch, row split) with all heads for token-major ones. A task handles all
 // G = Hq / Hkv query heads of a kv head together so each K/V row is read once: pass 1 reads the
 // K rows (software prefetch ahead) into scores, pass 2 the V rows into a float accumulator
 // (fp32 accumulation for every dtype). Row splits are merged by log-sum-exp, then the
-// head-averaged probabilities are formed from the stored exponentials.
+// head-averaged probabilities (over all query heads, or per kv head) are formed from the stored
+// exponentials.
+//
+// Per-head rows ([B, Hkv, n]) run through the same loops, kv head h reading its own index row;
+// per-head rows that are the same for every head run exactly as shared rows. On a token-major
+// cache per-head rows cost more than shared rows of the same bytes: a shared selected token is
+// one Hkv * D run (16 KiB fp32 for LLaVA) read for all heads, a per-head one a D run (512 B)
+// per head, and this loop reads random 512 B runs at little over half the speed of 16 KiB ones
+// (benchmarks/README.md, "Per-head rows"; other visit orders, prefetch distances and hints
+// did no better).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -194,6 +204,8 @@ inline void axpy(float p, const T* r, float* acc, int64_t D) {  // acc += p * r
 struct Shape {
   int64_t B, Hq, Hkv, G, N, D, n, nsplit, chunk;
   int64_t k_sb, k_sh, k_sn, v_sb, v_sh, v_sn;  // strides in elements
+  int64_t a_sb, a_sh;  // index strides: per batch row, per kv head (0 = shared by all heads)
+  int64_t P;           // probs rows per batch row: 1 (all heads averaged) or Hkv
   bool token_outer;  // loop rows outside heads (token-major caches)
   float scale;
 };
@@ -228,7 +240,7 @@ void attend_task(const Shape& sh, const T* q, const T* k, const T* v, const int6
   const int64_t hq0 = h0 * G, nq = (h1 - h0) * G;  // query heads of the task
   const int64_t row_bytes = D * static_cast<int64_t>(sizeof(T));
   const int64_t pf = sh.token_outer ? kTokenBlock : kPrefetchRows;
-  const int64_t* idx = act + b * n;
+  const int64_t* ab = act + b * sh.a_sb;  // kv head h reads the rows ab + h * sh.a_sh
   const T* kb = k + b * sh.k_sb;
   const T* vb = v + b * sh.v_sb;
   const T* qb = q + (b * sh.Hq + hq0) * D;
@@ -238,6 +250,7 @@ void attend_task(const Shape& sh, const T* q, const T* k, const T* v, const int6
 
   // Pass 1: scores from the K rows, prefetching the row `pf` rows (or tokens) ahead.
   for_pairs(sh.token_outer, h0, h1, j0, j1, [&](int64_t h, int64_t j) {
+    const int64_t* idx = ab + h * sh.a_sh;
     if (j + pf < j1 && idx[j + pf] >= 0)
       prefetch_row(kb + h * sh.k_sh + idx[j + pf] * sh.k_sn, row_bytes);
     const int64_t a = idx[j], i0 = (h - h0) * G;
@@ -249,9 +262,11 @@ void attend_task(const Shape& sh, const T* q, const T* k, const T* v, const int6
     }
   });
   // Start the first V rows while the exponentials are computed.
-  for (int64_t h = h0; h < (sh.token_outer ? h1 : h0 + 1); ++h)
+  for (int64_t h = h0; h < (sh.token_outer ? h1 : h0 + 1); ++h) {
+    const int64_t* idx = ab + h * sh.a_sh;
     for (int64_t j = j0; j < std::min(j1, j0 + pf); ++j)
       if (idx[j] >= 0) prefetch_row(vb + h * sh.v_sh + idx[j] * sh.v_sn, row_bytes);
+  }
 
   for (int64_t i = 0; i < nq; ++i) {
     float* s = Sb + i * n + j0;
@@ -274,6 +289,7 @@ void attend_task(const Shape& sh, const T* q, const T* k, const T* v, const int6
           float* o = out0 + (h - h0) * ns * D;
           const T* vh = vb + h * sh.v_sh;
           const float* p = Sb + (h - h0) * n;
+          const int64_t* idx = ab + h * sh.a_sh;
           vf acc[NV];
           for (int i = 0; i < NV; ++i) acc[i] = vld(o + i * W);
           for (int64_t j = jb; j < std::min(j1, jb + blk); ++j) {
@@ -293,6 +309,7 @@ void attend_task(const Shape& sh, const T* q, const T* k, const T* v, const int6
 #endif
   std::fill(accf.begin(), accf.begin() + nq * D, 0.f);
   for_pairs(sh.token_outer, h0, h1, j0, j1, [&](int64_t h, int64_t j) {
+    const int64_t* idx = ab + h * sh.a_sh;
     if (j + pf < j1 && idx[j + pf] >= 0)
       prefetch_row(vb + h * sh.v_sh + idx[j + pf] * sh.v_sn, row_bytes);
     const int64_t a = idx[j], i0 = (h - h0) * G;
@@ -370,16 +387,18 @@ void run(const Shape& sh, const at::Tensor& q, const at::Tensor& k, const at::Te
     }
   });
 
-  // probs[b, j] = mean over query heads of the normalised probabilities.
+  // probs[b, r, j] = mean over the query heads of row r (all Hq heads when P = 1, the G heads
+  // of kv head r when P = Hkv) of the normalised probabilities.
   float* pp = probs.data_ptr<float>();
-  const float inv_h = 1.f / static_cast<float>(Hq);
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      float* pb = pp + b * n;
+  const int64_t hpr = Hq / sh.P;  // query heads per probs row
+  const float inv_h = 1.f / static_cast<float>(hpr);
+  at::parallel_for(0, B * sh.P, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t br = begin; br < end; ++br) {
+      float* pb = pp + br * n;
       std::fill(pb, pb + n, 0.f);
-      for (int64_t hq = 0; hq < Hq; ++hq) {
-        const float* s = S + (b * Hq + hq) * n;
-        const float* w = part_m + (b * Hq + hq) * ns;
+      for (int64_t hq = br * hpr; hq < (br + 1) * hpr; ++hq) {  // br * hpr = b * Hq + r * hpr
+        const float* s = S + hq * n;
+        const float* w = part_m + hq * ns;
         for (int64_t sp = 0; sp < ns; ++sp) {
           const int64_t j0 = sp * sh.chunk, j1 = std::min(n, j0 + sh.chunk);
           const float ws_ = w[sp];
@@ -391,11 +410,22 @@ void run(const Shape& sh, const at::Tensor& q, const at::Tensor& k, const at::Te
   });
 }
 
+// True when every kv head of every batch row reads the same rows (per-head indices that are a
+// broadcast of shared ones): the shared path then reads each selected token once for all heads.
+bool heads_coincide(const int64_t* ap, int64_t B, int64_t Hkv, int64_t n) {
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t* a0 = ap + b * Hkv * n;
+    for (int64_t h = 1; h < Hkv; ++h)
+      if (!std::equal(a0, a0 + n, a0 + h * n)) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 std::vector<at::Tensor> core_attention_cpu(const at::Tensor& q, const at::Tensor& k,
                                            const at::Tensor& v, const at::Tensor& active,
-                                           double scale) {
+                                           double scale, bool per_head_probs) {
   TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu() &&
                   active.device().is_cpu(),
               "core_attention_cpu: all tensors must be on the CPU");
@@ -407,20 +437,26 @@ std::vector<at::Tensor> core_attention_cpu(const at::Tensor& q, const at::Tensor
               "core_attention_cpu: k and v need a unit stride on the last dim");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
               "core_attention_cpu: q, k and v must share a dtype");
-  TORCH_CHECK(active.scalar_type() == at::kLong && active.dim() == 2 && active.is_contiguous(),
-              "core_attention_cpu: active must be a contiguous int64 [B, n] tensor");
+  TORCH_CHECK(active.scalar_type() == at::kLong && (active.dim() == 2 || active.dim() == 3) &&
+                  active.is_contiguous(),
+              "core_attention_cpu: active must be a contiguous int64 [B, n] or [B, Hkv, n] tensor");
   const int64_t B = q.size(0), Hq = q.size(1), D = q.size(3);
-  const int64_t Hkv = k.size(1), N = k.size(2), n = active.size(1);
+  const int64_t Hkv = k.size(1), N = k.size(2), n = active.size(-1);
+  const bool per_head = active.dim() == 3;
   TORCH_CHECK(k.size(0) == B && k.size(3) == D && active.size(0) == B,
               "core_attention_cpu: batch or head_dim mismatch between q, k/v and active");
+  TORCH_CHECK(!per_head || active.size(1) == Hkv,
+              "core_attention_cpu: per-head active must be [B, Hkv, n] with Hkv = k.size(1)");
   TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0, "core_attention_cpu: Hq must be a multiple of Hkv");
   const int64_t* ap = active.data_ptr<int64_t>();
-  for (int64_t i = 0; i < B * n; ++i)
+  for (int64_t i = 0; i < active.numel(); ++i)
     TORCH_CHECK(ap[i] >= -1 && ap[i] < N, "core_attention_cpu: active index ", ap[i],
                 " outside [-1, ", N, ")");
 
+  const int64_t P = (per_head || per_head_probs) ? Hkv : 1;  // probs rows per batch row
   auto out = at::empty({B, Hq, 1, D}, q.options());
-  auto probs = at::empty({B, n}, q.options().dtype(at::kFloat));
+  auto probs = per_head || per_head_probs ? at::empty({B, Hkv, n}, q.options().dtype(at::kFloat))
+                                          : at::empty({B, n}, q.options().dtype(at::kFloat));
   if (B == 0 || Hq == 0 || D == 0) return {out, probs.zero_()};
   if (n == 0) return {out.zero_(), probs};
 
@@ -428,6 +464,11 @@ std::vector<at::Tensor> core_attention_cpu(const at::Tensor& q, const at::Tensor
   sh.B = B, sh.Hq = Hq, sh.Hkv = Hkv, sh.G = Hq / Hkv, sh.N = N, sh.D = D, sh.n = n;
   sh.k_sb = k.stride(0), sh.k_sh = k.stride(1), sh.k_sn = k.stride(2);
   sh.v_sb = v.stride(0), sh.v_sh = v.stride(1), sh.v_sn = v.stride(2);
+  sh.P = P;
+  // Per-head indices that coincide across heads run exactly as shared ones.
+  const bool distinct = per_head && !heads_coincide(ap, B, Hkv, n);
+  sh.a_sb = per_head ? Hkv * n : n;
+  sh.a_sh = distinct ? n : 0;
   sh.scale = static_cast<float>(scale);
   // Token-major caches (heads inside tokens) are read token by token, all heads per task.
   sh.token_outer = Hkv > 1 && k.stride(1) < k.stride(2) && v.stride(1) < v.stride(2);
@@ -452,6 +493,6 @@ std::vector<at::Tensor> core_attention_cpu(const at::Tensor& q, const at::Tensor
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("core_attention", &core_attention_cpu,
         "Core-cache decode attention over the active rows (CPU)", py::arg("q"), py::arg("k"),
-        py::arg("v"), py::arg("active"), py::arg("scale"),
+        py::arg("v"), py::arg("active"), py::arg("scale"), py::arg("per_head_probs") = false,
         py::call_guard<py::gil_scoped_release>());
 }

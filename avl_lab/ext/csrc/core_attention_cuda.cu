@@ -3,9 +3,9 @@
 //
 // Specification: avl_lab/ext/reference.py::core_attention_ref. Same layout contract as the CPU
 // op: q [B, Hq, 1, D] contiguous; k/v [B, Hkv, N, D] with any strides but a unit stride on D
-// (a token-major [B, N, Hkv, D] buffer viewed as [B, Hkv, N, D] works); active [B, n] int64,
-// -1 = padding. Indices outside [0, N) are treated as padding (validating them on the host
-// would cost a device sync per call).
+// (a token-major [B, N, Hkv, D] buffer viewed as [B, Hkv, N, D] works); active [B, n] (rows
+// shared by all kv heads) or [B, Hkv, n] (rows per kv head) int64, -1 = padding. Indices outside
+// [0, N) are treated as padding (validating them on the host would cost a device sync per call).
 //
 // Design (token-level index decode with split-KV, after flash-decoding and the page-size-1
 // decode kernels of SGLang/FlashInfer):
@@ -18,7 +18,11 @@
 //            workspace, or straight to the output when there is one split. Raw scores are kept
 //            for the probabilities.
 //   stage 2  (only with several splits) log-sum-exp merge of the splits per (batch, head).
-//   stage 3  probs[b, j] = mean over query heads of exp2(s - M) / L.
+//   stage 3  probs[b, j] (or probs[b, h, j] per kv head) = mean over the query heads (of kv
+//            head h) of exp2(s - M) / L.
+// Per-head rows change only where a block reads its indices (those of its kv head h). A block
+// reads D-runs of one kv head with shared rows too, so per-head rows should cost about the same
+// on a GPU (not measured yet), unlike on a CPU (see core_attention_cpu.cpp).
 // Splits are chosen so that batch 1 still launches ~4 blocks per SM.
 #include <torch/extension.h>
 
@@ -99,8 +103,10 @@ struct Params {
   float* part_acc;  // [B, Hq, nsplit, D]
   float* fin_m;     // [B, Hq]
   float* fin_l;     // [B, Hq]
-  float* probs;     // [B, n]
+  float* probs;     // [B, P, n]
   int64_t k_sb, k_sh, k_sn, v_sb, v_sh, v_sn;
+  int64_t a_sb, a_sh;  // index strides per batch row and per kv head (0: shared by all heads)
+  int P;               // probs rows per batch row: 1 (all query heads) or Hkv (per kv head)
   int B, Hq, Hkv, G, N, n, nsplit, chunk, head_tiles;
   float scale_log2;  // softmax scale * log2(e)
 };
@@ -135,7 +141,7 @@ __global__ void __launch_bounds__(kThreads) stage1(const Params p) {
   }
   const T* Kb = static_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh + lane * VEC;
   const T* Vb = static_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh + lane * VEC;
-  const int64_t* act = p.active + static_cast<int64_t>(b) * p.n;
+  const int64_t* act = p.active + b * p.a_sb + h * p.a_sh;
   float* S = p.scores + (static_cast<int64_t>(b) * p.Hq + hq0) * p.n;
 
   float m[GT], l[GT], acc[GT][VEC];
@@ -280,18 +286,20 @@ __global__ void merge_splits(const Params p) {
   }
 }
 
-// Stage 3: head-averaged probabilities over the active rows.
+// Stage 3: probs row r of batch b (blockIdx.y = b * P + r) = mean over its Hq / P query
+// heads, b * Hq + r * Hq / P onwards, of the probabilities over the active rows.
 __global__ void head_mean_probs(const Params p) {
-  const int b = blockIdx.y;
+  const int64_t br = blockIdx.y;
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= p.n) return;
+  const int hpr = p.Hq / p.P;
   float sum = 0.f;
-  for (int hq = 0; hq < p.Hq; ++hq) {
-    const int64_t bh = static_cast<int64_t>(b) * p.Hq + hq;
+  for (int i = 0; i < hpr; ++i) {
+    const int64_t bh = br * hpr + i;
     const float L = p.fin_l[bh];
     if (L > 0.f) sum += exp2f(p.scores[bh * p.n + j] - p.fin_m[bh]) / L;  // -inf -> 0
   }
-  p.probs[static_cast<int64_t>(b) * p.n + j] = sum / static_cast<float>(p.Hq);
+  p.probs[br * p.n + j] = sum / static_cast<float>(hpr);
 }
 
 template <typename T, int D, int GT>
@@ -303,7 +311,7 @@ void launch(const Params& p, cudaStream_t stream) {
     merge_splits<T, D><<<p.B * p.Hq, D, 0, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  head_mean_probs<<<dim3((p.n + 255) / 256, p.B), 256, 0, stream>>>(p);
+  head_mean_probs<<<dim3((p.n + 255) / 256, p.B * p.P), 256, 0, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -331,7 +339,7 @@ void dispatch_d(const Params& p, int D, int GT, cudaStream_t stream) {
 
 std::vector<at::Tensor> core_attention_cuda(const at::Tensor& q, const at::Tensor& k,
                                             const at::Tensor& v, const at::Tensor& active,
-                                            double scale) {
+                                            double scale, bool per_head_probs) {
   TORCH_CHECK(q.is_cuda() && k.device() == q.device() && v.device() == q.device() &&
                   active.device() == q.device(),
               "core_attention_cuda: q, k, v and active must be on one CUDA device");
@@ -341,12 +349,16 @@ std::vector<at::Tensor> core_attention_cuda(const at::Tensor& q, const at::Tenso
               "core_attention_cuda: k and v must be [B, Hkv, N, D] of the same shape");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
               "core_attention_cuda: q, k and v must share a dtype");
-  TORCH_CHECK(active.scalar_type() == at::kLong && active.dim() == 2 && active.is_contiguous(),
-              "core_attention_cuda: active must be a contiguous int64 [B, n] tensor");
+  TORCH_CHECK(active.scalar_type() == at::kLong && (active.dim() == 2 || active.dim() == 3) &&
+                  active.is_contiguous(),
+              "core_attention_cuda: active must be a contiguous int64 [B, n] or [B, Hkv, n] tensor");
   const int64_t B = q.size(0), Hq = q.size(1), D = q.size(3);
-  const int64_t Hkv = k.size(1), N = k.size(2), n = active.size(1);
+  const int64_t Hkv = k.size(1), N = k.size(2), n = active.size(-1);
+  const bool per_head = active.dim() == 3;
   TORCH_CHECK(k.size(0) == B && k.size(3) == D && active.size(0) == B,
               "core_attention_cuda: batch or head_dim mismatch between q, k/v and active");
+  TORCH_CHECK(!per_head || active.size(1) == Hkv,
+              "core_attention_cuda: per-head active must be [B, Hkv, n] with Hkv = k.size(1)");
   TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0, "core_attention_cuda: Hq must be a multiple of Hkv");
   TORCH_CHECK(D == 64 || D == 128 || D == 256, "core_attention_cuda: head_dim must be 64, 128 or 256");
   TORCH_CHECK(B <= 65535 && N < (int64_t{1} << 31) && n < (int64_t{1} << 31),
@@ -361,7 +373,10 @@ std::vector<at::Tensor> core_attention_cuda(const at::Tensor& q, const at::Tenso
 
   const c10::cuda::CUDAGuard guard(q.device());
   auto out = at::empty({B, Hq, 1, D}, q.options());
-  auto probs = at::empty({B, n}, q.options().dtype(at::kFloat));
+  const int64_t P = (per_head || per_head_probs) ? Hkv : 1;  // probs rows per batch row
+  auto probs = per_head || per_head_probs
+                   ? at::empty({B, Hkv, n}, q.options().dtype(at::kFloat))
+                   : at::empty({B, n}, q.options().dtype(at::kFloat));
   if (B == 0 || Hq == 0) return {out, probs.zero_()};
   if (n == 0) return {out.zero_(), probs};
 
@@ -376,7 +391,8 @@ std::vector<at::Tensor> core_attention_cuda(const at::Tensor& q, const at::Tenso
   int64_t nsplit = std::max<int64_t>(1, std::min(by_sms, by_rows));
   const int64_t chunk = (n + nsplit - 1) / nsplit;
   nsplit = (n + chunk - 1) / chunk;
-  TORCH_CHECK(nsplit <= 65535 && Hkv * head_tiles <= 65535, "core_attention_cuda: grid too large");
+  TORCH_CHECK(nsplit <= 65535 && Hkv * head_tiles <= 65535 && B * P <= 65535,
+              "core_attention_cuda: grid too large");
 
   auto f32 = q.options().dtype(at::kFloat);
   auto scores = at::empty({B, Hq, n}, f32);
@@ -404,6 +420,9 @@ std::vector<at::Tensor> core_attention_cuda(const at::Tensor& q, const at::Tenso
   p.probs = probs.data_ptr<float>();
   p.k_sb = k.stride(0), p.k_sh = k.stride(1), p.k_sn = k.stride(2);
   p.v_sb = v.stride(0), p.v_sh = v.stride(1), p.v_sn = v.stride(2);
+  p.a_sb = per_head ? Hkv * n : n;
+  p.a_sh = per_head ? n : 0;
+  p.P = static_cast<int>(P);
   p.B = static_cast<int>(B), p.Hq = static_cast<int>(Hq), p.Hkv = static_cast<int>(Hkv);
   p.G = G, p.N = static_cast<int>(N), p.n = static_cast<int>(n);
   p.nsplit = static_cast<int>(nsplit), p.chunk = static_cast<int>(chunk);
@@ -423,6 +442,6 @@ std::vector<at::Tensor> core_attention_cuda(const at::Tensor& q, const at::Tenso
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("core_attention", &core_attention_cuda,
         "Core-cache decode attention over the active rows (CUDA)", py::arg("q"), py::arg("k"),
-        py::arg("v"), py::arg("active"), py::arg("scale"),
+        py::arg("v"), py::arg("active"), py::arg("scale"), py::arg("per_head_probs") = false,
         py::call_guard<py::gil_scoped_release>());
 }
