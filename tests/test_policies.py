@@ -151,9 +151,9 @@ def test_decode_computes_over_only_the_active_rows(llava15_shaped, monkeypatch):
     rows_seen: list[int] = []
     real = avl_lab.ext.core_attention
 
-    def counting(q, k, v, active, scale=None, impl="auto"):
+    def counting(q, k, v, active, scale=None, impl="auto", **kw):
         rows_seen.append(int((active >= 0).sum()))
-        return real(q, k, v, active, scale, impl)
+        return real(q, k, v, active, scale, impl, **kw)
 
     monkeypatch.setattr(avl_lab.ext, "core_attention", counting)
     n_text = inputs["input_ids"].shape[1] - 576
