@@ -78,7 +78,7 @@ def test_mass_fraction_by_hand():
 def test_analyze_cli_all(tmp_path):
     res = _run("avl_lab.analyze", ["all", *FAST, "data.limit=3", "generation.max_new_tokens=4",
                                    f"out={tmp_path}"])
-    for name in ("modality-attention", "sparsity", "layer-ppci", "step-ppci"):
+    for name in ("modality-attention", "sparsity", "layer-ppci", "step-ppci", "coverage", "drift"):
         assert (tmp_path / f"{name}.csv").exists(), res.stdout
         _png(tmp_path / f"{name}.png")
     shares = pd.read_csv(tmp_path / "modality-attention.csv")
@@ -89,6 +89,13 @@ def test_analyze_cli_all(tmp_path):
     assert layer[layer["layer"] == 0]["ppci"].to_numpy() == pytest.approx(1.0)
     frac = pd.read_csv(tmp_path / "sparsity.csv")["fraction"]
     assert ((frac > 0) & (frac <= 1)).all()
+    cov = pd.read_csv(tmp_path / "coverage.csv")  # tiny-random-llava: 4 layers x 4 heads
+    assert set(cov["head"].astype(str)) == {"0", "1", "2", "3", "mean"}
+    assert set(cov["layer"]) == {0, 1, 2, 3} and set(cov["S"]) == {30, 45}
+    assert cov["coverage"].between(0, 1).all()
+    assert cov[cov["S"] == 45]["random"].iloc[0] == pytest.approx(28 / 64)  # floor(0.45 * 64)
+    drift = pd.read_csv(tmp_path / "drift.csv")
+    assert set(drift["step"]) <= {1, 2, 3} and drift["ppci"].between(0, 1).all()
 
 
 def test_table_cli_reports_every_method_and_task_and_matches_direct_evaluation(tmp_path):

@@ -65,3 +65,44 @@ def plot_step_ppci(df: pd.DataFrame, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _grid(df: pd.DataFrame, value: str) -> pd.DataFrame:
+    """layer x head table of the mean ``value`` (heads in order, the head average last)."""
+    heads = sorted({h for h in df["head"] if h != "mean"}, key=int) + ["mean"]
+    return df.groupby(["layer", "head"])[value].mean().unstack("head")[heads]
+
+
+def plot_coverage(df: pd.DataFrame, path: Path, S: int = 45) -> None:
+    plt, sns = _plt()
+    sub = df[df["S"] == S]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
+    rand = float(sub["random"].mean())
+    sns.heatmap(_grid(sub, "coverage"), ax=a, annot=True, fmt=".2f", cmap="RdBu", center=rand,
+                vmin=0, vmax=1, cbar_kws={"label": f"answer tokens in the top {S}%"})
+    a.set(title=f"coverage of the answer's image tokens (random: {rand:.2f})")
+    sns.heatmap(_grid(sub, "blank_share"), ax=b, annot=True, fmt=".2f", cmap="viridis",
+                vmin=0, vmax=1, cbar_kws={"label": "share of image attention"})
+    b.set(title="last prompt token's image attention on blank cells")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_drift(df: pd.DataFrame, path: Path, p: int = 30) -> None:
+    plt, sns = _plt()
+    sub = df[df["p"] == p]
+    layers = sorted(sub["layer"].unique())
+    fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.8), squeeze=False,
+                             sharey=True)
+    for ax, layer in zip(axes[0], layers, strict=True):
+        d = sub[sub["layer"] == layer]
+        sns.lineplot(data=d[d["head"] != "mean"], x="step", y="ppci", hue="head", ax=ax,
+                     palette="tab10", errorbar=None)
+        sns.lineplot(data=d[d["head"] == "mean"], x="step", y="ppci", ax=ax, color="black",
+                     linestyle="--", errorbar=None, label="mean")
+        ax.set(ylim=(0, 1.05), title=f"layer {layer}", ylabel=f"{p}% PPCI vs last prompt token")
+    fig.suptitle("drift: each decode step's image attention vs the prefill ranking, per head")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

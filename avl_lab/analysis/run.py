@@ -6,20 +6,34 @@ from pathlib import Path
 
 import pandas as pd
 
-from avl_lab.analysis import measures, plots
+from avl_lab.analysis import head_measures, measures, plots
 from avl_lab.analysis.collect import SampleAttention, collect
+from avl_lab.analysis.heads import HeadAttention, collect_heads
 from avl_lab.evaluation import EvalConfig
 
-ANALYSES = ("modality-attention", "sparsity", "layer-ppci", "step-ppci")
+#: Read through the engine's recording policy (head-averaged).
+ENGINE_ANALYSES = ("modality-attention", "sparsity", "layer-ppci", "step-ppci")
+#: Read per head from the stock model (:mod:`avl_lab.analysis.heads`).
+HEAD_ANALYSES = ("coverage", "drift")
+ANALYSES = ENGINE_ANALYSES + HEAD_ANALYSES
 
 
-def tabulate(name: str, samples: list[SampleAttention], out: Path) -> pd.DataFrame:
+def tabulate(name: str, samples: list[SampleAttention] | list[HeadAttention], out: Path) -> pd.DataFrame:
     """Compute analysis ``name`` from recorded ``samples``; write its CSV and PNG to ``out``."""
     if name not in ANALYSES:
         raise ValueError(f"unknown analysis {name!r}; choose one of {list(ANALYSES)}")
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"{name}.png"
-    if name == "modality-attention":
+    if name == "coverage":
+        df = head_measures.coverage(samples)
+        if df.empty:
+            raise ValueError("`coverage` needs a task whose answer's image tokens are known "
+                             "(synth-docvqa, synth-ocr, synth-textvqa) on a square image grid")
+        plots.plot_coverage(df, png)
+    elif name == "drift":
+        df = head_measures.drift(samples)
+        plots.plot_drift(df, png)
+    elif name == "modality-attention":
         df = measures.modality_attention(samples)
         plots.plot_modality(df, png)
     elif name == "sparsity":
@@ -36,6 +50,7 @@ def tabulate(name: str, samples: list[SampleAttention], out: Path) -> pd.DataFra
 
 
 def analyze(names: list[str], cfg: EvalConfig, out: Path) -> dict[str, pd.DataFrame]:
-    """Collect attention once for ``cfg`` and run each analysis in ``names``."""
-    samples = collect(cfg)
-    return {n: tabulate(n, samples, out) for n in names}
+    """Collect attention once per kind for ``cfg`` and run each analysis in ``names``."""
+    engine = collect(cfg) if set(names) & set(ENGINE_ANALYSES) else []
+    heads = collect_heads(cfg) if set(names) & set(HEAD_ANALYSES) else []
+    return {n: tabulate(n, heads if n in HEAD_ANALYSES else engine, out) for n in names}
