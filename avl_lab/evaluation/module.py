@@ -14,7 +14,8 @@ from avl_lab.engine.session import attach
 from avl_lab.evaluation.config import EvalConfig
 from avl_lab.evaluation.prompting import encode
 from avl_lab.evaluation.records import RecordLog
-from avl_lab.metrics import CacheAccounting, build_metric, score_rows
+from avl_lab.metrics import CacheAccounting, ScoreMean, build_metric, score_rows
+from avl_lab.metrics.registry import SAMPLE_SCORERS
 
 
 class EvalModule(L.LightningModule):
@@ -29,7 +30,9 @@ class EvalModule(L.LightningModule):
         self.metric_name = metric
         self.samples = samples
         self.skipped_log = skipped
-        self.task_metric = build_metric(metric)
+        # per-sample metrics stream the records' own scores; CIDEr needs the corpus
+        self.per_sample = metric in SAMPLE_SCORERS
+        self.task_metric = ScoreMean() if self.per_sample else build_metric(metric)
         self.cache_metric = CacheAccounting()
 
     def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
@@ -61,10 +64,10 @@ class EvalModule(L.LightningModule):
                 "batch": batch_id, "batch_size": len(rows),
             })
         self.samples.append(records)
-        if None in scores:  # a corpus metric (CIDEr): no per-sample score
-            self.task_metric.update(preds, [list(r["answers"]) for r in rows])
+        if self.per_sample:
+            self.task_metric.update(scores)
         else:
-            self.task_metric.add_scores(scores)
+            self.task_metric.update(preds, [list(r["answers"]) for r in rows])
         self.cache_metric.update(torch.tensor(stats.per_sample_stored), torch.tensor(stats.per_sample_used))
         self.log("score", self.task_metric, prog_bar=True, batch_size=len(rows))
 

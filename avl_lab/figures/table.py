@@ -19,12 +19,15 @@ from avl_lab.evaluation.cached import evaluate_policy
 
 __all__ = ["METHODS", "TASKS", "markdown", "run_table"]
 
-#: Row label -> policy, as in the paper's Tables 2/3 (A-VL = S=45 C=30 K=3).
+#: Row label -> policy: the paper's Table 2 (Full, FastV, H2O, A-VL = S=45 C=30 K=3) and the
+#: settings of its Table 3 (S=40; + P=90; + T=50). Baselines as the official code runs them.
 METHODS: dict[str, dict[str, Any]] = {
     "Full": {"name": "full"},
     "FastV keep=50": {"name": "fastv", "keep": 50},
     "H2O ratio=0.5": {"name": "h2o", "ratio": 0.5},
+    "A-VL S=40": {"name": "avl", "S": 40},
     "A-VL": {"name": "avl", "S": 45, "C": 30, "K": 3},
+    "A-VL + P=90": {"name": "avl", "S": 45, "C": 30, "K": 3, "P": 90},
     "A-VL + P=90 T=50": {"name": "avl", "S": 45, "C": 30, "K": 3, "P": 90, "T": 50},
 }
 #: Default columns: the embedded tasks.

@@ -18,9 +18,10 @@ cider             ``cider(predictions, references)``         :class:`CIDEr`
 
 ``build_metric(name)`` returns the streaming metric for a dataset row's ``metric`` field;
 ``score_rows(name, predictions, rows)`` scores samples with their rows' ``meta`` (one path for
-every caller), and a per-sample streaming metric takes those scores with ``add_scores``.
+every caller), and :class:`ScoreMean` streams the mean of those scores.
 """
 
+from avl_lab.metrics._base import ScoreMean
 from avl_lab.metrics.accuracy import Accuracy, accuracy
 from avl_lab.metrics.anls import ANLS, anls
 from avl_lab.metrics.cache import CacheAccounting, cache_fraction, cache_summary
@@ -37,6 +38,7 @@ __all__ = [
     "ANLS",
     "METRIC_NAMES",
     "PPCI",
+    "ScoreMean",
     "Accuracy",
     "CIDEr",
     "CacheAccounting",

@@ -95,14 +95,18 @@ class MeanScoreMetric(Metric):
         self.total += float(batch)
         self.count += len(preds)
 
-    def add_scores(self, scores: Sequence[float]) -> None:
-        """Add samples already scored (e.g. by :func:`avl_lab.metrics.score_rows`)."""
-        values = [float(x) for x in scores]
-        self.total += sum(values)
-        self.count += len(values)
-
     def compute(self) -> torch.Tensor:
         """Mean score over all samples seen (by every process after sync)."""
         if int(self.count) == 0:
             return torch.tensor(float("nan"), dtype=torch.float64)
         return self.total / self.count
+
+
+class ScoreMean(MeanScoreMetric):
+    """Streaming mean of samples already scored (by :func:`avl_lab.metrics.score_rows`):
+    ``update(scores)`` takes one float or a sequence of them."""
+
+    def update(self, scores: float | Sequence[float]) -> None:  # type: ignore[override]
+        values = [float(scores)] if isinstance(scores, (int, float)) else [float(x) for x in scores]
+        self.total += sum(values)
+        self.count += len(values)
