@@ -89,20 +89,27 @@ def plot_coverage(df: pd.DataFrame, path: Path, S: int = 45) -> None:
     plt.close(fig)
 
 
-def plot_drift(df: pd.DataFrame, path: Path, p: int = 30) -> None:
+def plot_drift(df: pd.DataFrame, path: Path, p: int = 10) -> None:
+    """Per layer: p% PPCI vs the last prompt token (top) and the share of image attention on
+    the answer's tokens (bottom, when known), per head and for the head average (dashed)."""
     plt, sns = _plt()
     sub = df[df["p"] == p]
     layers = sorted(sub["layer"].unique())
-    fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.8), squeeze=False,
-                             sharey=True)
-    for ax, layer in zip(axes[0], layers, strict=True):
-        d = sub[sub["layer"] == layer]
-        sns.lineplot(data=d[d["head"] != "mean"], x="step", y="ppci", hue="head", ax=ax,
-                     palette="tab10", errorbar=None)
-        sns.lineplot(data=d[d["head"] == "mean"], x="step", y="ppci", ax=ax, color="black",
-                     linestyle="--", errorbar=None, label="mean")
-        ax.set(ylim=(0, 1.05), title=f"layer {layer}", ylabel=f"{p}% PPCI vs last prompt token")
-    fig.suptitle("drift: each decode step's image attention vs the prefill ranking, per head")
+    panels = [("ppci", f"{p}% PPCI vs last prompt token")]
+    if sub["answer_share"].notna().any():
+        panels.append(("answer_share", "image attention on the answer"))
+    fig, axes = plt.subplots(len(panels), len(layers), figsize=(4.2 * len(layers), 3.4 * len(panels)),
+                             squeeze=False, sharey="row")
+    for row, (value, label) in enumerate(panels):
+        for col, layer in enumerate(layers):
+            ax = axes[row][col]
+            d = sub[sub["layer"] == layer]
+            sns.lineplot(data=d[d["head"] != "mean"], x="step", y=value, hue="head", ax=ax,
+                         palette="tab10", errorbar=None, legend=(row, col) == (0, len(layers) - 1))
+            sns.lineplot(data=d[d["head"] == "mean"], x="step", y=value, ax=ax, color="black",
+                         linestyle="--", errorbar=None)
+            ax.set(ylim=(0, 1.05), title=f"layer {layer}", ylabel=label)
+    fig.suptitle("drift: each decode step's image attention per head (dashed: head average)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -7,7 +7,7 @@ code does (it cuts only the hidden states: modeling_llama.py l.1817-1851); ``dro
 evicts the dropped tokens there too (avl_lab's earlier reading).
 
 ``layer`` is 0-based. The official code prunes at ``idx == prefill_filter_layer - 1`` and its
-lmms-eval CLI passes ``--prefill_filter_layer 3`` by default (``__main__.py`` l.206-209), i.e.
+lmms-eval CLI passes ``--prefill_filter_layer 3`` by default (``__main__.py`` l.205-209), i.e.
 after 0-based layer 2, our default; the paper's text says "after the second decoder layer".
 """
 

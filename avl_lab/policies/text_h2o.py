@@ -21,7 +21,7 @@ score is computed from the head-averaged attention (per-head rows come with the 
 engine). Other variants:
 
 - ``"h2o"``: the branch that the released lmms-eval CLI takes by default
-  (``--text_use_h2o true``, ``__main__.py`` l.216-220; modeling_llama.py l.1621-1657): the same
+  (``--text_use_h2o true``, ``__main__.py`` l.218-222; modeling_llama.py l.1621-1657): the same
   text and window, plain accumulated attention of the text queries (``H2OKVCache_LayerWise``),
   ``floor(0.7 * window)`` heavy hitters (``--text_h20_hh_rate_in_cache 0.7``) and the rest
   recent rows; the CLI also sets ``--text_init_cache 20`` (``min_window=20``);
