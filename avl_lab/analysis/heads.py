@@ -22,10 +22,10 @@ from transformers.masking_utils import sdpa_mask
 
 from avl_lab import data, models
 from avl_lab.analysis.answer_cells import answer_tokens, blank_tokens
-from avl_lab.engine.session import decoder_layers
+from avl_lab.engine.families import family_of
 from avl_lab.engine.stats import steps_until_eos
 from avl_lab.evaluation import EvalConfig
-from avl_lab.evaluation.prompting import chat_prompt
+from avl_lab.evaluation.prompting import encode
 
 PROBE_ATTN = "avl_lab_head_probe"
 
@@ -77,7 +77,7 @@ class HeadProbe:
     @contextlib.contextmanager
     def attached(self, model) -> Iterator[HeadProbe]:
         """Install the probe on ``model``'s decoder for the ``with`` block (restored after)."""
-        decoder_layers(model)  # a LLaVA-like model, or TypeError
+        family_of(model)  # a supported family, or TypeError
         AttentionInterface.register(PROBE_ATTN, self.attention)
         AttentionMaskInterface.register(PROBE_ATTN, sdpa_mask)
         old = {"text_config": model.config.text_config._attn_implementation,
@@ -97,14 +97,13 @@ def collect_heads(cfg: EvalConfig) -> list[HeadAttention]:
     model, processor = models.load(cfg.model.name, dtype=cfg.model.dtype, seed=cfg.model.seed)
     kwargs = {"path": cfg.data.path} if cfg.data.path else {}
     ds = data.load(cfg.data.name, cfg.data.split, limit=cfg.data.limit, **kwargs)
-    image_id = model.config.image_token_id
+    vision_ids = torch.tensor(family_of(model).vision_token_ids(model.config))
     probe = HeadProbe()
     out: list[HeadAttention] = []
     for start in tqdm(range(0, len(ds), cfg.batch_size), desc="head attention", unit="batch"):
         rows = [ds[i] for i in range(start, min(len(ds), start + cfg.batch_size))]
-        inputs = processor(images=[r["image"].convert("RGB") for r in rows],
-                           text=[chat_prompt(processor, r["prompt"]) for r in rows],
-                           return_tensors="pt", padding=True)  # fmt: skip
+        inputs = encode(processor, [r["image"].convert("RGB") for r in rows],
+                        [r["prompt"] for r in rows])
         with torch.no_grad(), probe.attached(model):
             seqs = model.generate(**inputs, max_new_tokens=cfg.generation.max_new_tokens,
                                   do_sample=False)  # fmt: skip
@@ -112,7 +111,7 @@ def collect_heads(cfg: EvalConfig) -> list[HeadAttention]:
         n_steps = len(probe.steps) - 1
         steps = steps_until_eos(seqs, P, n_steps, {}, model.generation_config)
         for b, row in enumerate(rows):
-            cols = torch.nonzero(inputs["input_ids"][b] == image_id).flatten()  # [N_img]
+            cols = torch.nonzero(torch.isin(inputs["input_ids"][b], vision_ids)).flatten()  # [N_img]
             per_step = [torch.stack([step[layer][b][:, cols] for layer in sorted(step)])
                         for step in probe.steps]  # fmt: skip
             t_b = n_steps if steps is None else int(steps[b])
