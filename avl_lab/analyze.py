@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for name, df in tables.items():
+        if df.empty:
+            print(f"== {name}: nothing to measure on this task (see the warning)")
+            continue
         num = df.select_dtypes("number")
         keys = [c for c in ("step", "layer", "head", "S", "p", "modality") if c in df.columns]
         if "head" in keys:  # per-head tables: mean over steps

@@ -78,3 +78,11 @@ def test_head_probe_matches_eager_attention(llava):
                                        "vision_config": model.config.vision_config._attn_implementation})
     for layer, att in enumerate(out.attentions):
         torch.testing.assert_close(probe.steps[0][layer], att[:, :, -1].float(), atol=1e-5, rtol=0)
+
+
+def test_coverage_without_known_answers_is_an_empty_table(tmp_path):
+    from avl_lab.analysis.run import tabulate
+
+    s = HeadAttention("s", torch.rand(1, 2, 4), torch.rand(0, 1, 2, 4), None, None)
+    df = tabulate("coverage", [s], tmp_path)
+    assert df.empty and (tmp_path / "coverage.csv").exists() and not (tmp_path / "coverage.png").exists()

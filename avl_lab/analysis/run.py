@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,8 @@ from avl_lab.analysis import head_measures, measures, plots
 from avl_lab.analysis.collect import SampleAttention, collect
 from avl_lab.analysis.heads import HeadAttention, collect_heads
 from avl_lab.evaluation import EvalConfig
+
+log = logging.getLogger(__name__)
 
 #: Read through the engine's recording policy (head-averaged).
 ENGINE_ANALYSES = ("modality-attention", "sparsity", "layer-ppci", "step-ppci")
@@ -26,10 +29,11 @@ def tabulate(name: str, samples: list[SampleAttention] | list[HeadAttention], ou
     png = out / f"{name}.png"
     if name == "coverage":
         df = head_measures.coverage(samples)
-        if df.empty:
-            raise ValueError("`coverage` needs a task whose answer's image tokens are known "
-                             "(synth-docvqa, synth-ocr, synth-textvqa) on a square image grid")
-        plots.plot_coverage(df, png)
+        if df.empty:  # e.g. `all` on a task without grid answers: an empty table, no figure
+            log.warning("coverage: no sample has known answer tokens (the grid tasks on a model "
+                        "with a square patch grid); %s not drawn", png.name)
+        else:
+            plots.plot_coverage(df, png)
     elif name == "drift":
         df = head_measures.drift(samples)
         plots.plot_drift(df, png)
