@@ -280,3 +280,24 @@ def test_counts_helper_matches_math_floor():
     for n in (20, 64, 256, 576, 2880):
         for p in range(1, 101):
             assert int(count_of(p, torch.tensor([n]))) == math.floor(n * p / 100)
+
+
+def test_text_window_with_rows_per_kv_head(llava):
+    """TextH2O beside a per-head VisionTiering: every KV head holds the official text window,
+    and the run equals the masked reference (per-head masks)."""
+    model, processor = llava
+    inputs = make_inputs(processor, n=2)
+    lay = _layout(model, inputs)
+    n_system = (lay.modality == int(Modality.SYSTEM)).sum(1)
+    n_after = lay.n_prompt - lay.n_image - n_system
+    policy = Compose([build({"name": "vision_tiering", "S": 45, "C": 30, "per_head": True}),
+                      TextH2O(T=50)])
+    got, session = run_policy(model, inputs, policy, NEW)
+    ref = masked_reference(model, inputs, session.last_run.trace, NEW)
+    assert torch.equal(got.tokens, ref.tokens)
+    torch.testing.assert_close(got.logits, ref.logits, atol=1e-4, rtol=0)
+    want = [max(round(Fraction(50 * (int(n) + NEW - 1), 100)), 1) for n in n_after]
+    for layer in session.last_run.cache.layers:
+        assert layer.per_head
+        after = (_after_image(layer) & layer.valid).sum(-1)  # [B, Hkv]
+        assert after.tolist() == [[w] * after.shape[1] for w in want]

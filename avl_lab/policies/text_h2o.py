@@ -53,10 +53,18 @@ VARIANTS = ("quantile", "h2o", "max_length")
 _RECENT = {"quantile": 0.5, "h2o": 0.3, "max_length": 0.5}
 
 
+def _align(k: Tensor, count: Tensor) -> Tensor:
+    """A ``[B]`` count as ``[B, 1]`` against per-head counts ``[B, Hkv]``."""
+    return k[:, None] if k.dim() == 1 and count.dim() == 2 else k
+
+
 def evict_lowest(layer, acc, candidates, budget, protect) -> torch.Tensor | None:
     """Keep mask that drops the lowest-``acc`` rows among ``candidates`` down to ``budget`` rows,
-    never dropping the ``protect`` newest candidates (all ``[B]``/``[B, R]``)."""
-    over = (candidates.sum(1) - budget).clamp(min=0)
+    never dropping the ``protect`` newest candidates (``[B]`` counts, ``[B, R]`` masks, or
+    ``[B, Hkv, R]`` once the rows are per KV head)."""
+    count = candidates.sum(-1)
+    budget, protect = _align(budget, count), _align(protect, count)
+    over = (count - budget).clamp(min=0)
     if not bool(over.any()):
         return None
     pool = candidates & ~newest_rows(candidates, protect)
@@ -132,8 +140,8 @@ class TextH2O(Policy):
         if self.variant == "max_length":
             window = count_of(self.T, ctx.n_text + ctx.max_new_tokens).clamp(min=self.min_window)
             return window, count_of(100 * share, window).clamp(min=1)
-        n_system = ((layer.mod == int(Modality.SYSTEM)) & layer.valid).sum(1)  # never evicted
-        n = (ctx.n_text - n_system + ctx.step).to(torch.float64)  # current text length
+        n_system = ((layer.mod == int(Modality.SYSTEM)) & layer.valid).sum(-1)  # never evicted
+        n = (_align(ctx.n_text, n_system) - n_system + ctx.step).to(torch.float64)  # current text
         window = torch.round(n * self.T / 100.0).long().clamp(min=self.min_window)
         if self.variant == "h2o":  # hh = int(window * 0.7), recent = the rest (l.1639-1640)
             return window, window - count_of(100 * (1 - share), window)
@@ -148,6 +156,8 @@ class TextH2O(Policy):
         if self.variant == "max_length":
             return ctx.colsum.float()
         text = text_rows(layer)
+        if text.dim() == 3:  # rows per KV head: in prefill every head still holds the same rows
+            text = text[:, 0]
         idx = torch.sort((~text).to(torch.int8), dim=1, stable=True).indices  # text rows first
         m = int(text.sum(1).max())
         idx = idx[:, :m]  # [B, m] the text rows in order
@@ -172,7 +182,7 @@ class TextH2O(Policy):
         text = text_rows(layer)
         quant = masked_quantile(probs, text, 1.0 - self.T / 100.0)  # over all text rows, q too
         current = newest_rows(layer.valid, 1)
-        centred = torch.where(current, probs, probs - quant[:, None])
+        centred = torch.where(current, probs, probs - quant[..., None])
         return acc + centred * text
 
     def prefill_keep(self, layer, ctx: Context):
