@@ -1,7 +1,8 @@
 """The attention function ``avl_lab`` registers with transformers.
 
-Prefill: the stock SDPA path with the library mask, plus the last prompt token's attention
-(head-averaged, per layer) handed to the policy, which may prune tokens and evict rows.
+Prefill: stock SDPA at stock speed (:mod:`avl_lab.engine.prefill_scores`), plus the last prompt
+token's attention (head-averaged, per layer) and, when a policy asks, the attention each key
+received, handed to the policy, which may prune tokens and evict rows.
 Decode: a mask built from the layer's own bookkeeping, and attention over only the rows the
 policy marks active, through :func:`avl_lab.ext.core_attention`.
 """
@@ -13,11 +14,11 @@ from torch import Tensor, nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from avl_lab import ext
+from avl_lab.engine import prefill_scores
 from avl_lab.engine.cache import AVLLayer
 from avl_lab.engine.run import PruneState, Run
 
 ATTN_NAME = "avl_lab"
-_COLSUM_CHUNK = 1 << 24  # elements of one [B, Hq, c, R] probability block
 
 
 def avl_attention(
@@ -48,13 +49,15 @@ def avl_attention(
 
 
 def _prefill(run, layer, module, query, key, value, mask, scale, **kwargs):
-    out, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=scale, **kwargs)
     policy = run.policy
     ctx = run.context(layer.layer_idx)
-    visible = _visible(mask, layer.valid, query.shape[2])  # [B, q, R]
-    ctx.scores = _last_query_scores(query, key, visible[:, -1], scale)
+    plan = prefill_scores.plan_mask(module, mask, layer.valid, query.shape[2])
+    out, lse = prefill_scores.attention(
+        module, query, key, value, mask, scale, plan, want_lse=policy.needs_colsum, **kwargs
+    )
+    ctx.scores = _last_query_scores(query, key, _visible(mask, layer.valid), scale)
     if policy.needs_colsum:
-        ctx.colsum = _colsum_scores(query, key, visible, scale)
+        ctx.colsum = _colsum_scores(query, key, mask, layer.valid, scale, plan, lse)
     if run.trace is not None:
         run.trace.prefill[layer.layer_idx] = layer.tok.masked_fill(~layer.valid, -1)
     if layer.layer_idx == policy.prune_layer:
@@ -84,13 +87,9 @@ def _in_window(layer: AVLLayer, query_tok: int, window: int, rows: Tensor | None
     return inside & (layer.valid if rows is None else rows)
 
 
-def _visible(mask: Tensor | None, valid: Tensor, q_len: int) -> Tensor:
-    """``[B, q, R]`` which keys each query sees (the library mask, or causal when None)."""
-    if mask is not None:
-        return mask[:, 0].to(torch.bool) & valid[:, None, :]
-    R = valid.shape[1]
-    causal = torch.ones(q_len, R, dtype=torch.bool, device=valid.device).tril(R - q_len)
-    return causal[None] & valid[:, None, :]
+def _visible(mask: Tensor | None, valid: Tensor) -> Tensor:
+    """``[B, R]`` which keys the last query sees (the library mask's last row, or all when None)."""
+    return prefill_scores.last_query_visible(mask, valid)
 
 
 def _last_query_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float) -> Tensor:
@@ -103,22 +102,10 @@ def _last_query_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float
     return torch.softmax(s, dim=-1).nan_to_num(0.0).mean(dim=(1, 2))
 
 
-def _colsum_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float) -> Tensor:
-    """``[B, R]`` attention received by each key summed over all queries, averaged over heads."""
-    B, Hq, Q, D = query.shape
-    Hkv, R = key.shape[1], key.shape[2]
-    G = Hq // Hkv
-    k = key.float()
-    total = torch.zeros(B, R, device=key.device)
-    chunk = max(1, _COLSUM_CHUNK // max(1, B * Hq * R))
-    for s0 in range(0, Q, chunk):
-        q = query[:, :, s0 : s0 + chunk].float()  # [B, Hq, c, D]
-        c = q.shape[2]
-        s = torch.einsum("bhgcd,bhrd->bhgcr", q.view(B, Hkv, G, c, D), k) * scale
-        s = s.masked_fill(~visible[:, None, None, s0 : s0 + c], float("-inf"))
-        p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # [B, Hkv, G, c, R]
-        total += p.mean(dim=(1, 2)).sum(1)
-    return total
+def _colsum_scores(query, key, mask, valid, scale, plan, lse=None) -> Tensor:
+    """``[B, R]`` attention received by each key summed over all queries, averaged over heads
+    (see :func:`avl_lab.engine.prefill_scores.colsum`)."""
+    return prefill_scores.colsum(query, key, scale, plan, mask, valid, lse)
 
 
 def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> Tensor | None:
