@@ -39,8 +39,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-#: Elements of one fp32 ``[b, Hq, c, R]`` score block in the column-sum pass (~8 MiB).
-COLSUM_CHUNK = 1 << 21
+#: Elements of one fp32 ``[b, Hq, c, R]`` score block in the column-sum pass (16 MiB): on one
+#: CPU thread 2**21..2**22 run at ~0.8x the SDPA call they follow, 2**24 at 1.3x (blocks leave
+#: the caches); larger chunks also mean fewer ops, which matters on oversubscribed cores.
+COLSUM_CHUNK = 1 << 22
+_LOG2E = 1.4426950408889634
 
 
 @dataclass(frozen=True)
@@ -250,26 +253,55 @@ def _causal_colsum(q: Tensor, k: Tensor, lse: Tensor | None, scale: float, chunk
     """``[b, Hkv, n]`` probabilities summed over each KV head's queries, causal attention.
 
     A chunk of queries ``[s0, e)`` sees keys ``[0, e)``; only the diagonal block needs a mask.
+    Probabilities are ``2 ** (log2(e) * (scale * q·k - lse))`` (``exp2`` runs ~2.5x faster
+    than ``exp`` on CPU); in fp32 the ``- lse`` rides in the product as one extra column.
     """
     b, Hq, n, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
     tot = torch.zeros(b, Hkv, n, device=k.device)
+    if lse is None:  # no kernel log-sum-exp: each chunk computes its own
+        return _causal_colsum_self_lse(q, k, scale, chunk, tot)
+    fold = q.dtype in (torch.float32, torch.float64)
+    l2 = lse.to(torch.float32) * _LOG2E  # [b, Hq, n]
+    if fold:  # [q * scale * log2(e), -lse * log2(e)] · [k, 1] = log2(e) * (scale * q·k - lse)
+        q = torch.cat([q * (scale * _LOG2E), -l2[..., None].to(q.dtype)], dim=-1)
+        k = torch.cat([k, k.new_ones(b, Hkv, n, 1)], dim=-1)
+    else:
+        q = q * (scale * _LOG2E)
+    Da = q.shape[-1]
     step = max(16, chunk // max(1, b * Hq * n))
     for s0 in range(0, n, step):
         e = min(n, s0 + step)
         c = e - s0
-        qc = q[:, :, s0:e].reshape(b, Hkv, G * c, D)  # [b, Hkv, G*c, D]
-        s = torch.matmul(qc, k[:, :, :e].transpose(-1, -2)).float()  # [b, Hkv, G*c, e]
-        s = s.view(b, Hkv, G, c, e).mul_(scale)
-        above = torch.ones(c, c, dtype=torch.bool, device=k.device).triu(1)  # key after query
-        s[..., s0:].masked_fill_(above, float("-inf"))
-        if lse is None:
-            lc = torch.logsumexp(s, dim=-1, keepdim=True)
-        else:
-            lc = lse[:, :, s0:e].reshape(b, Hkv, G, c, 1)
-        tot[..., :e] += s.sub_(lc).exp_().sum(dim=(2, 3))
+        qc = q[:, :, s0:e].reshape(b, Hkv, G * c, Da)  # [b, Hkv, G*c, Da]
+        s = torch.matmul(qc, k[:, :, :e].transpose(-1, -2)).float().view(b, Hkv, G, c, e)
+        if not fold:
+            s.sub_(l2[:, :, s0:e].reshape(b, Hkv, G, c, 1))
+        s[..., s0:].masked_fill_(_above(c, k.device), float("-inf"))  # keys after the query
+        tot[..., :e] += s.exp2_().sum(dim=(2, 3))
     return tot
+
+
+def _causal_colsum_self_lse(q, k, scale, chunk, tot) -> Tensor:
+    b, Hq, n, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    step = max(16, chunk // max(1, b * Hq * n))
+    for s0 in range(0, n, step):
+        e = min(n, s0 + step)
+        c = e - s0
+        qc = q[:, :, s0:e].reshape(b, Hkv, G * c, D)
+        s = torch.matmul(qc, k[:, :, :e].transpose(-1, -2)).float().view(b, Hkv, G, c, e)
+        s.mul_(scale)[..., s0:].masked_fill_(_above(c, k.device), float("-inf"))
+        s.sub_(torch.logsumexp(s, dim=-1, keepdim=True))
+        tot[..., :e] += s.exp_().sum(dim=(2, 3))
+    return tot
+
+
+def _above(c: int, device) -> Tensor:
+    """``[c, c]`` True where the key comes after the query (strict upper triangle)."""
+    return torch.ones(c, c, dtype=torch.bool, device=device).triu(1)
 
 
 def _masked_colsum(q, k, mask, valid, scale, chunk) -> Tensor:
