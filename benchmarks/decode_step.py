@@ -79,13 +79,15 @@ class SlotCache:
         return k, v
 
 
-def llava16_config() -> LlamaConfig:
+def llava16_config(tiny: bool = False) -> LlamaConfig:
+    """LLaVA-1.6-7B's decoder layer sizes (``tiny``: 4 heads, hidden 256, for smoke runs)."""
+    heads = 4 if tiny else 32
     cfg = LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        head_dim=128,
+        hidden_size=256 if tiny else 4096,
+        intermediate_size=688 if tiny else 11008,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=64 if tiny else 128,
         max_position_embeddings=4096,
         rms_norm_eps=1e-5,
     )
@@ -281,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help="1/16-width layers: a smoke run")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,84 +1,369 @@
-"""Whole ``generate`` through the engine vs stock transformers, side by side in one run.
+"""Whole ``generate`` through the engine vs stock transformers: prefill, decode and peak memory,
+side by side in one run.
 
-A random LLaVA with LLaVA-1.5's token layout (576 image tokens) and a mid-size Llama decoder;
-decode time per token ((time of N new tokens - time of 1) / (N - 1), so prefill cancels) of:
-stock ``model.generate`` (sdpa, DynamicCache), ``attach(full)`` and ``attach(avl S=45 C=30)``.
-Variants are interleaved in shuffled rounds; medians and p10–p90; ratios to stock. ``python benchmarks/engine_generate.py [--layers 8] [--hidden 1024] [--rounds 5]``
+Random models (``avl_lab.models.tiny_random``) with real token layouts:
+
+* ``llava15``: LLaVA-1.5 (576 image tokens per row + the prompt);
+* ``llava_next``: LLaVA-NeXT "anyres" (base tile + a 2x2 grid with row newlines, 2,928 image
+  tokens for a square image; rows of a batch alternate image shapes, so they hold different
+  counts and the batch is left-padded);
+* ``qwen2_5_vl``: Qwen2.5-VL (1,296 merged image tokens of a 576 px image, M-RoPE, GQA).
+
+Decoder sizes default to the issue's (hidden 1,024, 16 heads, MLP 2,048, 4 layers);
+``--preset 7b`` measures decode at real LLaVA-1.6-7B layer sizes (hidden 4,096, 32 heads,
+MLP 11,008; 2 layers, batch 8, LLaVA-NeXT layout). Variants: stock ``model.generate``
+(sdpa, ``DynamicCache``) and ``attach(model, policy)`` for ``full``, ``avl`` (S=45 C=30),
+``avl P T`` (S=45 C=30 K=3 P=90 T=50), ``fastv`` (keep 50% after layer 2), ``h2o``
+(ratio 0.5). Each sample is one ``generate`` of ``--new`` tokens; a logits processor stamps
+the time after every forward: prefill = start → first logits (vision encoder included),
+decode = mean time per later token. Peak memory: CPU, growth of the process's peak RSS
+(``VmHWM`` reset through ``/proc/self/clear_refs``) over the RSS before the call; CUDA,
+``max_memory_allocated`` over the allocation before. Cache: the largest K/V bytes the cache
+held at any step (``AVLCache.kv_bytes``, allocated room included; stock: the ``DynamicCache``
+tensors); ``cache/full`` is that over ``attach(full)``'s, to compare with ``stored``
+(session.stats.stored). ``kept work``: prefill decoder token-layers run over those of Full
+(prefill pruning), the prefill ratio it predicts if time follows tokens.
+
+All variants of a layout and batch run interleaved in shuffled rounds after a warm-up round
+that also checks that ``attach(full)`` gives stock's tokens; medians and p10–p90; ratios to
+stock in the same run.
+
+``python benchmarks/engine_generate.py [--layouts llava15 llava_next qwen2_5_vl]
+[--batch 1 8] [--rounds 3] [--new 8] [--threads N] [--device cuda --dtype bf16]
+[--preset 7b] [--json out.json]``
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import json
 import random
 import statistics
+import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from PIL import Image
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 
 import avl_lab
 from avl_lab.models import tiny_random
 
+POLICIES: dict[str, Any] = {
+    "full": "full",
+    "avl": {"name": "avl", "S": 45, "C": 30},
+    "avl P T": {"name": "avl", "S": 45, "C": 30, "K": 3, "P": 90, "T": 50},
+    "fastv": {"name": "fastv", "keep": 50, "layer": 2},
+    "h2o": {"name": "h2o", "ratio": 0.5},
+}
+QUESTIONS = [
+    "What is written on the sign in this picture?",
+    "Describe the image.",
+    "Which colour is the car on the left, and what is the licence plate number?",
+    "How many people?",
+]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--layers", type=int, default=8)
+
+# --- layouts ---------------------------------------------------------------------------------
+
+
+def build_layout(name: str, args) -> tuple[Any, Any, Callable[[int], Any]]:
+    """``(model, processor, inputs(batch))`` of a random model with ``name``'s token layout."""
+    sizes = dict(num_hidden_layers=args.layers, hidden_size=args.hidden,
+                 intermediate_size=args.mlp, num_attention_heads=args.heads)  # fmt: skip
+    if name in ("llava15", "llava_next"):
+        kind = "llava" if name == "llava15" else "llava_next"
+        model, proc = tiny_random(kind, image_seq_length=576, patch_size=1,
+                                  num_key_value_heads=args.kv_heads or args.heads, **sizes)
+        shapes = [(24, 24)] if kind == "llava" else [(48, 48), (48, 40)]
+
+        def inputs(batch: int):
+            images = [Image.new("RGB", shapes[i % len(shapes)], (40 * i % 255, 80, 160))
+                      for i in range(batch)]  # fmt: skip
+            text = [f"USER: <image>\n{QUESTIONS[i % len(QUESTIONS)]} ASSISTANT:" for i in range(batch)]
+            return proc(images=images, text=text, return_tensors="pt", padding=True)
+
+    elif name == "qwen2_5_vl":
+        head_dim = args.hidden // args.heads
+        model, proc = tiny_random(
+            "qwen2_5_vl", head_dim=head_dim, mrope_section=_mrope(head_dim),
+            num_key_value_heads=args.kv_heads or max(1, args.heads // 8),
+            max_image_tokens=1296, min_image_tokens=4, **sizes,
+        )
+        side = 36 * proc.image_processor.patch_size * proc.image_processor.merge_size
+
+        def inputs(batch: int):
+            from avl_lab.evaluation.prompting import encode
+
+            shapes = [(side, side), (side, side * 3 // 4)]
+            images = [Image.new("RGB", shapes[i % 2], (40 * i % 255, 80, 160)) for i in range(batch)]
+            return encode(proc, images, [QUESTIONS[i % len(QUESTIONS)] for i in range(batch)])
+
+    else:
+        raise ValueError(f"unknown layout {name!r}")
+    model.generation_config.eos_token_id = None
+    return model, proc, inputs
+
+
+def _mrope(head_dim: int) -> tuple[int, int, int]:
+    """M-RoPE sections (temporal, height, width) summing to ``head_dim // 2``, Qwen's 1:1.5:1.5."""
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return (t, h, half - t - h)
+
+
+# --- probes ----------------------------------------------------------------------------------
+
+
+class StepProbe(LogitsProcessor):
+    """Called after every forward of ``generate``: time stamp and the cache's K/V bytes."""
+
+    def __init__(self, device: torch.device, cache_bytes: Callable[[], int]) -> None:
+        self.device, self.cache_bytes = device, cache_bytes
+        self.times: list[float] = []
+        self.cache: list[int] = []
+
+    def __call__(self, input_ids, scores):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.times.append(time.perf_counter())
+        self.cache.append(self.cache_bytes())
+        return scores
+
+
+def dynamic_cache_bytes(cache: DynamicCache) -> int:
+    total = 0
+    for layer in cache.layers:
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+class PeakMemory:
+    """Peak memory growth of the block: CUDA allocations, or the process's RSS on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak: float | None = None  # bytes
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            _malloc_trim()
+            self.base = _reset_rss_peak()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
+        elif self.base is not None:
+            self.peak = _status_kb("VmHWM") * 1024 - self.base
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_rss_peak() -> int | None:
+    """Reset ``VmHWM`` to the current RSS (Linux); the RSS in bytes, or None if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_kb("VmRSS") * 1024
+    except OSError:
+        return None
+
+
+# --- one sample ------------------------------------------------------------------------------
+
+
+def run_once(model, inputs, policy, new: int, device) -> dict[str, Any]:
+    """One ``generate``: prefill s, decode s/token, peak bytes, cache peak bytes, tokens."""
+    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
+    t0 = time.perf_counter()
+    with PeakMemory(device) as mem:
+        if policy is None:
+            cache = DynamicCache()
+            probe = StepProbe(device, lambda: dynamic_cache_bytes(cache))
+            t0 = time.perf_counter()
+            out = model.generate(**inputs, **kw, cache=cache, logits_processor=LogitsProcessorList([probe]))
+            stats, kept = None, 1.0
+        else:
+            with avl_lab.attach(model, policy) as session:
+                probe = StepProbe(device, lambda: session.run.cache.kv_bytes() if session.run else 0)
+                t0 = time.perf_counter()
+                out = session.generate(**inputs, **kw, logits_processor=LogitsProcessorList([probe]))
+            stats, kept = session.stats, kept_work(session)
+    ts = probe.times
+    return {
+        "prefill_s": ts[0] - t0,
+        "decode_s": (ts[-1] - ts[0]) / (len(ts) - 1) if len(ts) > 1 else float("nan"),
+        "peak_bytes": mem.peak,
+        "cache_bytes": max(probe.cache),
+        "stored": None if stats is None else stats.stored,
+        "kept_work": kept,
+        "tokens": out[:, inputs["input_ids"].shape[1]:],
+    }
+
+
+def kept_work(session) -> float:
+    """Prefill decoder token-layers run / those Full runs (< 1 only with prefill pruning)."""
+    run = session.last_run
+    L, P = run.num_layers, run.layout.length
+    if run.prune is None:
+        return 1.0
+    after = L - run.prune.layer - 1
+    return ((L - after) * P + after * run.prune.index.shape[1]) / (L * P)
+
+
+# --- one table -------------------------------------------------------------------------------
+
+
+def bench(model, inputs, variants: dict[str, Any], rounds: int, new: int, device, seed: int):
+    """Interleaved shuffled rounds after one checked warm-up round; per-variant samples."""
+    warm = {name: run_once(model, inputs, pol, new, device) for name, pol in variants.items()}
+    if "full" in warm and not torch.equal(warm["full"]["tokens"], warm["stock"]["tokens"]):
+        raise AssertionError("attach(full) did not reproduce stock generate's tokens")
+    samples: dict[str, list[dict]] = {k: [] for k in variants}
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        order = list(variants)
+        rng.shuffle(order)
+        for name in order:
+            samples[name].append(run_once(model, inputs, variants[name], new, device))
+    return samples
+
+
+def _q(xs: list[float]) -> tuple[float, float, float]:
+    xs = sorted(xs)
+    q = statistics.quantiles(xs, n=10, method="inclusive") if len(xs) > 1 else [xs[0]] * 9
+    return statistics.median(xs), q[0], q[-1]
+
+
+def summarize(samples: dict[str, list[dict]]) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    for name, ss in samples.items():
+        row: dict[str, float | None] = {}
+        for key in ("prefill_s", "decode_s"):
+            row[key], row[key + "_p10"], row[key + "_p90"] = _q([s[key] for s in ss])
+        peaks = [s["peak_bytes"] for s in ss if s["peak_bytes"] is not None]
+        row["peak_bytes"] = statistics.median(peaks) if peaks else None
+        row["cache_bytes"] = max(s["cache_bytes"] for s in ss)
+        row["stored"] = ss[0]["stored"]
+        row["kept_work"] = ss[0]["kept_work"]
+        out[name] = row
+    base, full = out["stock"], out.get("full")
+    for row in out.values():
+        row["prefill_x"] = row["prefill_s"] / base["prefill_s"]
+        row["decode_x"] = row["decode_s"] / base["decode_s"]
+        row["peak_x"] = row["peak_bytes"] / base["peak_bytes"] if row["peak_bytes"] and base["peak_bytes"] else None
+        row["cache_x_full"] = row["cache_bytes"] / full["cache_bytes"] if full else None
+    return out
+
+
+def table(rows: dict[str, dict]) -> str:
+    lines = ["| variant | prefill ms (p10–p90) | prefill ×stock | kept work | decode ms/token (p10–p90) "
+             "| decode ×stock | peak MB | peak ×stock | cache MB | cache/full | stored |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in rows.items():
+        mb = lambda b: "–" if b is None else f"{b / 2**20:,.0f}"  # noqa: E731
+        x = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+        lines.append(
+            f"| {name} | {r['prefill_s'] * 1e3:,.0f} ({r['prefill_s_p10'] * 1e3:,.0f}–"
+            f"{r['prefill_s_p90'] * 1e3:,.0f}) | **{r['prefill_x']:.2f}** | {x(r['kept_work'])} | "
+            f"{r['decode_s'] * 1e3:,.1f} ({r['decode_s_p10'] * 1e3:,.1f}–{r['decode_s_p90'] * 1e3:,.1f}) "
+            f"| **{r['decode_x']:.2f}** | {mb(r['peak_bytes'])} | {x(r['peak_x'])} | "
+            f"{mb(r['cache_bytes'])} | {x(r['cache_x_full'])} | {x(r['stored'])} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--layouts", nargs="+", default=["llava15", "llava_next", "qwen2_5_vl"])
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--variants", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--new", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=5)
-    args = p.parse_args()
-    torch.manual_seed(0)
-    model, proc = tiny_random(
-        "llava", image_seq_length=576, patch_size=1, num_hidden_layers=args.layers,
-        hidden_size=args.hidden, intermediate_size=2 * args.hidden,
-        num_attention_heads=args.heads, num_key_value_heads=args.heads,
-    )
-    from PIL import Image
-
-    images = [Image.new("RGB", (24, 24), (i * 40, 80, 160)) for i in range(args.batch)]
-    text = ["USER: <image>\nWhat is written on the sign in this picture? ASSISTANT:"] * args.batch
-    inputs = proc(images=images, text=text, return_tensors="pt", padding=True)
-    def kw(n: int) -> dict:
-        return {"max_new_tokens": n, "min_new_tokens": n, "do_sample": False}
-
-    def timed(gen) -> float:
-        t0 = time.perf_counter()
-        gen(**inputs, **kw(1))
-        t1 = time.perf_counter()
-        gen(**inputs, **kw(args.new))
-        t2 = time.perf_counter()
-        return ((t2 - t1) - (t1 - t0)) / (args.new - 1)
-
-    def stock() -> float:
-        return timed(model.generate)
-
-    def under(policy):
-        def run() -> float:
-            with avl_lab.attach(model, policy) as s:
-                return timed(s.generate)
-        return run
-
-    variants = {"stock": stock, "full": under("full"),
-                "avl S=45 C=30": under({"name": "avl", "S": 45, "C": 30})}
-    for fn in variants.values():  # warm-up (and the op's build)
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    with torch.no_grad():
-        for _ in range(args.rounds):
-            order = list(variants)
-            random.shuffle(order)
-            for name in order:
-                times[name].append(variants[name]() * 1e3)
-    base = statistics.median(times["stock"])
-    print(f"layers={args.layers} hidden={args.hidden} batch={args.batch} new={args.new} "
-          f"rows≈{inputs['input_ids'].shape[1]} threads={torch.get_num_threads()}")
-    print("| variant | decode ms/token median | p10–p90 | vs stock |\n|---|---|---|---|")
-    for name, ts in times.items():
-        q = statistics.quantiles(ts, n=10) if len(ts) > 1 else [ts[0]] * 9
-        print(f"| {name} | {statistics.median(ts):.2f} | {q[0]:.2f}–{q[-1]:.2f} | "
-              f"{statistics.median(ts) / base:.2f} |")
+    p.add_argument("--kv-heads", type=int, default=0, help="0: MHA for LLaVA, heads/8 for Qwen")
+    p.add_argument("--mlp", type=int, default=2048)
+    p.add_argument("--new", type=int, default=8, help="new tokens per generate")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--preset", choices=["7b"], default=None,
+                   help="7b: LLaVA-1.6-7B layer sizes, 2 layers, batch 8, llava_next, stock/full/avl")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default=None, choices=list(DTYPES), help="fp32 CPU, bf16 CUDA")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.preset == "7b":
+        args.hidden, args.heads, args.mlp = 4096, 32, 11008
+        if "--layers" not in (argv or sys.argv):
+            args.layers = 2
+        if "--batch" not in (argv or sys.argv):
+            args.batch = [8]
+        if "--layouts" not in (argv or sys.argv):
+            args.layouts = ["llava_next"]
+        if "--variants" not in (argv or sys.argv):
+            args.variants = ["full", "avl"]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    torch.manual_seed(args.seed)
+    variants = {"stock": None, **{v: POLICIES[v] for v in args.variants}}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"{str(dtype).removeprefix('torch.')}; decoder: {args.layers} layers, hidden {args.hidden}, "
+          f"{args.heads} heads, MLP {args.mlp}; {args.new} new tokens; {args.rounds} rounds\n")  # fmt: skip
+    report: dict[str, Any] = {"args": vars(args), "device": name, "torch": torch.__version__, "tables": []}
+    for layout in args.layouts:
+        model, _, make_inputs = build_layout(layout, args)
+        model.to(device, dtype)
+        for batch in args.batch:
+            inputs = make_inputs(batch).to(device)
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+            P = inputs["input_ids"].shape[1]
+            padded = int((inputs["attention_mask"] == 0).any(1).sum())
+            with torch.inference_mode():
+                rows = summarize(bench(model, inputs, variants, args.rounds, args.new, device, args.seed))
+            print(f"### {layout}, batch {batch}: {P} prompt tokens, {padded} rows left-padded\n")
+            print(table(rows) + "\n", flush=True)
+            report["tables"].append({"layout": layout, "batch": batch, "prompt_tokens": P,
+                                     "padded_rows": padded, "rows": rows})  # fmt: skip
+        del model
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,7 +1,8 @@
 """The attention function ``avl_lab`` registers with transformers.
 
-Prefill: the stock SDPA path with the library mask, plus the last prompt token's attention
-(head-averaged, per layer) handed to the policy, which may prune tokens and evict rows.
+Prefill: stock SDPA at stock speed (:mod:`avl_lab.engine.prefill_scores`), plus the last prompt
+token's attention (head-averaged, per layer) and, when a policy asks, the attention each key
+received, handed to the policy, which may prune tokens and evict rows.
 Decode: a mask built from the layer's own bookkeeping, and attention over only the rows the
 policy marks active, through :func:`avl_lab.ext.core_attention`.
 """
@@ -15,12 +16,12 @@ from torch import Tensor, nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from avl_lab import ext
+from avl_lab.engine import prefill_scores
 from avl_lab.engine.cache import AVLLayer
 from avl_lab.engine.run import PruneState, Run
 from avl_lab.policies.base import both, heads
 
 ATTN_NAME = "avl_lab"
-_COLSUM_CHUNK = 1 << 24  # elements of one [B, Hq, c, R] probability block
 
 
 def avl_attention(
@@ -51,15 +52,18 @@ def avl_attention(
 
 
 def _prefill(run, layer, module, query, key, value, mask, scale, **kwargs):
-    out, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=scale, **kwargs)
     policy = run.policy
     ctx = run.context(layer.layer_idx)
-    visible = _visible(mask, layer.valid, query.shape[2])  # [B, q, R]
-    ctx.head_scores = _last_query_scores(query, key, visible[:, -1], scale)  # [B, Hkv, R]
-    ctx.scores = ctx.head_scores.mean(1)
-    ctx.query_probs = functools.partial(_query_probs, query, key, visible, scale)
+    plan = prefill_scores.plan_mask(module, mask, layer.valid, query.shape[2])
+    out, lse = prefill_scores.attention(
+        module, query, key, value, mask, scale, plan, want_lse=policy.needs_colsum, **kwargs
+    )
+    ctx.head_scores = _last_query_scores(query, key, _visible(mask, layer.valid), scale)
+    ctx.scores = ctx.head_scores.mean(1)  # [B, R], paper Eq. 1
+    ctx.query_probs = functools.partial(_query_probs, query, key, mask, layer.valid, scale)
     if policy.needs_colsum:
-        ctx.colsum = _colsum_scores(query, key, visible, scale)
+        ctx.head_colsum = _colsum_scores(query, key, mask, layer.valid, scale, plan, lse)
+        ctx.colsum = ctx.head_colsum.mean(1)
     if run.trace is not None:
         run.trace.prefill[layer.layer_idx] = layer.tok.masked_fill(~layer.valid, -1)
     if layer.layer_idx == policy.prune_layer:
@@ -68,9 +72,12 @@ def _prefill(run, layer, module, query, key, value, mask, scale, **kwargs):
             order = _start_prune(run, layer, keep_tok)
             if order is not None:  # this layer's rows moved: re-align the scores
                 ctx.scores = ctx.scores.gather(1, order)
-                ctx.head_scores = ctx.head_scores.gather(2, heads(order, ctx.head_scores).expand(
-                    -1, ctx.head_scores.shape[1], -1))
-                ctx.colsum = None if ctx.colsum is None else ctx.colsum.gather(1, order)
+                ctx.head_scores = ctx.head_scores.gather(
+                    2, order[:, None].expand(-1, ctx.head_scores.shape[1], -1))
+                if ctx.colsum is not None:
+                    ctx.colsum = ctx.colsum.gather(1, order)
+                    ctx.head_colsum = ctx.head_colsum.gather(
+                        2, order[:, None].expand(-1, ctx.head_colsum.shape[1], -1))
     keep = policy.prefill_keep(layer, ctx)
     window = kwargs.get("sliding_window")
     if window:  # rows the next query can no longer see leave, as in the stock sliding cache
@@ -90,13 +97,9 @@ def _in_window(layer: AVLLayer, query_tok: int, window: int, rows: Tensor | None
     return both(layer.tok > query_tok - window, layer.valid if rows is None else rows)
 
 
-def _visible(mask: Tensor | None, valid: Tensor, q_len: int) -> Tensor:
-    """``[B, q, R]`` which keys each query sees (the library mask, or causal when None)."""
-    if mask is not None:
-        return mask[:, 0].to(torch.bool) & valid[:, None, :]
-    R = valid.shape[1]
-    causal = torch.ones(q_len, R, dtype=torch.bool, device=valid.device).tril(R - q_len)
-    return causal[None] & valid[:, None, :]
+def _visible(mask: Tensor | None, valid: Tensor) -> Tensor:
+    """``[B, R]`` which keys the last query sees (the library mask's last row, or all when None)."""
+    return prefill_scores.last_query_visible(mask, valid)
 
 
 def _last_query_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float) -> Tensor:
@@ -111,7 +114,13 @@ def _last_query_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float
 
 
 def _query_probs(
-    query: Tensor, key: Tensor, visible: Tensor, scale: float, rows: Tensor, per_head: bool = False
+    query: Tensor,
+    key: Tensor,
+    mask: Tensor | None,
+    valid: Tensor,
+    scale: float,
+    rows: Tensor,
+    per_head: bool = False,
 ) -> Tensor:
     """``[B, m]`` selected prefill queries' head-averaged attention ``[B, m, R]`` (in prefill a
     layer's rows are its queries; ``per_head``: ``[B, Hkv, m, R]``, averaged over each KV
@@ -123,7 +132,7 @@ def _query_probs(
     at = idx.clamp(min=0)
     q = query.float().gather(2, at[:, None, :, None].expand(B, Hq, m, D))  # [B, Hq, m, D]
     s = torch.einsum("bhgcd,bhrd->bhgcr", q.view(B, Hkv, Hq // Hkv, m, D), key.float()) * scale
-    see = visible.gather(1, at[:, :, None].expand(B, m, visible.shape[2]))  # [B, m, R]
+    see = _rows_visible(mask, valid, at, query.shape[2])  # [B, m, R]
     s = s.masked_fill(~see[:, None, None], float("-inf"))
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # [B, Hkv, G, m, R]
     if per_head:
@@ -131,22 +140,22 @@ def _query_probs(
     return p.mean(dim=(1, 2)).masked_fill((idx < 0)[:, :, None], 0.0)
 
 
-def _colsum_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float) -> Tensor:
-    """``[B, R]`` attention received by each key summed over all queries, averaged over heads."""
-    B, Hq, Q, D = query.shape
-    Hkv, R = key.shape[1], key.shape[2]
-    G = Hq // Hkv
-    k = key.float()
-    total = torch.zeros(B, R, device=key.device)
-    chunk = max(1, _COLSUM_CHUNK // max(1, B * Hq * R))
-    for s0 in range(0, Q, chunk):
-        q = query[:, :, s0 : s0 + chunk].float()  # [B, Hq, c, D]
-        c = q.shape[2]
-        s = torch.einsum("bhgcd,bhrd->bhgcr", q.view(B, Hkv, G, c, D), k) * scale
-        s = s.masked_fill(~visible[:, None, None, s0 : s0 + c], float("-inf"))
-        p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # [B, Hkv, G, c, R]
-        total += p.mean(dim=(1, 2)).sum(1)
-    return total
+def _rows_visible(mask: Tensor | None, valid: Tensor, at: Tensor, q_len: int) -> Tensor:
+    """``[B, m, R]`` which keys the prefill queries ``at`` ``[B, m]`` see (causal when None)."""
+    R = valid.shape[1]
+    if mask is None:
+        cols = torch.arange(R, device=valid.device)
+        see = cols[None, None, :] <= (at + (R - q_len))[:, :, None]
+    else:
+        rows = mask[:, 0].to(torch.bool).expand(at.shape[0], -1, -1)
+        see = rows.gather(1, at[:, :, None].expand(*at.shape, rows.shape[-1]))
+    return see & valid[:, None, :]
+
+
+def _colsum_scores(query, key, mask, valid, scale, plan, lse=None) -> Tensor:
+    """``[B, Hkv, R]`` attention received by each key summed over all queries, per KV head
+    (averaged over its group; see :func:`avl_lab.engine.prefill_scores.colsum`)."""
+    return prefill_scores.colsum(query, key, scale, plan, mask, valid, lse, per_kv_head=True)
 
 
 def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> Tensor | None:

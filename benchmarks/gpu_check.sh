@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The whole GPU check in one command, for a machine with a CUDA GPU:
+#   1. environment (nvidia-smi, torch, CUDA),
+#   2. build the CUDA core-attention op (JIT, cached),
+#   3. the CUDA tests (pytest -m cuda: op vs reference, dispatch),
+#   4. benchmarks with --device cuda at real 7B sizes, bf16:
+#        core_attention.py  (one layer's decode attention, LLaVA-1.5 / 1.6 shapes),
+#        decode_step.py     (one decode step through real LLaVA-1.6-7B layers),
+#        engine_generate.py (whole generate: prefill, decode, peak memory, every layout and
+#                            policy, hidden 4096 / 32 heads / MLP 11008, 4 layers, batch 1 and 8),
+#   5. markdown tables (one file per step and gpu_check.md with all of them) and summary.json
+#      (every step's command, exit status and seconds, and engine_generate's results).
+#
+# Usage: benchmarks/gpu_check.sh [--dry-run] [DIR]
+#   DIR        where the results go (default: $OUT, else ./gpu_check_out)
+#   --dry-run  the same steps on the CPU with tiny sizes (proves the script without a GPU);
+#              the CUDA tests are then all skipped and the op build reports why not.
+# Environment: PYTHON (default: python), GPU_CHECK_ROUNDS (engine_generate rounds, default 5).
+# Exit status: 0 if every step succeeded, 1 otherwise (all steps run regardless).
+set -u
+
+DRY=0
+DIR=""
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY=1 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -*) echo "gpu_check.sh: unknown option $arg" >&2; exit 2 ;;
+    *) DIR="$arg" ;;
+  esac
+done
+DIR="${DIR:-${OUT:-gpu_check_out}}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PY="${PYTHON:-python}"
+ROUNDS="${GPU_CHECK_ROUNDS:-5}"
+mkdir -p "$DIR"
+DIR="$(cd "$DIR" && pwd)"
+cd "$ROOT" || exit 1
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+STEPS="$DIR/steps.tsv"
+: > "$STEPS"
+
+if [ "$DRY" = 1 ]; then
+  DEV=(--device cpu)
+  OP_ARGS=(--shapes llava15 --batch 1 --dtypes fp32 --rounds 1 --budget-gib 0.02)
+  STEP_ARGS=(--tiny --layers 1 --batch 1 --rounds 1)
+  GEN_ARGS=(--layouts llava15 --batch 1 --layers 4 --hidden 64 --heads 4 --mlp 128 --new 2 --rounds 1)
+  BUILD_KIND=cpu
+else
+  DEV=(--device cuda)
+  OP_ARGS=()
+  STEP_ARGS=(--layers 4 --batch 1 8)
+  GEN_ARGS=(--dtype bf16 --hidden 4096 --heads 32 --mlp 11008 --layers 4 --batch 1 8 --new 32
+            --rounds "$ROUNDS")
+  BUILD_KIND=cuda
+fi
+
+# step NAME CMD...: run CMD, output to DIR/NAME.md, record "NAME<TAB>rc<TAB>seconds<TAB>cmd".
+step() {
+  local name="$1"; shift
+  local t0 t1 rc
+  echo "== $name: $*"
+  t0=$(date +%s%N)
+  "$@" > "$DIR/$name.md" 2>&1
+  rc=$?
+  t1=$(date +%s%N)
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(( (t1 - t0) / 1000000 ))" "$*" >> "$STEPS"
+  [ "$rc" = 0 ] || { echo "   failed (exit $rc), last lines:"; tail -n 5 "$DIR/$name.md"; }
+}
+
+step env bash -c "nvidia-smi || echo 'nvidia-smi: not available'; $PY -c \
+'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available())'"
+
+if [ "$DRY" = 1 ]; then  # show the CUDA build's verdict without failing the dry run
+  step build_op "$PY" -c "from avl_lab.ext import build; \
+print('cuda op:', build.toolchain_problem('cuda') or 'would build'); \
+print('cpu op:', build.toolchain_problem('cpu') or 'toolchain present')"
+else
+  step build_op "$PY" -c "from avl_lab.ext import build; m = build.load('$BUILD_KIND'); print('built', m.__file__)"
+fi
+step cuda_tests "$PY" -m pytest -q -m cuda tests/test_ext_core_attention.py tests/test_ext_dispatch.py
+step core_attention "$PY" benchmarks/core_attention.py "${DEV[@]}" "${OP_ARGS[@]}"
+step decode_step "$PY" benchmarks/decode_step.py "${DEV[@]}" "${STEP_ARGS[@]}"
+step engine_generate "$PY" benchmarks/engine_generate.py "${DEV[@]}" "${GEN_ARGS[@]}" \
+  --json "$DIR/engine_generate.json"
+
+"$PY" - "$DIR" "$DRY" <<'EOF'
+import json, pathlib, sys
+
+out, dry = pathlib.Path(sys.argv[1]), sys.argv[2] == "1"
+steps = []
+for line in (out / "steps.tsv").read_text().splitlines():
+    name, rc, ms, cmd = line.split("\t", 3)
+    steps.append({"step": name, "exit": int(rc), "seconds": round(int(ms) / 1e3, 1), "command": cmd,
+                  "output": f"{name}.md"})
+gen = out / "engine_generate.json"
+summary = {"dry_run": dry, "ok": all(s["exit"] == 0 for s in steps), "steps": steps,
+           "engine_generate": json.loads(gen.read_text()) if gen.exists() else None}
+(out / "summary.json").write_text(json.dumps(summary, indent=1))
+md = ["# GPU check" + (" (dry run: CPU, tiny sizes)" if dry else ""), "",
+      "| step | exit | seconds |", "|---|---|---|"]
+md += [f"| {s['step']} | {s['exit']} | {s['seconds']} |" for s in steps]
+for s in steps:
+    md += ["", f"## {s['step']}", "", f"`{s['command']}`", "", (out / s["output"]).read_text().rstrip()]
+(out / "gpu_check.md").write_text("\n".join(md) + "\n")
+print(f"{'all steps passed' if summary['ok'] else 'SOME STEPS FAILED'}; results in {out}")
+sys.exit(0 if summary["ok"] else 1)
+EOF
