@@ -30,7 +30,8 @@ NEW = 8
 @dataclass
 class Recorder(Policy):
     """Records, per decode step and layer, the ``[B]`` row counts a layer holds before this
-    step's eviction (the state after the previous step plus the new token)."""
+    step's eviction (the state after the previous step plus the new token); ``[B, Hkv]`` when
+    the layer holds rows per KV head."""
 
     kinds: dict = field(default_factory=dict)
     seen: list = field(default_factory=list)
@@ -42,7 +43,7 @@ class Recorder(Policy):
         while len(self.seen) < ctx.step:
             self.seen.append({})
         self.seen[ctx.step - 1][layer.layer_idx] = {
-            name: (fn(layer) & layer.valid).sum(1) for name, fn in self.kinds.items()
+            name: (fn(layer) & layer.valid).sum(-1) for name, fn in self.kinds.items()
         }
         return None
 
@@ -153,9 +154,10 @@ def test_h2o_budget_follows_the_current_length(llava):
     # the official cache: evict down to the budget of the current length when over it
     held = [min(int(n), _official_h2o_rows(int(n))) for n in lay.n_prompt]
     for t, per_layer in enumerate(rec.seen, start=1):
-        want = [h + 1 for h in held]
+        want = torch.tensor([h + 1 for h in held])
         for counts in per_layer.values():
-            assert counts["all"].tolist() == want, t
+            held_now = counts["all"]  # [B, Hkv]: the official H2O keeps rows per KV head
+            assert held_now.dim() == 2 and (held_now == want[:, None]).all(), t
         held = [min(h + 1, _official_h2o_rows(int(n) + t)) for h, n in zip(held, lay.n_prompt)]
 
 

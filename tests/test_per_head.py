@@ -38,9 +38,8 @@ def test_per_head_policy_equals_masked_reference(tiny, spec):
     layers = session.last_run.cache.layers
     assert any(layer.per_head for layer in layers)
     # the heads really keep different rows
-    per_head = next(layer for layer in layers if layer.per_head)
-    tok = per_head.tok.masked_fill(~per_head.valid, -1)
-    assert not torch.equal(tok[:, 0], tok[:, 1])
+    toks = [x.tok.masked_fill(~x.valid, -1) for x in layers if x.per_head]
+    assert any(not torch.equal(t[:, 0], t[:, 1]) for t in toks)
 
 
 @pytest.mark.parametrize("kind", ["qwen2_5_vl", "gemma3", "internvl"])

@@ -106,6 +106,9 @@ class Context:
     head_scores : Tensor or None
         Prefill: ``[B, Hkv, R]`` the last prompt token's attention per KV head (averaged over
         the query heads of each KV head's group).
+    head_colsum : Tensor or None
+        Prefill, when :attr:`Policy.needs_colsum`: ``[B, Hkv, R]`` the column sums per KV head
+        (``colsum`` is their mean over heads).
     head_probs : Tensor or None
         Decode, when :attr:`Policy.needs_head_probs` or the rows are per KV head:
         ``[B, Hkv, R]`` this step's attention per KV head.
@@ -129,6 +132,7 @@ class Context:
     colsum: Tensor | None = None
     probs: Tensor | None = None
     head_scores: Tensor | None = None
+    head_colsum: Tensor | None = None
     head_probs: Tensor | None = None
     query_probs: Callable[[Tensor], Tensor] | None = None
 

@@ -8,8 +8,10 @@ the highest accumulated attention (summed over ALL prompt queries in prefill, th
 decode step). ``ratio_of="prompt"`` keeps the budget at a fraction of the prompt's rows, fixed
 during decode (avl_lab's earlier reading); ``budget`` is a fixed number of rows.
 
-The official code ranks per head (its rows differ between heads); here all heads share one
-set of rows, ranked by the head-averaged score (per-head rows come with the head-wise engine).
+Per KV head by default, as the official code (its rows differ between heads): each KV head
+accumulates its own attention (averaged over its group of query heads under GQA) and keeps its
+own heavy hitters, so evicted (row, head) pairs leave memory. ``per_head=false`` keeps one set
+of rows for all heads, ranked by the head-averaged score (avl_lab's earlier baseline).
 Paper: https://arxiv.org/abs/2306.14048.
 """
 
@@ -58,17 +60,26 @@ class H2O(ScorerPolicy):
     ratio_of : str
         ``"current"`` (official): the current length, prompt + generated tokens; ``"prompt"``:
         the prompt's rows, fixed during decode.
+    per_head : bool
+        Rows per KV head (official, default) or one set of rows for all heads.
     """
 
     recent: float = 0.75
     ratio_of: str = "current"
+    per_head: bool = True
     needs_colsum = True
     needs_probs = True
+
+    @property
+    def needs_head_probs(self) -> bool:  # type: ignore[override]
+        return self.per_head
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.recent, bool) or not 0 < self.recent < 1:
             raise ValueError(f"`recent` must be a fraction in (0, 1), got {self.recent!r}")
+        if not isinstance(self.per_head, bool):
+            raise ValueError(f"`per_head` must be true or false, got {self.per_head!r}")
         if self.ratio_of not in RATIO_OF:
             raise ValueError(f"`ratio_of` must be one of {RATIO_OF}, got {self.ratio_of!r}")
 
@@ -84,9 +95,12 @@ class H2O(ScorerPolicy):
         return layer.state("h2o_acc")
 
     def prefill_keep(self, layer, ctx: Context):
-        layer.set_state("h2o_acc", ctx.colsum.float())
+        if self.per_head:
+            layer.split_heads()
+        layer.set_state("h2o_acc", (ctx.head_colsum if self.per_head else ctx.colsum).float())
         return self.keep(layer, ctx)
 
     def decode_keep(self, layer, ctx: Context):
-        layer.set_state("h2o_acc", layer.state("h2o_acc") + ctx.probs)
+        probs = ctx.head_probs if self.per_head else ctx.probs
+        layer.set_state("h2o_acc", layer.state("h2o_acc") + probs)
         return self.keep(layer, ctx)
