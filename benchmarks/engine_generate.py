@@ -36,6 +36,7 @@ stock in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import random
@@ -50,6 +51,7 @@ from PIL import Image
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 
 import avl_lab
+from avl_lab.ext import build
 from avl_lab.models import tiny_random
 
 POLICIES: dict[str, Any] = {
@@ -171,10 +173,8 @@ class PeakMemory:
 
 
 def _malloc_trim() -> None:
-    try:
+    with contextlib.suppress(OSError):  # give freed heap pages back, so RSS starts low
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
 
 
 def _status_kb(field: str) -> int:
@@ -240,18 +240,21 @@ def kept_work(session) -> float:
 # --- one table -------------------------------------------------------------------------------
 
 
-def bench(model, inputs, variants: dict[str, Any], rounds: int, new: int, device, seed: int):
-    """Interleaved shuffled rounds after one checked warm-up round; per-variant samples."""
-    warm = {name: run_once(model, inputs, pol, new, device) for name, pol in variants.items()}
-    if "full" in warm and not torch.equal(warm["full"]["tokens"], warm["stock"]["tokens"]):
-        raise AssertionError("attach(full) did not reproduce stock generate's tokens")
+def bench(model, inputs, variants: dict[str, Any], rounds: int, new: int, device, seed: int,
+          warmup: bool = True):
+    """Interleaved shuffled rounds (after an untimed warm-up round unless ``warmup`` is False);
+    the first round checks that ``attach(full)`` gives stock's tokens. Per-variant samples."""
     samples: dict[str, list[dict]] = {k: [] for k in variants}
     rng = random.Random(seed)
-    for _ in range(rounds):
+    for r in range(rounds + warmup):
         order = list(variants)
         rng.shuffle(order)
-        for name in order:
-            samples[name].append(run_once(model, inputs, variants[name], new, device))
+        got = {name: run_once(model, inputs, variants[name], new, device) for name in order}
+        if r == 0 and "full" in got and not torch.equal(got["full"]["tokens"], got["stock"]["tokens"]):
+            raise AssertionError("attach(full) did not reproduce stock generate's tokens")
+        if r >= warmup:
+            for name, sample in got.items():
+                samples[name].append(sample)
     return samples
 
 
@@ -311,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mlp", type=int, default=2048)
     p.add_argument("--new", type=int, default=8, help="new tokens per generate")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--no-warmup", action="store_true", help="time the first round too")
     p.add_argument("--preset", choices=["7b"], default=None,
                    help="7b: LLaVA-1.6-7B layer sizes, 2 layers, batch 8, llava_next, stock/full/avl")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -338,10 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     torch.manual_seed(args.seed)
     variants = {"stock": None, **{v: POLICIES[v] for v in args.variants}}
+    build.try_load(device.type)  # build / load the core-attention op before anything is timed
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{str(dtype).removeprefix('torch.')}; decoder: {args.layers} layers, hidden {args.hidden}, "
-          f"{args.heads} heads, MLP {args.mlp}; {args.new} new tokens; {args.rounds} rounds\n")  # fmt: skip
+          f"{args.heads} heads, MLP {args.mlp}; {args.new} new tokens; {args.rounds} rounds"
+          f"{'' if args.no_warmup else ' after a warm-up round'}\n")  # fmt: skip
     report: dict[str, Any] = {"args": vars(args), "device": name, "torch": torch.__version__, "tables": []}
     for layout in args.layouts:
         model, _, make_inputs = build_layout(layout, args)
@@ -353,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
             P = inputs["input_ids"].shape[1]
             padded = int((inputs["attention_mask"] == 0).any(1).sum())
             with torch.inference_mode():
-                rows = summarize(bench(model, inputs, variants, args.rounds, args.new, device, args.seed))
+                samples = bench(model, inputs, variants, args.rounds, args.new, device, args.seed,
+                                not args.no_warmup)
+                rows = summarize(samples)
             print(f"### {layout}, batch {batch}: {P} prompt tokens, {padded} rows left-padded\n")
             print(table(rows) + "\n", flush=True)
             report["tables"].append({"layout": layout, "batch": batch, "prompt_tokens": P,

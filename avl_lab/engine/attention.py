@@ -54,7 +54,8 @@ def avl_attention(
 def _prefill(run, layer, module, query, key, value, mask, scale, **kwargs):
     policy = run.policy
     ctx = run.context(layer.layer_idx)
-    plan = prefill_scores.plan_mask(module, mask, layer.valid, query.shape[2])
+    causal = kwargs.get("is_causal")
+    plan = prefill_scores.plan_mask(module, mask, layer.valid, query.shape[2], causal)
     out, lse = prefill_scores.attention(
         module, query, key, value, mask, scale, plan, want_lse=policy.needs_colsum, **kwargs
     )

@@ -64,22 +64,27 @@ MASKED = MaskPlan("masked")
 _memo: list = [None, None]  # [weakref to the last mask classified, its suffix starts]
 
 
-def plan_mask(module: nn.Module, mask: Tensor | None, valid: Tensor, q_len: int) -> MaskPlan:
+def plan_mask(
+    module: nn.Module, mask: Tensor | None, valid: Tensor, q_len: int, is_causal: bool | None = None
+) -> MaskPlan:
     """Classify a prefill call's mask.
 
     Parameters
     ----------
     module : nn.Module
-        The attention module (its ``is_causal``; decoders are causal).
+        The attention module (its ``is_causal``, unless the call passes ``is_causal``).
     mask : Tensor or None
         The library's ``[B, 1, q, R]`` bool mask (True = attend), None for plain causal.
     valid : Tensor
         ``[B, R]`` the layer's valid rows (False on padding and prefill-pruning filler).
     q_len : int
         Queries in this call.
+    is_causal : bool, optional
+        The call's own ``is_causal`` keyword, as ``sdpa_attention_forward`` reads it.
     """
     R = valid.shape[1]
-    if q_len != R or not getattr(module, "is_causal", True):
+    causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    if q_len != R or not causal:
         return MASKED
     if mask is None:
         return CAUSAL if bool(valid.all()) else MASKED
@@ -183,7 +188,9 @@ def _rows_attention(query, key, value, scale, starts, want_lse):
         if use_kernel_lse:
             o, lse[b : b + 1, :, s:] = _flash_cpu(qb, kb, vb, scale)
         else:
-            o = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale, enable_gqa=gqa)
+            o = F.scaled_dot_product_attention(
+                qb, kb, vb, is_causal=True, scale=scale, enable_gqa=gqa
+            )
         out[b, s:] = o[0].transpose(0, 1)
     return out, lse
 

@@ -1,0 +1,39 @@
+"""``benchmarks/gpu_check.sh --dry-run``: every step of the GPU check runs on the CPU with tiny
+sizes and leaves its tables and a JSON summary (the script the GPU machine runs is this one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ["env", "build_op", "cuda_tests", "core_attention", "decode_step", "engine_generate"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_check_dry_run_writes_tables_and_summary(tmp_path):
+    # The reference op instead of a JIT build keeps the dry run fast (the build is not a GPU step).
+    env = {**os.environ, "PYTHON": sys.executable, "AVL_LAB_NO_EXT": "1", "OUT": str(tmp_path / "x")}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["dry_run"] and summary["ok"]
+    assert [s["step"] for s in summary["steps"]] == STEPS
+    assert all(s["exit"] == 0 and "--device cuda" not in s["command"] for s in summary["steps"])
+    (table,) = summary["engine_generate"]["tables"]
+    assert set(table["rows"]) == {"stock", "full", "avl", "avl P T", "fastv", "h2o"}
+    assert table["rows"]["full"]["prefill_x"] > 0 and table["rows"]["avl"]["stored"] < 1
+    report = (tmp_path / "gpu_check.md").read_text()
+    for step in STEPS:
+        assert f"## {step}" in report
+    assert "| variant | prefill ms" in report and "| B | full (SDPA) ms" in report
+    assert not (tmp_path / "x").exists()  # an explicit directory wins over $OUT
