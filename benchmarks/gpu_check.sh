@@ -43,7 +43,7 @@ STEPS="$DIR/steps.tsv"
 if [ "$DRY" = 1 ]; then
   DEV=(--device cpu)
   OP_ARGS=(--shapes llava15 --batch 1 --dtypes fp32 --rounds 1 --budget-gib 0.02)
-  STEP_ARGS=(--tiny --layers 1 --batch 1 --rounds 1)
+  STEP_ARGS=(--tiny --shape llava16 --layers 1 --batch 1 --rounds 1)
   GEN_ARGS=(--layouts llava15 --batch 1 --layers 4 --hidden 64 --heads 4 --mlp 128 --new 2 --rounds 1)
   BUILD_KIND=cpu
 else
