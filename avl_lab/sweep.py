@@ -94,11 +94,11 @@ def _main(argv: list[str]) -> int:
     cfg, base = study_config.load_study(sweep.study, overrides)
     out = Path(sweep.out_dir or f"runs/sweeps/{cfg.name}")
     check_out_dir(out)
-    storage = driver.storage_url(sweep.storage, out)
+    url = driver.storage_url(sweep.storage, out)  # checked before any evaluation runs
     if sweep.report:
-        study = driver.load_existing(cfg, storage)
+        study = driver.load_existing(cfg, url)
     else:
-        study = driver.run(cfg, base, out, storage, sweep.n_trials, progress=sweep.progress)
+        study = driver.run(cfg, base, out, sweep.storage, sweep.n_trials, progress=sweep.progress)
     df = report.write_report(study, cfg.objectives, out)
     full = study.user_attrs.get("full", {})
     metric = study.user_attrs.get("metric", "score")

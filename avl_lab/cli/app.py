@@ -61,7 +61,11 @@ def output(verbosity: int = 0) -> Iterator[None]:
     0: our INFO events, everyone's warnings (deprecations hidden), one line each;
     1: our DEBUG, the libraries' INFO and their deprecations; -1: warnings only.
     """
+    import optuna
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    optuna.logging.disable_default_handler()  # through our handler, one format
+    optuna.logging.enable_propagation()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Format())
     root = logging.getLogger()
@@ -75,18 +79,17 @@ def output(verbosity: int = 0) -> Iterator[None]:
     root.setLevel(logging.WARNING)
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
-    import optuna
-
-    optuna.logging.disable_default_handler()  # through our handler, one format
-    optuna.logging.enable_propagation()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show
+            # data.images logs each undecodable row; its CorruptImageWarning would repeat it
+            warnings.filterwarnings("ignore", message="skipping row .*: cannot decode its image")
             if verbosity <= 0:
                 for cat in QUIET_WARNINGS:
                     warnings.filterwarnings("ignore", category=cat)
                 for msg in QUIET_MESSAGES:
                     warnings.filterwarnings("ignore", message=msg)
+                warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             yield
     finally:
         optuna.logging.disable_propagation()

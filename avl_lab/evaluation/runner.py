@@ -92,10 +92,11 @@ def _prepare_out_dir(out: Path, cfg: EvalConfig) -> list[Path]:
     return created
 
 
-def _undo(created: list[Path], samples: RecordLog, skipped: RecordLog) -> None:
-    """A run that fails before its first sample leaves nothing behind (a corrected re-run
-    then starts clean); once samples exist, they and ``run.json`` stay, for resuming."""
-    if samples.has_records() or skipped.has_records():
+def _undo(created: list[Path], samples: RecordLog) -> None:
+    """A run that fails before its first scored sample leaves nothing behind (a corrected
+    re-run, e.g. after repairing the images, starts clean); once samples exist, they and
+    ``run.json`` stay, for resuming."""
+    if samples.has_records():
         return
     for path in reversed(created):
         with contextlib.suppress(OSError):  # a directory someone else wrote into stays
@@ -158,6 +159,7 @@ def evaluate(cfg: EvalConfig | dict | str | Path | list[str] | None = None, **ov
     check_rows(ids, cfg)
     total = set(ids)
     samples, skipped = RecordLog(out / "samples.jsonl"), RecordLog(out / "skipped.jsonl")
+    samples.ids(), skipped.ids()  # a corrupt line is an error before anything is written
     created = _prepare_out_dir(out, cfg)
     try:
         samples.repair()
@@ -169,10 +171,10 @@ def evaluate(cfg: EvalConfig | dict | str | Path | list[str] | None = None, **ov
         if not records:
             raise InputFileError(
                 f"`data`: no row of {cfg.data.name} could be scored: all {n_skipped} were skipped "
-                f"(undecodable images, listed in {skipped.path}); no summary written")
+                "(undecodable images, warned above); no summary written")
         summary = summarize(records, dm.metric, n_skipped, to_dict(cfg), _peak_memory_mb())
     except BaseException:
-        _undo(created, samples, skipped)
+        _undo(created, samples)
         raise
     bad = [k for k in ("score", "stored", "used") if not math.isfinite(getattr(summary, k))]
     if bad:

@@ -129,7 +129,7 @@ def load_existing(cfg: StudyConfig, url: str) -> optuna.Study:
     if parsed.drivername.startswith("sqlite") and not Path(parsed.database or "").is_file():
         raise ConfigError(f"no study {cfg.name!r} to report: {parsed.database} does not exist; {hint}")
     storage = make_storage(url, cfg)
-    names = [s.study_name for s in optuna.get_all_studies(storage=storage)]
+    names = optuna.get_all_study_names(storage=storage)
     if cfg.name not in names:
         raise ConfigError(f"no study {cfg.name!r} in {_shown(url)} (it holds: "
                           f"{', '.join(names) or 'none'}); {hint}")
