@@ -236,6 +236,8 @@ def run(cfg: StudyConfig, base: EvalConfig, out: Path, storage: str | None,
     study.sampler = make_sampler(cfg, offset=len(study.trials))
     for attr, policy in (("full", {"name": "full"}), ("paper_default", _paper_default(cfg))):
         if attr not in study.user_attrs:
+            log.info("study %s: evaluating the %s reference point (%s)", cfg.name,
+                     attr.replace("_", " "), " ".join(f"{k}={v}" for k, v in policy.items()))
             point = eval_point(base, policy, out)
             study.set_user_attr(attr, {"policy": policy, **point})
             study.set_user_attr("metric", point["metric"])
