@@ -87,7 +87,7 @@ def _main(argv: list[str]) -> int:
     if help_asked:
         print(usage())
         return 0
-    from avl_lab.evaluation.preflight import check_out_dir
+    from avl_lab.evaluation.preflight import check_out_dir, preflight
     from avl_lab.study import config as study_config
     from avl_lab.study import driver, report
 
@@ -95,6 +95,8 @@ def _main(argv: list[str]) -> int:
     out = Path(sweep.out_dir or f"runs/sweeps/{cfg.name}")
     check_out_dir(out)
     url = driver.storage_url(sweep.storage, out)  # checked before any evaluation runs
+    if not sweep.report:  # model files, data, the fixed layer: before the storage is written
+        preflight(base, [driver._paper_default(cfg)])
     if sweep.report:
         study = driver.load_existing(cfg, url)
     else:

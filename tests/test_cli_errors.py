@@ -155,6 +155,8 @@ CASES = [
     (["sweep", "--study", "docvqa_pareto", "policy=h2o"], "`policy`"),
     (["sweep", "--study", "docvqa_pareto", "data.limit=abc"], "data.limit"),
     (["sweep", "--study", "docvqa_pareto", "--out", "{in}/a_file"], "is a file"),
+    (["sweep", "--study", "docvqa_pareto", "model={in}/ckpt_bert", "--out", "{out}"], "'bert'"),
+    (["sweep", "--study", "docvqa_pareto", "data=docvqa", "--out", "{out}"], "docvqa"),
     (["sweep", "--study", "nope"], "unknown study"),
     (["sweep", "--n-trials", "2"], "`study` is required"),
     # sweep: study files
@@ -180,6 +182,7 @@ CASES = [
     (["figures", "fig9", "policy=h2o"], "`policy`"),
     (["figures", "fig9", "tasks=[synth-ocr]"], "tasks"),
     (["figures", "fig11"], "fig11"),
+    (["figures", "fig10", "model=/nonexistent/ckpt", "out_dir={out}"], "/nonexistent/ckpt"),
     (["figures"], "`figure` is required"),
     (["figures", "table", "data=synth-ocr"], "`data`"),
     (["figures", "table", "tasks=[bogus]"], "bogus"),

@@ -10,7 +10,8 @@ from typing import Any
 from avl_lab.errors import ConfigError, InputFileError
 from avl_lab.evaluation.config import EvalConfig, parse_devices
 
-__all__ = ["check_accelerator", "check_model", "check_out_dir", "check_policy_fits", "check_rows"]
+__all__ = ["check_accelerator", "check_model", "check_out_dir", "check_policy_fits", "check_rows",
+           "preflight"]
 
 
 def check_out_dir(path: str | Path, key: str = "out_dir") -> None:
@@ -77,3 +78,20 @@ def check_rows(ids: list[str], cfg: EvalConfig) -> None:
     if dupes:
         raise InputFileError(f"`data`: {source} has {len(dupes)} duplicate sample id(s), e.g. "
                              f"{dupes[:3]}; each row needs its own id")
+
+
+def preflight(cfg: EvalConfig, policies: list[dict[str, Any]] | None = None) -> list[str]:
+    """Every check of an evaluation that reads no weights (for commands that write before
+    they evaluate, e.g. a sweep's storage); returns the row ids.
+
+    ``policies`` (default ``[cfg.policy]``) are checked against the model's layer count.
+    """
+    from avl_lab.evaluation.datamodule import EvalDataModule
+
+    check_accelerator(cfg)
+    layers = check_model(cfg)
+    for policy in policies or [cfg.policy]:
+        check_policy_fits(policy, layers, cfg.model.name)
+    ids = list(EvalDataModule(cfg.data, cfg.batch_size, set()).load()["id"])
+    check_rows(ids, cfg)
+    return ids

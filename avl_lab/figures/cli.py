@@ -4,6 +4,7 @@ resumable evaluation; a tidy CSV and a seaborn PNG (or ``table.md``) in ``out_di
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,8 @@ def _main(argv: list[str]) -> int:
     if not is_table and "tasks" in keys:
         raise ConfigError(f"`tasks` is only taken by table; {fig.figure} runs one task (data=...)")
     from avl_lab import data
-    from avl_lab.evaluation.preflight import check_out_dir
+    from avl_lab.evaluation.preflight import check_out_dir, preflight
+    from avl_lab.figures.table import TASKS
     from avl_lab.models import default_model
 
     if fig.tasks is not None:
@@ -89,6 +91,8 @@ def _main(argv: list[str]) -> int:
                         f"generation.max_new_tokens={new_tokens}", *rest])
     target = Path(fig.out_dir or f"runs/figures/{fig.figure}")
     check_out_dir(target)
+    for task in (fig.tasks or TASKS) if is_table else [base.data.name]:
+        preflight(dataclasses.replace(base, data=dataclasses.replace(base.data, name=task)))
     if is_table:
         from avl_lab.figures.table import run_table
 
