@@ -10,74 +10,52 @@ Example::
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import inspect
 import json
-import logging
 import os
 import sys
 import types
 from typing import Any
 
-from avl_lab.evaluation.config import (
-    ConfigError,
-    DataConfig,
-    EvalConfig,
-    GenerationConfig,
-    ModelConfig,
-    load_config,
-)
+from avl_lab.cli.app import run_verb
+from avl_lab.cli.args import parse_argv
+from avl_lab.cli.helptext import Section, help_text
+from avl_lab.evaluation.config import EvalConfig, load_config
 from avl_lab.evaluation.runner import evaluate
 from avl_lab.evaluation.summary import Summary
 
-__all__ = ["Summary", "evaluate", "main"]
+__all__ = ["Summary", "evaluate", "main", "usage"]
 
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError)
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each dataclass field (``a: int = 1`` then ``\"\"\"doc\"\"\"``)."""
-    body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for prev, node in zip(body, body[1:], strict=False):
-        if (isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr)
-                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
-            docs[prev.target.id] = " ".join(node.value.value.split())  # type: ignore[union-attr]
-    return docs
+BOOL_KEYS = ("progress",)
 
 
-def help_text(root: type = EvalConfig, title: str = "python -m avl_lab.evaluate") -> str:
-    lines = [f"usage: {title} [key=value ...]", "", "Fields (defaults in brackets):"]
-    subs = {"model": ModelConfig, "data": DataConfig, "generation": GenerationConfig}
-    for f in dataclasses.fields(root):
-        if f.name in subs:
-            sub_docs = field_docs(subs[f.name])
-            for sf in dataclasses.fields(subs[f.name]):
-                default = sf.default if sf.default is not dataclasses.MISSING else None
-                lines.append(f"  {f.name}.{sf.name} [{default}]: {sub_docs.get(sf.name, '')}")
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"  {f.name} [{default}]: {field_docs(root).get(f.name, '')}")
-    lines += ["", "Shorthands: model=X, data=X, policy=X set model.name, data.name, policy.name."]
-    return "\n".join(lines)
+def usage() -> str:
+    return help_text(
+        "python -m avl_lab evaluate [key=value ...]",
+        "Evaluate a model on a task under a KV-cache policy; writes samples.jsonl (appended as it "
+        "goes), summary.json and config.yaml to out_dir. Re-running with the same out_dir resumes.",
+        [Section("Keys", EvalConfig)],
+        ["Shorthands: model=X, data=X, policy=X set model.name, data.name, policy.name; policy "
+         "fields are policy.FIELD=VALUE (see Policies below). Flags: --progress/--no-progress, "
+         "--out-dir DIR."],
+    )
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(help_text())
+def _main(argv: list[str]) -> int:
+    args = parse_argv(argv, bool_keys=BOOL_KEYS)
+    if args.help:
+        print(usage())
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = evaluate(load_config(argv))
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.dotlist)
+    summary = evaluate(cfg)
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
         short = {k: v for k, v in summary.to_dict().items() if k not in ("config", "versions")}
         print(json.dumps(short, indent=2))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m avl_lab evaluate``: 0 on success, 2 on bad input (one ``error:`` line)."""
+    return run_verb(_main, argv)
 
 
 class _CallableModule(types.ModuleType):

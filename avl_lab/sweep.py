@@ -1,4 +1,4 @@
-"""``python -m avl_lab.sweep --study NAME``: search A-VL's S/C/K/P/T for Pareto fronts.
+"""``python -m avl_lab sweep --study NAME``: search A-VL's S/C/K/P/T for Pareto fronts.
 
 Examples::
 
@@ -10,55 +10,111 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
+from omegaconf import MISSING
 
-from avl_lab.evaluation.config import ConfigError
-from avl_lab.study import config as study_config
-from avl_lab.study import driver, report
+from avl_lab.cli.app import run_verb
+from avl_lab.cli.args import parse_argv
+from avl_lab.cli.helptext import Section, help_text
+from avl_lab.cli.loader import load_structured, split_keys
+from avl_lab.errors import ConfigError
+from avl_lab.evaluation.config import EvalConfig
 
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m avl_lab.sweep", description=__doc__.split("\n")[0])
-    p.add_argument("--study", required=True, help=f"a study in sweeps/ ({', '.join(study_config.study_names())}) or a YAML path")
-    p.add_argument("--n-trials", type=int, default=None, help="completed trials the study should hold in total")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in the output dir)")
-    p.add_argument("--out", default=None, help="output directory (default: runs/sweeps/<study>)")
-    p.add_argument("--report", action="store_true", help="only print and write the Pareto report")
-    p.add_argument("--no-progress", action="store_true", help="hide Optuna's progress bar")
-    p.add_argument("overrides", nargs="*", help="key=value overrides with the evaluate CLI's keys")
-    return p.parse_args(argv)
+__all__ = ["SweepArgs", "main"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one Trainer per trial
-    try:
-        cfg, base = study_config.load_study(args.study, args.overrides)
-        out = Path(args.out or f"runs/sweeps/{cfg.name}")
-        if args.report:
-            study = optuna.load_study(study_name=cfg.name, storage=args.storage or driver.default_storage(out))
-        else:
-            study = driver.run(cfg, base, out, args.storage, args.n_trials, progress=not args.no_progress)
-    except (ConfigError, FileNotFoundError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+@dataclass
+class SweepArgs:
+    """What ``sweep`` takes besides the evaluation keys (each also a ``--flag``)."""
+
+    study: str = MISSING
+    """A study in sweeps/ (docvqa_pareto, ...) or the path of a study YAML file."""
+    n_trials: int | None = None
+    """Completed trials the study should hold in total (default: the study's `n_trials`); a
+    re-run after a crash runs only what is missing."""
+    storage: str | None = None
+    """Optuna storage URL, e.g. postgresql://user@host/db for several workers (default: SQLite
+    in out_dir)."""
+    out_dir: str | None = None
+    """Output directory: study.db, evals/, pareto.csv, pareto.png (default: runs/sweeps/<study>);
+    `--out` is the same."""
+    report: bool = False
+    """Only print and write the Pareto report of the trials already in the study."""
+    progress: bool = True
+    """Show Optuna's progress bar (`--no-progress` hides it)."""
+
+
+#: Evaluation keys a sweep takes on top of the study's `eval` (the policy is chosen per trial,
+#: the output directory and progress bar are the sweep's own).
+SET_BY_SWEEP = {"policy": "the policy is set per trial by the study (fixed parts go in the "
+                          "study's `fixed`, searched ones in its `space`)"}
+
+
+def usage() -> str:
+    from avl_lab.study.config import StudyConfig, study_names
+
+    return help_text(
+        "python -m avl_lab sweep --study NAME [--n-trials N] [--storage URL] [--report] "
+        "[key=value ...]",
+        "An Optuna multi-objective study over A-VL's S/C/K/P/T (minimise cache used, maximise "
+        f"the task score); prints and saves the Pareto front. Studies: {', '.join(study_names())}.",
+        [Section("Sweep keys (also --study, --n-trials, --storage, --out, --report, "
+                 "--no-progress)", SweepArgs),
+         Section("Evaluation keys (override the study's `eval`)", EvalConfig,
+                 skip=("policy", "out_dir", "progress")),
+         Section("Study file keys (sweeps/*.yaml)", StudyConfig)],
+        ["`policy` cannot be overridden: " + SET_BY_SWEEP["policy"] + "."],
+    )
+
+
+def parse(argv: list[str]) -> tuple[SweepArgs, list[str], bool]:
+    """``(sweep args, evaluation overrides, help asked)``."""
+    args = parse_argv(argv, bool_keys=("report", "progress"), positional=("study",))
+    if args.help:
+        return SweepArgs(), [], True
+    own, rest = split_keys(args.dotlist, SweepArgs, EvalConfig, SET_BY_SWEEP)
+    sweep: SweepArgs = load_structured(SweepArgs, own)
+    if sweep.n_trials is not None and sweep.n_trials < 1:
+        raise ConfigError(f"`n_trials` (--n-trials) must be ≥ 1, got {sweep.n_trials}")
+    return sweep, rest, False
+
+
+def _main(argv: list[str]) -> int:
+    sweep, overrides, help_asked = parse(argv)
+    if help_asked:
+        print(usage())
+        return 0
+    from avl_lab.evaluation.preflight import check_out_dir, preflight
+    from avl_lab.study import config as study_config
+    from avl_lab.study import driver, report
+
+    cfg, base = study_config.load_study(sweep.study, overrides)
+    out = Path(sweep.out_dir or f"runs/sweeps/{cfg.name}")
+    check_out_dir(out)
+    url = driver.storage_url(sweep.storage, out)  # checked before any evaluation runs
+    if not sweep.report:  # model files, data, the fixed layer: before the storage is written
+        preflight(base, [driver._paper_default(cfg)])
+    if sweep.report:
+        study = driver.load_existing(cfg, url)
+    else:
+        study = driver.run(cfg, base, out, sweep.storage, sweep.n_trials, progress=sweep.progress)
     df = report.write_report(study, cfg.objectives, out)
     full = study.user_attrs.get("full", {})
+    metric = study.user_attrs.get("metric", "score")
     print(f"study {cfg.name}: {len(df)} completed trials; full: score={full.get('score')} "
-          f"stored={full.get('stored')} used={full.get('used')}")
+          f"({metric}) stored={full.get('stored')} used={full.get('used')}")
     print("Pareto front:")
     print(report.front_table(df))
     print(f"wrote {out / 'pareto.csv'} and {out / 'pareto.png'}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m avl_lab sweep``: 0 on success, 2 on bad input (one ``error:`` line)."""
+    return run_verb(_main, argv)
 
 
 if __name__ == "__main__":

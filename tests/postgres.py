@@ -52,7 +52,7 @@ def postgres_server() -> Iterator[str]:
     subprocess.run(_as_user([pg_ctl, "-D", data, "-o", opts, "-l", os.path.join(root, "log"), "-w",
                              "start"]), check=True, capture_output=True, cwd=root, env=env)
     try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"  # as the README writes it
     finally:
         subprocess.run(_as_user([pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"]),
                        capture_output=True, cwd=root, env=env)

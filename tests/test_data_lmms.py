@@ -252,7 +252,7 @@ def test_absent_benchmark_says_how_to_provide_it(tmp_path, monkeypatch):
         "DocVQA/validation-*.parquet",
         "questionId, question, answers, image",
         str(tmp_path / "docvqa"),
-        "huggingface-cli download",
+        "hf download",
     ):
         assert part in msg, part
     with pytest.raises(DatasetNotAvailableError, match="missing"):

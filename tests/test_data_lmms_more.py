@@ -231,7 +231,7 @@ def test_absent_copy_is_a_clear_error(name, split, parts, tmp_path, monkeypatch)
     with pytest.raises(DatasetNotAvailableError) as err:
         data.load(name, split, hub_cache=tmp_path / "hub")
     msg = str(err.value)
-    for part in [*parts, str(tmp_path / name), "AVL_LAB_DATA_DIR", "path=", "huggingface-cli"]:
+    for part in [*parts, str(tmp_path / name), "AVL_LAB_DATA_DIR", "path=", "hf download"]:
         assert part in msg, part
     with pytest.raises(DatasetNotAvailableError, match="missing"):
         data.load(name, split, path=tmp_path / "nowhere")

@@ -32,7 +32,7 @@ def _png(path: Path) -> None:
 
 def test_fig9_cli_writes_tidy_csv_and_png(tmp_path):
     _run("avl_lab.figures", ["fig9", *FAST, "grid.S=[20,60]", "grid.C=[10,30]", "grid.K=[1,3]",
-                             f"out={tmp_path}"])
+                             f"out_dir={tmp_path}"])
     df = pd.read_csv(tmp_path / "fig9.csv")
     assert set(df["panel"]) == {"reference", "a: secondary only", "b: core vs evict", "c: update period"}
     full = df[df["method"] == "full"].iloc[0]
@@ -46,12 +46,12 @@ def test_fig9_cli_writes_tidy_csv_and_png(tmp_path):
     # A second run reads the cached points instead of recomputing them.
     mtimes = {p: p.stat().st_mtime for p in tmp_path.glob("evals/*/samples.jsonl")}
     _run("avl_lab.figures", ["fig9", *FAST, "grid.S=[20,60]", "grid.C=[10,30]", "grid.K=[1,3]",
-                             f"out={tmp_path}"])
+                             f"out_dir={tmp_path}"])
     assert mtimes and all(p.stat().st_mtime == t for p, t in mtimes.items())
 
 
 def test_fig10_cli(tmp_path):
-    _run("avl_lab.figures", ["fig10", *FAST, "grid.P=[50,100]", "grid.T=[20,100]", f"out={tmp_path}"])
+    _run("avl_lab.figures", ["fig10", *FAST, "grid.P=[50,100]", "grid.T=[20,100]", f"out_dir={tmp_path}"])
     df = pd.read_csv(tmp_path / "fig10.csv")
     t = df[df["panel"] == "b: text window"].set_index("value")
     full = df[df["method"] == "full"].iloc[0]
@@ -77,7 +77,7 @@ def test_mass_fraction_by_hand():
 
 def test_analyze_cli_all(tmp_path):
     res = _run("avl_lab.analyze", ["all", *FAST, "data.limit=3", "generation.max_new_tokens=4",
-                                   f"out={tmp_path}"])
+                                   f"out_dir={tmp_path}"])
     for name in ("modality-attention", "sparsity", "layer-ppci", "step-ppci", "coverage", "drift"):
         assert (tmp_path / f"{name}.csv").exists(), res.stdout
         _png(tmp_path / f"{name}.png")
@@ -99,7 +99,7 @@ def test_analyze_cli_all(tmp_path):
 
 
 def test_table_cli_reports_every_method_and_task_and_matches_direct_evaluation(tmp_path):
-    _run("avl_lab.figures", ["table", *FAST, "tasks=[synth-ocr,easy-vqa]", f"out={tmp_path}"])
+    _run("avl_lab.figures", ["table", *FAST, "tasks=[synth-ocr,easy-vqa]", f"out_dir={tmp_path}"])
     df = pd.read_csv(tmp_path / "table.csv")
     from avl_lab.figures.table import METHODS
 

@@ -16,6 +16,7 @@ import yaml
 from optuna.trial import TrialState
 from PIL import Image
 
+from avl_lab.study.driver import storage_url
 from avl_lab.study.report import dominates
 from tests.postgres import find_bin, postgres_server
 
@@ -44,8 +45,13 @@ def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
     return out
 
 
+def _url(storage: str) -> str:
+    """The URL as the sweep opens it (a plain ``postgresql://`` gets the installed driver)."""
+    return storage_url(storage, Path("."))
+
+
 def _states(storage: str, name: str = "test_study") -> dict[TrialState, int]:
-    study = optuna.load_study(study_name=name, storage=storage)
+    study = optuna.load_study(study_name=name, storage=_url(storage))
     counts: dict[TrialState, int] = {}
     for t in study.get_trials(deepcopy=False):
         counts[t.state] = counts.get(t.state, 0) + 1
@@ -100,7 +106,7 @@ def _two_workers(study_file: Path, tmp_path: Path, storage: str) -> None:
     states = _states(storage)
     assert states.get(TrialState.COMPLETE) == 5
     assert states.get(TrialState.RUNNING, 0) == 0 and states.get(TrialState.FAIL, 0) == 0
-    study = optuna.load_study(study_name="test_study", storage=storage)
+    study = optuna.load_study(study_name="test_study", storage=_url(storage))
     numbers = [t.number for t in study.get_trials(states=(TrialState.COMPLETE,))]
     assert len(set(numbers)) == 5
 

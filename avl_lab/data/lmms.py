@@ -41,6 +41,7 @@ directory. Absent -> :class:`DatasetNotAvailableError` saying what to put where.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -49,12 +50,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Dataset, DatasetDict, Image, load_from_disk
+from datasets.exceptions import DatasetsError
 from datasets.table import InMemoryTable
 
 from avl_lab.data.cache import cache_root
 from avl_lab.data.lmms_tasks import BENCHMARKS, Benchmark
 from avl_lab.data.registry import register
 from avl_lab.data.schema import COLUMNS, dump_meta
+from avl_lab.errors import InputFileError
 
 __all__ = ["BENCHMARKS", "Benchmark", "DatasetNotAvailableError", "load_benchmark"]
 
@@ -140,7 +143,7 @@ def _read_dir(root: Path, b: Benchmark, split: str, limit: int | None) -> Datase
         if (d / "dataset_dict.json").is_file():
             dd = load_from_disk(str(d))
             if not isinstance(dd, DatasetDict) or split not in dd:
-                raise ValueError(f"{d} (save_to_disk) has no split {split!r}; it has {list(dd)}")
+                raise InputFileError(f"{d} (save_to_disk) has no split {split!r}; it has {list(dd)}")
             ds = dd[split]
         elif (d / "state.json").is_file():
             ds = load_from_disk(str(d))
@@ -182,7 +185,7 @@ def _not_available(
         f"  2. export {DATA_DIR_ENV}=<root> with the files in <root>/{b.name}/ or "
         f"<root>/{b.hub_ids[0]}/\n"
         f"  3. the Hugging Face hub cache, e.g. on a machine with network: "
-        f"`huggingface-cli download "
+        f"`hf download "
         f"{b.hub_ids[0]} --repo-type dataset` and copy ~/.cache/huggingface/hub here\n"
         f"Layout: the hub repo's parquet files ({sub}{split}-*.parquet) or a Dataset/DatasetDict "
         f"save_to_disk directory, with lmms-eval's columns: {', '.join(b.columns)}."
@@ -192,7 +195,7 @@ def _not_available(
 def _to_rows(ds: Dataset, b: Benchmark, where: Path) -> Dataset:
     missing = [c for c in b.columns if c not in ds.column_names]
     if missing:
-        raise ValueError(
+        raise InputFileError(
             f"{b.name}: the copy at {where} lacks column(s) {missing} of lmms-eval's schema "
             f"({b.hub_ids[0]}); it has {ds.column_names}"
         )
@@ -242,15 +245,20 @@ def load_benchmark(
     ------
     DatasetNotAvailableError
         No local copy was found.
-    ValueError
-        The copy lacks columns of lmms-eval's schema.
+    InputFileError
+        The copy is malformed (unreadable files, a missing split, columns of lmms-eval's
+        schema missing).
     """
     b = BENCHMARKS[name]
     looked = _candidates(b, path, hub_cache)
     for root in looked:
         if not root.is_dir():
             continue
-        ds = _read_dir(root, b, split, limit)
+        try:
+            ds = _read_dir(root, b, split, limit)
+        except (pa.ArrowException, OSError, json.JSONDecodeError, DatasetsError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise InputFileError(f"{name}: cannot read the copy at {root}: {first}") from None
         if ds is not None:
             log.info("%s: reading %s", name, root)
             return _to_rows(ds, b, root)

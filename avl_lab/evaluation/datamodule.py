@@ -34,11 +34,15 @@ class EvalDataModule(L.LightningDataModule):
         self.cfg, self.batch_size, self.done = cfg, batch_size, done
         self.rows: _Rows | None = None
         self.metric = data.metric_for(cfg.name)
+        self._ds = None
 
     def load(self):
-        kwargs = {"path": self.cfg.path} if self.cfg.path else {}
-        ds = data.load(self.cfg.name, self.cfg.split, limit=self.cfg.limit, **kwargs)
-        return ds.cast_column("image", Image(decode=False))  # decoded safely, row by row
+        """The rows (read once), images left encoded: they are decoded safely, row by row."""
+        if self._ds is None:
+            kwargs = {"path": self.cfg.path} if self.cfg.path else {}
+            ds = data.load(self.cfg.name, self.cfg.split, limit=self.cfg.limit, **kwargs)
+            self._ds = ds.cast_column("image", Image(decode=False))
+        return self._ds
 
     def setup(self, stage: str | None = None) -> None:
         ds = self.load()

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from avl_lab.errors import InputFileError
+
 log = logging.getLogger(__name__)
 
 
@@ -51,15 +53,32 @@ class RecordLog:
         if not self.path.exists():
             return []
         out, seen = [], set()
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, start=1):
                 if not line.endswith("\n"):
                     break  # partial last line
-                rec = json.loads(line)
+                rec = self._parse(line, number)
                 if rec["id"] not in seen:
                     seen.add(rec["id"])
                     out.append(rec)
         return out
+
+    def _parse(self, line: str, number: int) -> dict[str, Any]:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputFileError(
+                f"{self.path} line {number} is not valid JSON ({err.msg}); delete that line to "
+                "resume (its sample is then recomputed) or delete the file to start over"
+            ) from None
+        if not isinstance(rec, dict) or "id" not in rec:
+            raise InputFileError(f"{self.path} line {number} is not a sample record (no `id`); "
+                                 "delete that line to resume")
+        return rec
+
+    def has_records(self) -> bool:
+        """Whether the file holds at least one byte (complete or not)."""
+        return self.path.exists() and self.path.stat().st_size > 0
 
     def ids(self) -> set[str]:
         return {r["id"] for r in self.read()}

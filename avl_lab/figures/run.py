@@ -18,16 +18,17 @@ COLUMNS = ["figure", "panel", "method", "param", "value", "score", "stored", "us
            "out_dir"]
 
 
-def run_figure(name: str, base: EvalConfig, grids: Grids, out: Path) -> pd.DataFrame:
+def run_figure(name: str, base: EvalConfig, grids: Grids, out: Path,
+               progress: bool = True) -> pd.DataFrame:
     """Evaluate every point of figure ``name`` plus the ``full`` reference; write
     ``<out>/<name>.csv`` and ``<out>/<name>.png``."""
     if name not in FIGURES:
         raise ValueError(f"unknown figure {name!r}; choose one of {sorted(FIGURES)}")
-    return run_points(name, FIGURES[name](grids), base, out)
+    return run_points(name, FIGURES[name](grids), base, out, progress=progress)
 
 
 def run_points(name: str, points: list[Point], base: EvalConfig, out: Path,
-               x: str = "value") -> pd.DataFrame:
+               x: str = "value", progress: bool = True) -> pd.DataFrame:
     """Evaluate ``points`` (cached by configuration) plus ``full``; write ``<name>.csv`` and a
     ``<name>.png`` of score against ``x`` (``value``, ``used`` or ``stored``) per panel."""
     out = Path(out)
@@ -35,17 +36,19 @@ def run_points(name: str, points: list[Point], base: EvalConfig, out: Path,
     full = evaluate_policy(base, {"name": "full"}, out)
     rows = [{"figure": name, "panel": "reference", "method": "full", "param": "", "value": 100.0,
              **full}]
-    for p in tqdm(points, desc=name, unit="point"):
+    for p in tqdm(points, desc=name, unit="point", disable=None if progress else True):
         res = evaluate_policy(base, p.policy, out)
         rows.append({"figure": name, "panel": p.panel, "method": p.method, "param": p.param,
                      "value": p.value, **res})
     df = pd.DataFrame(rows, columns=COLUMNS)
     df.to_csv(out / f"{name}.csv", index=False)
-    plot_figure(df, out / f"{name}.png", x=x)
+    title = (f"{name}: {base.model.name} on {base.data.name} ({full['metric']}), "
+             f"n={int(full['n'])}, {base.generation.max_new_tokens} new tokens")
+    plot_figure(df, out / f"{name}.png", x=x, title=title)
     return df
 
 
-def plot_figure(df: pd.DataFrame, path: Path, x: str = "value") -> None:
+def plot_figure(df: pd.DataFrame, path: Path, x: str = "value", title: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,7 +73,8 @@ def plot_figure(df: pd.DataFrame, path: Path, x: str = "value") -> None:
                       else "K (steps)" if param == "K" else f"{param} (%)")
         ax.set_ylabel(f"{full['metric']}")
         ax.legend(fontsize=7)
-    fig.suptitle(f"{df['figure'].iloc[0]}: score vs A-VL parameters (n={int(full['n'])} samples)")
+    fig.suptitle(title or f"{df['figure'].iloc[0]}: score vs A-VL parameters "
+                 f"(n={int(full['n'])} samples)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

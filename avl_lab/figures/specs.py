@@ -34,12 +34,29 @@ class Grids:
     T: list[int] = field(default_factory=lambda: [10, 20, 40, 60, 80, 100])
     """Fig 10b: text window T."""
 
+    def __post_init__(self) -> None:
+        for name in ("S", "C", "P", "T"):
+            values = list(getattr(self, name))
+            if not values:
+                raise ValueError(f"`grid.{name}` is empty; give at least one percentage")
+            bad = [v for v in values if not 0 < v <= 100]
+            if bad:
+                raise ValueError(f"`grid.{name}` must hold percentages in (0, 100], got {bad}")
+        if not self.K or any(k < 1 for k in self.K):
+            raise ValueError(f"`grid.K` must hold one or more periods ≥ 1, got {list(self.K)}")
+        if not 0 < self.S_core <= 100:
+            raise ValueError(f"`grid.S_core` must be a percentage in (0, 100], got {self.S_core}")
+        above = [c for c in self.C if c > self.S_core]
+        if above:
+            raise ValueError(f"`grid.C` values {above} exceed `grid.S_core` ({self.S_core}): the "
+                             "core is a share of the secondary tokens (C ≤ S)")
+
 
 def fig9(g: Grids) -> list[Point]:
     pts = [Point("a: secondary only", "S", s, "avl S", {"name": "avl", "S": s}) for s in g.S]
     for c in g.C:
         pts.append(Point("b: core vs evict", "C", c, f"core (S={g.S_core}, K=3)",
-                         {"name": "avl", "S": max(c, g.S_core), "C": c, "K": 3}))
+                         {"name": "avl", "S": g.S_core, "C": c, "K": 3}))
         pts.append(Point("b: core vs evict", "C", c, "evict to C", {"name": "avl", "S": c}))
     pts += [Point("c: update period", "K", k, "S=45 C=30", {"name": "avl", "S": 45, "C": 30, "K": k})
             for k in g.K]

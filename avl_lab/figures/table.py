@@ -34,14 +34,15 @@ METHODS: dict[str, dict[str, Any]] = {
 TASKS = ["synth-docvqa", "synth-textvqa", "synth-ocr", "synth-caption", "easy-vqa"]
 
 
-def run_table(base: EvalConfig, out: Path, tasks: list[str] | None = None) -> pd.DataFrame:
+def run_table(base: EvalConfig, out: Path, tasks: list[str] | None = None,
+              progress: bool = True) -> pd.DataFrame:
     """Evaluate every method of :data:`METHODS` on every task (``base`` gives the model,
     sample count and generation); write ``<out>/table.csv`` and ``<out>/table.md``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     cells = [(t, m) for t in (tasks or TASKS) for m in METHODS]
-    for task, method in tqdm(cells, desc="table", unit="cell"):
+    for task, method in tqdm(cells, desc="table", unit="cell", disable=None if progress else True):
         cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, name=task))
         res = evaluate_policy(cfg, METHODS[method], out)
         rows.append({"task": task, "method": method, **res})

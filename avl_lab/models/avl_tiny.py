@@ -10,6 +10,7 @@ letters, digits and punctuation that the model must read from the pixels are nev
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -60,6 +61,15 @@ class AvlTinyConfig:
     """BPE vocabulary size (including the special tokens)."""
 
     def __post_init__(self) -> None:
+        sizes = [f.name for f in dataclasses.fields(self)]
+        for name in sizes:
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be ≥ 1, got {getattr(self, name)}")
+        for width, heads in (("hidden_size", "num_attention_heads"),
+                             ("vision_hidden_size", "vision_heads")):
+            if getattr(self, width) % getattr(self, heads):
+                raise ValueError(f"`{width}` ({getattr(self, width)}) must be a multiple of "
+                                 f"`{heads}` ({getattr(self, heads)})")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"`image_size` ({self.image_size}) must be a multiple of `patch_size` "

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
+from avl_lab.models.checks import check_checkpoint
 from avl_lab.models.tiny import KINDS, tiny_random
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ def _resolve(name: str) -> Path:
         return path
     path = Path(os.path.expanduser(name))
     if (path / "config.json").exists():
+        check_checkpoint(path)  # malformed or incomplete: one clear error, before any weights
         return path
     try:
         from huggingface_hub import snapshot_download

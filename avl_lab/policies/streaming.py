@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from avl_lab.errors import ConfigError
 from avl_lab.policies.base import Context, budget_rows, oldest_rows
 from avl_lab.policies.registry import register
 from avl_lab.policies.scorer import ScorerPolicy
@@ -37,8 +38,8 @@ class Streaming(ScorerPolicy):
 
     def setup(self, cache, ctx: Context) -> None:
         total = budget_rows(self.ratio, self.budget, ctx.n_prompt)
-        if bool((total <= self.sinks).any()):
-            raise ValueError(
+        if bool((total <= self.sinks).any()):  # found only now, on this data: a user error
+            raise ConfigError(
                 f"`ratio` {self.ratio} gives a budget of {int(total.min())} rows, not above "
                 f"`sinks` ({self.sinks}); raise `ratio` or lower `sinks`"
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -12,8 +13,10 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
+from avl_lab.errors import ConfigError
 from avl_lab.evaluation import EvalConfig
 from avl_lab.evaluation.cached import evaluate_policy
+from avl_lab.evaluation.config import result_key, to_dict
 from avl_lab.study.config import OBJECTIVES, PAPER_DEFAULT, StudyConfig
 from avl_lab.study.space import suggest, to_policy
 
@@ -24,9 +27,71 @@ def default_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'study.db').resolve()}"
 
 
+def _postgres_driver() -> str | None:
+    """The PostgreSQL driver installed here: psycopg (v3, SQLAlchemy 2.1's default for a plain
+    ``postgresql://``) or psycopg2; None if neither is."""
+    for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+        try:
+            __import__(module)
+            return driver
+        except ImportError:
+            continue
+    return None
+
+
+def storage_url(url: str | None, out: Path) -> str:
+    """The storage URL to use: SQLite in ``out`` by default; a given URL checked (one clear
+    error for a malformed one or a missing driver), ``postgresql://`` given the installed driver.
+
+    Raises
+    ------
+    ConfigError
+        Not a database URL, an unknown database, or its driver is not installed.
+    """
+    if url is None:
+        return default_storage(out)
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    example = "e.g. sqlite:///runs/study.db or postgresql://user@host/db"
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"`storage` {url!r} is not a database URL ({example})") from None
+    if parsed.drivername == "postgresql" or parsed.drivername == "postgres":
+        driver = _postgres_driver()
+        if driver is None:
+            raise ConfigError("`storage`: PostgreSQL needs a driver: pip install 'avl_lab[postgres]' "
+                              "(psycopg2-binary) or psycopg[binary]")
+        parsed = parsed.set(drivername=f"postgresql+{driver}")
+    try:
+        parsed.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise ConfigError(f"`storage` {url!r}: unknown database {parsed.drivername!r} ({example})") from None
+    except ImportError as err:
+        raise ConfigError(f"`storage` {url!r}: its driver is not installed ({err})") from None
+    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise ConfigError(f"`storage` {url!r}: the folder {folder} does not exist")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def make_storage(url: str, cfg: StudyConfig, attempts: int = 6) -> RDBStorage:
     """The study's storage. Workers starting together on a fresh database race to create
-    Optuna's schema (one gets "already exists"); the loser retries and finds it made."""
+    Optuna's schema (one gets "already exists"); the loser retries and finds it made.
+
+    Raises
+    ------
+    ConfigError
+        The database cannot be reached (after the retries).
+    """
     from sqlalchemy.exc import SQLAlchemyError
 
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
@@ -40,10 +105,81 @@ def make_storage(url: str, cfg: StudyConfig, attempts: int = 6) -> RDBStorage:
             )
         except SQLAlchemyError as err:
             if attempt == attempts - 1:
-                raise
-            log.warning("storage %s not ready (%s); retrying", url, type(err).__name__)
+                first = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+                raise ConfigError(f"`storage` {_shown(url)}: cannot open the database "
+                                  f"({first})") from None
+            log.warning("storage %s not ready (%s); retrying", _shown(url), type(err).__name__)
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def load_existing(cfg: StudyConfig, url: str) -> optuna.Study:
+    """The study as stored, for ``--report``; a clear error when there is nothing to report.
+
+    Raises
+    ------
+    ConfigError
+        No such study in the storage (an SQLite file is not created to find out), or it has
+        no completed trial yet.
+    """
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    hint = "run the sweep first (without --report)"
+    if parsed.drivername.startswith("sqlite") and not Path(parsed.database or "").is_file():
+        raise ConfigError(f"no study {cfg.name!r} to report: {parsed.database} does not exist; {hint}")
+    storage = make_storage(url, cfg)
+    names = optuna.get_all_study_names(storage=storage)
+    if cfg.name not in names:
+        raise ConfigError(f"no study {cfg.name!r} in {_shown(url)} (it holds: "
+                          f"{', '.join(names) or 'none'}); {hint}")
+    study = optuna.load_study(study_name=cfg.name, storage=storage)
+    if not _count(study, TrialState.COMPLETE):
+        raise ConfigError(f"study {cfg.name!r} in {_shown(url)} has no completed trial yet; {hint}")
+    return study
+
+
+def settings(cfg: StudyConfig, base: EvalConfig) -> dict[str, Any]:
+    """What the study's results depend on: the evaluation (less where and how it runs), the
+    fixed parts, the space and the objectives. Stored with the study; a re-run must match."""
+    d = to_dict(base)
+    for k in ("out_dir", "accelerator", "devices", "strategy", "progress", "batch_size", "policy"):
+        d.pop(k, None)
+    space = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else dict(v)
+             for k, v in cfg.space.items()}
+    return json.loads(json.dumps({"eval": d, "fixed": dict(cfg.fixed), "space": space,
+                                  "objectives": list(cfg.objectives)}, default=str))
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def check_settings(study: optuna.Study, wanted: dict[str, Any], url: str, full_dir: str) -> None:
+    """Refuse to add trials of other settings to a study (it would mix them, and keep a
+    ``full`` reference of the old ones); record the settings on a new study. A study from
+    before settings were recorded is checked by its ``full`` baseline's cache key."""
+    old = study.user_attrs.get("settings")
+    if old is None:
+        full = study.user_attrs.get("full")
+        if full is not None and Path(full.get("out_dir", "")).name != Path(full_dir).name:
+            raise ConfigError(f"study {study.study_name!r} in {_shown(url)} was run with other "
+                              "evaluation settings (its `full` baseline differs); use another "
+                              "out_dir (or --storage) for these, or the same settings to resume it")
+        study.set_user_attr("settings", wanted)
+        return
+    a, b = _flat(old), _flat(wanted)
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if diff:
+        shown = "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in diff[:4])
+        raise ConfigError(f"study {study.study_name!r} in {_shown(url)} was run with other "
+                          f"settings ({shown}); use another out_dir (or --storage) for these, or "
+                          "the same settings to resume it")
 
 
 def make_sampler(cfg: StudyConfig, offset: int) -> optuna.samplers.BaseSampler:
@@ -56,10 +192,13 @@ def make_sampler(cfg: StudyConfig, offset: int) -> optuna.samplers.BaseSampler:
 
 
 def load(cfg: StudyConfig, storage: str | RDBStorage, offset: int = 0) -> optuna.Study:
-    study = optuna.create_study(
-        study_name=cfg.name, storage=storage, load_if_exists=True,
-        directions=[OBJECTIVES[o] for o in cfg.objectives], sampler=make_sampler(cfg, offset),
-    )
+    try:
+        study = optuna.create_study(
+            study_name=cfg.name, storage=storage, load_if_exists=True,
+            directions=[OBJECTIVES[o] for o in cfg.objectives], sampler=make_sampler(cfg, offset),
+        )
+    except ValueError as err:  # e.g. other directions than the stored study's
+        raise ConfigError(f"study {cfg.name!r}: {err}") from None
     study.set_metric_names(list(cfg.objectives))
     return study
 
@@ -73,18 +212,32 @@ def _count(study: optuna.Study, *states: TrialState) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def run(cfg: StudyConfig, base: EvalConfig, out: Path, storage_url: str | None,
+def run(cfg: StudyConfig, base: EvalConfig, out: Path, storage: str | None,
         n_trials: int | None = None, progress: bool = True) -> optuna.Study:
     """Run trials until the study holds ``n_trials`` completed ones (several workers may share
-    ``storage_url``). The ``full`` baseline and the paper's default point are evaluated once
-    and stored as study attributes."""
-    out.mkdir(parents=True, exist_ok=True)
+    the ``storage`` URL; default SQLite in ``out``). The ``full`` baseline and the paper's
+    default point are evaluated once and stored as study attributes.
+
+    Raises
+    ------
+    ConfigError
+        A bad storage URL, or the stored study was run with other settings.
+    """
+    url = storage_url(storage, out)
+    if storage is None:  # the SQLite file goes there
+        out.mkdir(parents=True, exist_ok=True)
     target = cfg.n_trials if n_trials is None else n_trials
-    storage = make_storage(storage_url or default_storage(out), cfg)
-    study = load(cfg, storage)
+    study = load(cfg, make_storage(url, cfg))
+    out.mkdir(parents=True, exist_ok=True)
+    check_settings(study, settings(cfg, base), url, _full_dir(base, out))
+    done = _count(study, TrialState.COMPLETE)
+    if done:
+        log.info("resuming study %s: %d of %d trials complete", cfg.name, done, target)
     study.sampler = make_sampler(cfg, offset=len(study.trials))
     for attr, policy in (("full", {"name": "full"}), ("paper_default", _paper_default(cfg))):
         if attr not in study.user_attrs:
+            log.info("study %s: evaluating the %s reference point (%s)", cfg.name,
+                     attr.replace("_", " "), " ".join(f"{k}={v}" for k, v in policy.items()))
             point = eval_point(base, policy, out)
             study.set_user_attr(attr, {"policy": policy, **point})
             study.set_user_attr("metric", point["metric"])
@@ -103,15 +256,29 @@ def run(cfg: StudyConfig, base: EvalConfig, out: Path, storage_url: str | None,
             trial.set_user_attr(key, res[key])
         return tuple(res[o] for o in cfg.objectives)
 
+    waiting: list[int] | None = None
     while (done := _count(study, TrialState.COMPLETE)) < target:
-        running = _count(study, TrialState.RUNNING)  # WAITING (retried) trials are asked first
-        todo = target - done - running
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        todo = target - done - len(running)  # WAITING (retried) trials are asked first
         if todo <= 0:  # other workers are on the rest; wait for them (or for their retries)
+            numbers = sorted(t.number for t in running)
+            if numbers != waiting:
+                log.info("waiting for %d trial(s) running elsewhere (#%s) to reach %d complete; "
+                         "one without a heartbeat for %ds is failed and retried", len(numbers),
+                         ", #".join(map(str, numbers)), target, cfg.grace_period)
+                waiting = numbers
             fail_stale_trials(study)  # a killed worker's trial is failed, then retried
             time.sleep(min(5, cfg.heartbeat_interval))
             continue
+        waiting = None
         study.optimize(objective, n_trials=todo, show_progress_bar=progress, gc_after_trial=True)
     return study
+
+
+def _full_dir(base: EvalConfig, out: Path) -> str:
+    """Where the ``full`` baseline of ``base`` is cached (its name hashes the settings)."""
+    cfg = dataclasses.replace(base, policy={"name": "full"}, progress=False)
+    return str(Path(out) / "evals" / result_key(cfg))
 
 
 def _paper_default(cfg: StudyConfig) -> dict[str, Any]:

@@ -39,6 +39,8 @@ def dominates(a: pd.Series, b: pd.Series, objectives: list[str]) -> bool:
 def front_table(df: pd.DataFrame) -> str:
     """The front, one row per distinct configuration (samplers may propose one twice; the
     evaluation cache makes the repeat free, and ``pareto.csv`` keeps every trial)."""
+    if df.empty:
+        return "(no completed trials)"
     front = df[df["front"]].drop_duplicates(subset=list(PARAMS)).drop(columns=["front"])
     return front.to_string(index=False, float_format=lambda x: f"{x:.4f}")
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from omegaconf import OmegaConf
-
 from avl_lab.models.avl_tiny import AvlTinyConfig
 
 __all__ = ["TASKS", "TrainConfig", "load_train_config"]
@@ -154,9 +152,13 @@ class TrainConfig:
 
 
 def load_train_config(overrides: list[str] | None = None) -> TrainConfig:
-    """:class:`TrainConfig` with ``key=value`` dotlist overrides merged and validated."""
-    base = OmegaConf.structured(TrainConfig)
-    merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides or [])))
-    cfg = OmegaConf.to_object(merged)
-    assert isinstance(cfg, TrainConfig)
-    return cfg
+    """:class:`TrainConfig` with ``key=value`` dotlist overrides merged and validated.
+
+    Raises
+    ------
+    ConfigError
+        Unknown key, wrong type or invalid value; the message names the key.
+    """
+    from avl_lab.cli.loader import load_structured
+
+    return load_structured(TrainConfig, list(overrides or []))

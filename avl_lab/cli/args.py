@@ -1,0 +1,110 @@
+"""Command lines to dotlists: every verb takes ``key=value`` and the same keys as flags.
+
+``--n-trials 4``, ``--n-trials=4`` and ``n_trials=4`` are one thing; a boolean field is a bare
+flag (``--report`` = ``report=true``, ``--no-progress`` = ``progress=false``); bare words fill
+the verb's positional keys (``figures fig9`` = ``figure=fig9``); ``-v`` / ``-q`` set the
+verbosity and ``-h`` / ``--help`` asks for help.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from avl_lab.errors import ConfigError
+
+__all__ = ["Argv", "parse_argv"]
+
+log = logging.getLogger(__name__)
+
+#: Old spellings of keys: ``out=`` and ``--out`` mean ``out_dir``.
+ALIASES = {"out": "out_dir"}
+
+
+@dataclass
+class Argv:
+    """A parsed command line."""
+
+    dotlist: list[str] = field(default_factory=list)
+    """``key=value`` overrides, flags and positionals included, in command-line order."""
+    verbosity: int = 0
+    """``-v`` per step up, ``-q`` per step down."""
+    help: bool = False
+    """``-h`` or ``--help`` was given."""
+    deprecated: list[str] = field(default_factory=list)
+    """Old spellings that were used (``out=``), for one warning."""
+
+    def keys(self) -> list[str]:
+        return [item.partition("=")[0] for item in self.dotlist]
+
+
+def _key(name: str, aliases: Mapping[str, str], argv: Argv, given: str) -> str:
+    key = name.replace("-", "_")
+    if key in aliases:
+        if given.startswith("out="):
+            argv.deprecated.append(f"`{given.partition('=')[0]}=` is deprecated; use `{aliases[key]}=`")
+        return aliases[key]
+    return key
+
+
+def parse_argv(
+    argv: Sequence[str],
+    *,
+    bool_keys: Sequence[str] = (),
+    positional: Sequence[str] = (),
+    aliases: Mapping[str, str] = ALIASES,
+) -> Argv:
+    """Turn ``argv`` into an :class:`Argv`.
+
+    Parameters
+    ----------
+    bool_keys : the keys that are bare flags (``--report``, ``--no-progress``).
+    positional : keys filled, in order, by bare words (``figure`` for ``figures fig9``).
+    aliases : old key -> key.
+
+    Raises
+    ------
+    ConfigError
+        An unknown option, a flag without its value, or a surplus bare word.
+    """
+    out = Argv()
+    free = list(positional)
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        tok = items[i]
+        i += 1
+        if tok in ("-h", "--help"):
+            out.help = True
+        elif tok in ("-q", "--quiet"):
+            out.verbosity -= 1
+        elif tok == "--verbose" or (tok.startswith("-v") and set(tok[1:]) == {"v"}):
+            out.verbosity += 1 if tok == "--verbose" else len(tok) - 1
+        elif tok.startswith("--") and len(tok) > 2:
+            name, eq, value = tok[2:].partition("=")
+            key = _key(name, aliases, out, tok)
+            if not eq and key in bool_keys:
+                value = "true"
+            elif not eq and key.startswith("no_") and key[3:] in bool_keys:
+                key, value = key[3:], "false"
+            elif not eq:
+                if i >= len(items) or items[i].startswith("--"):
+                    raise ConfigError(f"`--{name}` needs a value (`--{name} VALUE` or `{key}=VALUE`)")
+                value = items[i]
+                i += 1
+            out.dotlist.append(f"{key}={value}")
+        elif tok.startswith("-") and len(tok) > 1 and not tok[1].isdigit():
+            raise ConfigError(f"unknown option `{tok}`; arguments are key=value (see --help)")
+        elif "=" in tok:
+            name, _, value = tok.partition("=")
+            if not name:
+                raise ConfigError(f"argument {tok!r} has no key; arguments are key=value")
+            out.dotlist.append(f"{_key(name, aliases, out, tok)}={value}")
+        elif free:
+            out.dotlist.append(f"{free.pop(0)}={tok}")
+        else:
+            raise ConfigError(f"unexpected argument {tok!r}; arguments are key=value (see --help)")
+    for note in dict.fromkeys(out.deprecated):
+        log.warning(note)
+    return out

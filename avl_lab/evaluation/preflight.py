@@ -1,0 +1,97 @@
+"""Checks an evaluation makes before it writes anything or loads a model's weights."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from avl_lab.errors import ConfigError, InputFileError
+from avl_lab.evaluation.config import EvalConfig, parse_devices
+
+__all__ = ["check_accelerator", "check_model", "check_out_dir", "check_policy_fits", "check_rows",
+           "preflight"]
+
+
+def check_out_dir(path: str | Path, key: str = "out_dir") -> None:
+    """``path`` is, or can be made, a writable directory."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"`{key}` {path} is a file, not a directory; give a directory")
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"`{key}` {path}: {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"`{key}` {path}: {parent} is not writable")
+            return
+
+
+def check_model(cfg: EvalConfig) -> int | None:
+    """Find the checkpoint and check its files, without reading weights; the number of decoder
+    layers its config declares (None for the random models, which are built in memory)."""
+    from avl_lab.models.checks import check_checkpoint, decoder_layers
+    from avl_lab.models.loader import RANDOM_MODELS, _resolve
+
+    if cfg.model.name in RANDOM_MODELS:
+        return None
+    return decoder_layers(check_checkpoint(_resolve(cfg.model.name)))
+
+
+def check_policy_fits(policy: dict[str, Any], num_layers: int | None, model: str) -> None:
+    """A prefill-pruning ``layer`` must be one of the model's decoder layers."""
+    from avl_lab import policies
+
+    layer = policies.build(dict(policy)).prune_layer
+    if num_layers is not None and layer is not None and not 0 <= layer < num_layers:
+        raise ConfigError(f"`policy.layer` {layer} is not a decoder layer of {model} "
+                          f"(it has {num_layers}: 0..{num_layers - 1})")
+
+
+def check_accelerator(cfg: EvalConfig) -> None:
+    """The accelerator (and device count) asked for exists on this machine."""
+    import torch
+
+    devices = parse_devices(cfg.devices)
+    if cfg.accelerator in ("gpu", "cuda"):
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if have == 0:
+            raise ConfigError(f"`accelerator` {cfg.accelerator}: no CUDA device on this machine; "
+                              "use accelerator=cpu or auto")
+        want = len(devices) if isinstance(devices, list) else devices
+        if isinstance(want, int) and want > have:
+            raise ConfigError(f"`devices` {cfg.devices}: this machine has {have} CUDA device(s)")
+        if isinstance(devices, list) and max(devices) >= have:
+            raise ConfigError(f"`devices` {cfg.devices}: device ids go up to {have - 1} here")
+    if cfg.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("`accelerator` mps: MPS is not available on this machine")
+
+
+def check_rows(ids: list[str], cfg: EvalConfig) -> None:
+    """A dataset with rows, each with its own id (a duplicate would silently shrink n)."""
+    source = f"{cfg.data.name} (split {cfg.data.split}" + (f", {cfg.data.path})" if cfg.data.path
+                                                           else ")")
+    if not ids:
+        raise InputFileError(f"`data`: {source} has 0 rows; nothing to evaluate")
+    dupes = [i for i, n in Counter(ids).items() if n > 1]
+    if dupes:
+        raise InputFileError(f"`data`: {source} has {len(dupes)} duplicate sample id(s), e.g. "
+                             f"{dupes[:3]}; each row needs its own id")
+
+
+def preflight(cfg: EvalConfig, policies: list[dict[str, Any]] | None = None) -> list[str]:
+    """Every check of an evaluation that reads no weights (for commands that write before
+    they evaluate, e.g. a sweep's storage); returns the row ids.
+
+    ``policies`` (default ``[cfg.policy]``) are checked against the model's layer count.
+    """
+    from avl_lab.evaluation.datamodule import EvalDataModule
+
+    check_accelerator(cfg)
+    layers = check_model(cfg)
+    for policy in policies or [cfg.policy]:
+        check_policy_fits(policy, layers, cfg.model.name)
+    ids = list(EvalDataModule(cfg.data, cfg.batch_size, set()).load()["id"])
+    check_rows(ids, cfg)
+    return ids
