@@ -145,7 +145,7 @@ class AVLLayer(DynamicLayer):
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
         """Append rows ``[B, Hkv, q, D]``; their bookkeeping comes from the current run."""
         run = self.cache.run
-        new_rows = run.new_rows(self.layer_idx, key_states.shape[-2], key_states.shape[0])
+        new_rows = run.new_rows(self.layer_idx, key_states.shape[0])
         for name, (value, dtype) in self.cache.state_defaults.items():
             new_rows[name] = torch.full_like(new_rows["pos"], value, dtype=dtype)
         if not self.is_initialized or self.num_rows == 0:

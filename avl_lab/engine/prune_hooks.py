@@ -26,15 +26,32 @@ if TYPE_CHECKING:
 
 
 def make_text_hook(session: Session):
-    """A pre-hook on the text model: lets the family capture per-forward extras in prefill."""
+    """A pre-hook on the text model, once per forward: the run's step clock
+    (:meth:`~avl_lab.engine.run.Run.begin_forward`), and in prefill the family's capture of
+    per-forward extras."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
         run = session.run
-        if run is not None and run.cache.seen == 0:
+        if run is None:
+            return None
+        batch, q_len = _batch_and_length(args, kwargs)
+        run.begin_forward(batch, q_len)
+        if run.step == 0:
             session.family.capture_extras(run, kwargs)
         return None
 
     return hook
+
+
+def _batch_and_length(args: tuple, kwargs: dict[str, Any]) -> tuple[int, int]:
+    """``(B, q)`` of a text-model forward, from its embeddings or token ids."""
+    for name in ("inputs_embeds", "input_ids"):
+        t = kwargs.get(name)
+        if t is not None:
+            return t.shape[0], t.shape[1]
+    if args and isinstance(args[0], Tensor):
+        return args[0].shape[0], args[0].shape[1]
+    raise TypeError("avl_lab: the text model was called without input_ids or inputs_embeds")
 
 
 def make_pre_hook(session: Session, layer_idx: int):

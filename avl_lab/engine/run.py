@@ -99,6 +99,27 @@ class Run:
         self.timing.end = _now(self.base_layout.pos.device)
         self.timing.decode_steps = self.step
 
+    # --- the step clock: called by the text model's pre-hook, once per forward ---------------
+    def begin_forward(self, batch: int, q_len: int) -> None:
+        """Start one forward of the text model: prefill (step 0) or decode step ``t``.
+
+        Prefill expands the layout to the (beam-expanded) ``batch`` and calls
+        ``policy.setup``. A decode forward advances the step, sets the update flag
+        (``policy.is_update_step``) and, on the first one, ends the prefill timer — all
+        before any decoder layer runs.
+        """
+        if self.cache.seen == 0:
+            self._start(batch)
+            return
+        if q_len != 1:
+            raise NotImplementedError("avl_lab decodes one token per step (got a multi-token step)")
+        if self.step == 0:
+            self.timing.first_decode = _now(self.layout.pos.device)
+        self.step += 1
+        self.update = self.policy.is_update_step(self.step)
+        if self.trace is not None:
+            self.trace.decode.append({})
+
     # --- called by the cache -------------------------------------------------------------------
     def rows_to_come(self) -> int:
         """Decode rows a layer will still append in this call (one per remaining decode step)."""
@@ -108,21 +129,11 @@ class Run:
     def tokens_seen(self) -> int:
         return self.layout.length + self.step
 
-    def new_rows(self, layer_idx: int, q_len: int, batch: int) -> dict[str, Tensor]:
-        """Bookkeeping of the ``q_len`` rows layer ``layer_idx`` is about to store."""
-        if self.cache.seen == 0:
-            if layer_idx == 0:
-                self._start(batch)
+    def new_rows(self, layer_idx: int, batch: int) -> dict[str, Tensor]:
+        """Bookkeeping of the rows layer ``layer_idx`` is about to store (the whole prompt in
+        prefill, one row per sample in a decode step)."""
+        if self.step == 0:
             return self._prompt_rows(layer_idx)
-        if q_len != 1:
-            raise NotImplementedError("avl_lab decodes one token per step (got a multi-token step)")
-        if layer_idx == 0:
-            if self.step == 0:
-                self.timing.first_decode = _now(self.layout.pos.device)
-            self.step += 1
-            self.update = self.policy.is_update_step(self.step)
-            if self.trace is not None:
-                self.trace.decode.append({})
         lay = self.layout
         dev = lay.pos.device
         return {

@@ -12,7 +12,7 @@ from torch import Tensor
 
 @dataclass
 class CacheStats:
-    """Cache accounting of one ``generate`` call (see DESIGN.md "Cache accounting").
+    """Cache accounting of one ``generate`` call (README "Cache accounting"; docs/ARCHITECTURE.md).
 
     For layer l and decode step t: full = prompt tokens + t, stored = valid rows held,
     used = rows that took part in the step's attention. Fractions are means over l and over

@@ -13,7 +13,7 @@ accuracy          ``accuracy(prediction, answers)``          :class:`Accuracy`
 relaxed_accuracy  ``relaxed_accuracy(prediction, answers)``  :class:`RelaxedAccuracy`
 cider             ``cider(predictions, references)``         :class:`CIDEr`
 (analysis)        ``ppci(scores_a, scores_b, p)``            :class:`PPCI`
-(cache)           ``cache_fraction(rows, full)``             :class:`CacheAccounting`
+(cache)           per sample: :mod:`avl_lab.engine.stats`    :class:`CacheAccounting`
 ================  =========================================  ========================
 
 ``build_metric(name)`` returns the streaming metric for a dataset row's ``metric`` field;
@@ -24,7 +24,7 @@ every caller), and :class:`ScoreMean` streams the mean of those scores.
 from avl_lab.metrics._base import ScoreMean
 from avl_lab.metrics.accuracy import Accuracy, accuracy
 from avl_lab.metrics.anls import ANLS, anls
-from avl_lab.metrics.cache import CacheAccounting, cache_fraction, cache_summary
+from avl_lab.metrics.cache import CacheAccounting
 from avl_lab.metrics.cider import CIDEr, CiderResult, cider, cider_d, cider_score
 from avl_lab.metrics.normalize import normalize_answer
 from avl_lab.metrics.ocrbench import OCRBenchScore, ocrbench_score
@@ -49,8 +49,6 @@ __all__ = [
     "accuracy",
     "anls",
     "build_metric",
-    "cache_fraction",
-    "cache_summary",
     "cider",
     "cider_d",
     "cider_score",

@@ -1,11 +1,9 @@
-"""Cache accounting: the "stored" and "used" fractions of paper Table 3 (DESIGN.md).
+"""The run-level mean of per-sample cache fractions ("stored" / "used", paper Table 3).
 
-For layer l and decode step t, ``full(l, t)`` is the number of KV rows the Full policy
-would hold, ``stored(l, t)`` the rows physically held, ``used(l, t)`` the rows that took
-part in that step's attention. A sample's ``stored`` is the mean over (l, t) of
-``stored/full`` (likewise ``used``); a run reports the mean over samples.
-:func:`cache_fraction` is the per-sample reduction, :class:`CacheAccounting` the streaming
-run-level mean.
+The per-sample fractions themselves come from the engine (:mod:`avl_lab.engine.stats`, the
+one implementation of the accounting: for layer l and decode step t, stored/full and
+used/full, averaged over layers, KV heads and the steps before the sample's end of
+sequence). :class:`CacheAccounting` averages them over an evaluation's samples.
 """
 
 from __future__ import annotations
@@ -15,35 +13,9 @@ from collections.abc import Sequence
 import torch
 from torchmetrics import Metric
 
-__all__ = ["CacheAccounting", "cache_fraction", "cache_summary"]
+__all__ = ["CacheAccounting"]
 
 _TOL = 1e-9
-
-
-def cache_fraction(rows: torch.Tensor | Sequence, full: torch.Tensor | Sequence) -> float:
-    """Mean over layers and steps of ``rows / full``.
-
-    Parameters
-    ----------
-    rows : tensor, shape (L, T)
-        Rows stored (or used) per layer and decode step.
-    full : tensor, shape (L, T) or (T,)
-        Rows the Full policy would hold; broadcast over layers when 1-D.
-
-    Returns
-    -------
-    float
-        The fraction, in [0, 1].
-    """
-    r = torch.as_tensor(rows, dtype=torch.float64)
-    f = torch.as_tensor(full, dtype=torch.float64)
-    if r.numel() == 0:
-        raise ValueError("cache_fraction: `rows` is empty")
-    if (f <= 0).any():
-        raise ValueError("cache_fraction: every `full` count must be positive")
-    if (r < 0).any() or (r > f + _TOL).any():
-        raise ValueError("cache_fraction: `rows` must lie in [0, full]")
-    return float((r / f).mean())
 
 
 def _fractions(x: float | Sequence[float] | torch.Tensor, name: str) -> torch.Tensor:
@@ -51,14 +23,6 @@ def _fractions(x: float | Sequence[float] | torch.Tensor, name: str) -> torch.Te
     if torch.isnan(t).any() or (t < 0).any() or (t > 1 + _TOL).any():
         raise ValueError(f"CacheAccounting: `{name}` fractions must lie in [0, 1]")
     return t
-
-
-def cache_summary(stored: Sequence[float], used: Sequence[float]) -> dict[str, float]:
-    """Run-level means of per-sample ``stored`` and ``used`` fractions."""
-    s, u = _fractions(stored, "stored"), _fractions(used, "used")
-    if s.numel() != u.numel() or s.numel() == 0:
-        raise ValueError("cache_summary: need equally many (>0) stored and used values")
-    return {"stored": float(s.mean()), "used": float(u.mean())}
 
 
 class CacheAccounting(Metric):
