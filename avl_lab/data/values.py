@@ -1,8 +1,7 @@
-"""Random field values for the synthetic tasks: names, dates, amounts, ids, words.
-
-Every value is several tokens long for a typical LLM tokenizer (``INV-48213``,
-``12/03/2021``, ``$1,234.50``, ``Maria Lopez``). Ids avoid the letters I, O and Q, which
-are easily confused with digits.
+"""Random field values for the synthetic tasks: short upper-case values that fit the
+16-column character grid (at most 10 characters: ``12/03/21``, ``$1,234.50``,
+``M JOHNSON``, ``REF-KXM42``) and the word list of the scene-text task. Codes avoid the
+letters I, O and Q, which are easily confused with digits.
 """
 
 from __future__ import annotations
@@ -13,16 +12,7 @@ __all__ = [
     "CITIES",
     "FIRST_NAMES",
     "LAST_NAMES",
-    "COMPANIES",
     "WORDS",
-    "account",
-    "amount",
-    "code",
-    "company",
-    "date",
-    "doc_id",
-    "person",
-    "phone",
     "short_account",
     "short_amount",
     "short_city",
@@ -42,8 +32,6 @@ _LAST = (
     "Wright Lopez Hill Green Baker Turner Parker Evans Collins Morgan Reed Cooper Ward Price "
     "Bennett Hughes"
 )
-_COMPANY_A = "Acme Globex Northwind Bluebird Summit Pioneer Redwood Silverline Harbor Keystone"
-_COMPANY_B = "Corp Ltd Inc Supply Foods Labs Group Trading"
 _CITIES = (
     "Springfield,IL Riverside,CA Fairview,TX Greenville,SC Madison,WI Georgetown,KY Clinton,IA "
     "Salem,OR Franklin,TN Oakland,CA Portland,ME Denver,CO Austin,TX Boston,MA Dallas,TX "
@@ -61,59 +49,9 @@ _WORDS = (
 )
 FIRST_NAMES = tuple(_FIRST.split())
 LAST_NAMES = tuple(_LAST.split())
-COMPANIES = tuple(f"{a} {b}" for a in _COMPANY_A.split() for b in _COMPANY_B.split())
 CITIES = tuple(c.replace(",", ", ") for c in _CITIES.split())
 WORDS = tuple(_WORDS.split())
 _LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def person(rng: random.Random) -> str:
-    """``"Maria Lopez"``."""
-    return f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
-
-
-def company(rng: random.Random) -> str:
-    """``"Summit Foods"``."""
-    return rng.choice(COMPANIES)
-
-
-def date(rng: random.Random) -> str:
-    """``"12/03/2021"``, ``"2021-03-12"`` or ``"Mar 12, 2021"``."""
-    y, m, d = rng.randint(2000, 2029), rng.randint(1, 12), rng.randint(1, 28)
-    style = rng.randrange(3)
-    if style == 0:
-        return f"{m:02d}/{d:02d}/{y}"
-    if style == 1:
-        return f"{y}-{m:02d}-{d:02d}"
-    return f"{_MONTHS[m - 1]} {d}, {y}"
-
-
-def amount(rng: random.Random) -> str:
-    """``"$1,234.50"`` (between $1 and $99,999)."""
-    cents = rng.randint(100, 9_999_999)
-    return f"${cents / 100:,.2f}"
-
-
-def doc_id(rng: random.Random, prefix: str) -> str:
-    """``"INV-48213"``."""
-    return f"{prefix}-{rng.randint(10000, 99999)}"
-
-
-def account(rng: random.Random) -> str:
-    """``"AC-4821-7730"``."""
-    return f"AC-{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}"
-
-
-def code(rng: random.Random, prefix: str = "REF") -> str:
-    """``"REF-KXM42"``: three letters and two digits."""
-    letters = "".join(rng.choice(_LETTERS) for _ in range(3))
-    return f"{prefix}-{letters}{rng.randint(10, 99)}"
-
-
-def phone(rng: random.Random) -> str:
-    """``"555-284-9931"``."""
-    return f"555-{rng.randint(200, 999)}-{rng.randint(1000, 9999)}"
 
 
 def zip_code(rng: random.Random) -> str:
@@ -121,7 +59,6 @@ def zip_code(rng: random.Random) -> str:
     return f"{rng.randint(10000, 99999)}"
 
 
-# Short upper-case values for the 16-column character grid (at most 10 characters).
 def short_date(rng: random.Random) -> str:
     """``"12/03/21"``."""
     return f"{rng.randint(1, 12):02d}/{rng.randint(1, 28):02d}/{rng.randint(0, 29):02d}"

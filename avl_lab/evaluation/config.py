@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from avl_lab.errors import ConfigError
 
 __all__ = ["ConfigError", "DataConfig", "EvalConfig", "GenerationConfig", "ModelConfig",
@@ -167,19 +165,8 @@ def validate(cfg: EvalConfig) -> None:
     check_policy(cfg.policy)
 
 
-def allowed_keys(cls: type = EvalConfig) -> list[str]:
-    """Dotted keys of the schema (for error messages and ``--help``)."""
-    from avl_lab.cli.loader import schema_keys
-
-    return schema_keys(cls)
-
-
 def to_dict(cfg: EvalConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
-
-
-def to_yaml(cfg: EvalConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
 def result_key(cfg: EvalConfig) -> str:
@@ -188,7 +175,3 @@ def result_key(cfg: EvalConfig) -> str:
     for k in ("out_dir", "accelerator", "devices", "strategy", "progress", "batch_size"):
         d.pop(k)
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def as_dictconfig(cfg: EvalConfig) -> DictConfig:
-    return OmegaConf.structured(cfg)
