@@ -12,7 +12,7 @@ from avl_lab.analysis.probe import AttentionProbe, image_vector
 from avl_lab.engine.layout import Modality
 from avl_lab.engine.session import attach
 from avl_lab.evaluation import EvalConfig
-from avl_lab.evaluation.prompting import encode
+from avl_lab.evaluation.prompting import prompt_and_generate
 
 SHARES = {"system": Modality.SYSTEM, "image": Modality.IMAGE, "instruction": Modality.INSTRUCTION,
           "generated": Modality.GENERATED}
@@ -42,10 +42,10 @@ def collect(cfg: EvalConfig) -> list[SampleAttention]:
     out: list[SampleAttention] = []
     for start in tqdm(range(0, len(ds), cfg.batch_size), desc="attention", unit="batch"):
         rows = [ds[i] for i in range(start, min(len(ds), start + cfg.batch_size))]
-        inputs = encode(processor, [r["image"].convert("RGB") for r in rows],
-                        [r["prompt"] for r in rows])
-        with torch.no_grad(), attach(model, probe) as session:
-            session.generate(**inputs, max_new_tokens=cfg.generation.max_new_tokens, do_sample=False)
+        with attach(model, probe) as session:
+            prompt_and_generate(processor, [r["image"].convert("RGB") for r in rows],
+                                [r["prompt"] for r in rows], session.generate,
+                                max_new_tokens=cfg.generation.max_new_tokens)
         out += [_sample(probe, b, r["id"]) for b, r in enumerate(rows)]
     return out
 

@@ -25,7 +25,7 @@ from avl_lab.analysis.answer_cells import answer_tokens, blank_tokens
 from avl_lab.engine.families import family_of
 from avl_lab.engine.stats import steps_until_eos
 from avl_lab.evaluation import EvalConfig
-from avl_lab.evaluation.prompting import encode
+from avl_lab.evaluation.prompting import prompt_and_generate
 
 PROBE_ATTN = "avl_lab_head_probe"
 
@@ -102,11 +102,11 @@ def collect_heads(cfg: EvalConfig) -> list[HeadAttention]:
     out: list[HeadAttention] = []
     for start in tqdm(range(0, len(ds), cfg.batch_size), desc="head attention", unit="batch"):
         rows = [ds[i] for i in range(start, min(len(ds), start + cfg.batch_size))]
-        inputs = encode(processor, [r["image"].convert("RGB") for r in rows],
-                        [r["prompt"] for r in rows])
-        with torch.no_grad(), probe.attached(model):
-            seqs = model.generate(**inputs, max_new_tokens=cfg.generation.max_new_tokens,
-                                  do_sample=False)  # fmt: skip
+        with probe.attached(model):
+            gen = prompt_and_generate(processor, [r["image"].convert("RGB") for r in rows],
+                                      [r["prompt"] for r in rows], model.generate,
+                                      max_new_tokens=cfg.generation.max_new_tokens)
+        inputs, seqs = gen.inputs, gen.sequences
         P = inputs["input_ids"].shape[1]
         n_steps = len(probe.steps) - 1
         steps = steps_until_eos(seqs, P, n_steps, {}, model.generation_config)

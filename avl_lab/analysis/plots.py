@@ -7,54 +7,39 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid")
-    return plt, sns
+from avl_lab.evaluation.plotting import pyplot, save
 
 
 def plot_modality(df: pd.DataFrame, path: Path) -> None:
-    plt, sns = _plt()
+    plt, sns = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     sns.lineplot(data=df, x="step", y="share", hue="modality", marker="o", ax=ax)
     ax.set(xlabel="decode step", ylabel="attention share (mean over layers, samples)",
            title="Fig 1: attention by token type during decode")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_sparsity(df: pd.DataFrame, heat: torch.Tensor, path: Path) -> None:
-    plt, sns = _plt()
+    plt, sns = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 2]})
     sns.barplot(data=df, x="layer", y="fraction", ax=a, color="C0")
     a.set(ylabel="image-token fraction with 80% of attention",
           title="Fig 3: sparsity of vision attention")
     sns.heatmap(heat.numpy(), ax=b, cmap="viridis", cbar_kws={"label": "attention"})
     b.set(xlabel="image token", ylabel="layer", title="one sample's image attention per layer")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_layer_ppci(df: pd.DataFrame, path: Path) -> None:
-    plt, sns = _plt()
+    plt, sns = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     sns.lineplot(data=df, x="layer", y="ppci", hue="p", marker="o", palette="deep", ax=ax)
     ax.set(ylim=(0, 1.05), ylabel="p% PPCI vs layer 0", title="Fig 4: heterogeneity across layers")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_step_ppci(df: pd.DataFrame, path: Path) -> None:
-    plt, sns = _plt()
+    plt, sns = pyplot()
     ps = sorted(df["p"].unique())
     fig, axes = plt.subplots(1, len(ps), figsize=(6 * len(ps), 4), squeeze=False)
     for ax, p in zip(axes[0], ps, strict=True):
@@ -62,9 +47,7 @@ def plot_step_ppci(df: pd.DataFrame, path: Path) -> None:
                      ax=ax)
         ax.set(ylim=(0, 1.05), ylabel=f"{p}% PPCI vs step 0",
                title=f"Fig 5: continuity across decode steps (p={p})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def _grid(df: pd.DataFrame, value: str) -> pd.DataFrame:
@@ -74,7 +57,7 @@ def _grid(df: pd.DataFrame, value: str) -> pd.DataFrame:
 
 
 def plot_coverage(df: pd.DataFrame, path: Path, S: int = 45) -> None:
-    plt, sns = _plt()
+    plt, sns = pyplot()
     sub = df[df["S"] == S]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
     rand = float(sub["random"].mean())
@@ -84,15 +67,13 @@ def plot_coverage(df: pd.DataFrame, path: Path, S: int = 45) -> None:
     sns.heatmap(_grid(sub, "blank_share"), ax=b, annot=True, fmt=".2f", cmap="viridis",
                 vmin=0, vmax=1, cbar_kws={"label": "share of image attention"})
     b.set(title="last prompt token's image attention on blank cells")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_drift(df: pd.DataFrame, path: Path, p: int = 10) -> None:
     """Per layer: p% PPCI vs the last prompt token (top) and the share of image attention on
     the answer's tokens (bottom, when known), per head and for the head average (dashed)."""
-    plt, sns = _plt()
+    plt, sns = pyplot()
     sub = df[df["p"] == p]
     layers = sorted(sub["layer"].unique())
     panels = [("ppci", f"{p}% PPCI vs last prompt token")]
@@ -110,6 +91,4 @@ def plot_drift(df: pd.DataFrame, path: Path, p: int = 10) -> None:
                          linestyle="--", errorbar=None)
             ax.set(ylim=(0, 1.05), title=f"layer {layer}", ylabel=label)
     fig.suptitle("drift: each decode step's image attention per head (dashed: head average)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)

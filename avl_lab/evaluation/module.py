@@ -12,7 +12,7 @@ import torch
 from avl_lab.data import safe_image
 from avl_lab.engine.session import attach
 from avl_lab.evaluation.config import EvalConfig
-from avl_lab.evaluation.prompting import encode
+from avl_lab.evaluation.prompting import prompt_and_generate
 from avl_lab.evaluation.records import RecordLog
 from avl_lab.metrics import CacheAccounting, ScoreMean, build_metric, score_rows
 from avl_lab.metrics.registry import SAMPLE_SCORERS
@@ -39,15 +39,14 @@ class EvalModule(L.LightningModule):
         rows, images = self._decode_images(batch)
         if not rows:
             return
-        inputs = encode(self.processor, images, [r["prompt"] for r in rows]).to(self.device)
         gen = self.cfg.generation
         start = time.perf_counter()
-        with torch.no_grad(), attach(self.model, dict(self.cfg.policy), seed=self.cfg.seed) as session:
-            out = session.generate(**inputs, max_new_tokens=gen.max_new_tokens,
-                                   num_beams=gen.num_beams, do_sample=False)
+        with attach(self.model, dict(self.cfg.policy), seed=self.cfg.seed) as session:
+            out = prompt_and_generate(self.processor, images, [r["prompt"] for r in rows],
+                                      session.generate, device=self.device,
+                                      max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams)
         latency = time.perf_counter() - start
-        new = out[:, inputs["input_ids"].shape[1]:]
-        preds = [p.strip() for p in self.processor.batch_decode(new, skip_special_tokens=True)]
+        new, preds = out.new, out.texts
         stats, timing = session.stats, session.last_run.timing
         pad = self.processor.tokenizer.pad_token_id
         batch_id = uuid.uuid4().hex[:12]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from PIL import Image
+from torch import Tensor
 
 FALLBACK_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
 
@@ -28,3 +31,38 @@ def encode(processor: Any, images: Sequence[Image.Image], prompts: Sequence[str]
     # One list of images per sample: every family's processor accepts it; Gemma 3's and
     # SmolVLM's need it.
     return processor(images=[[im] for im in images], text=texts, return_tensors="pt", padding=True)
+
+
+@dataclass
+class Generated:
+    """One batch's greedy generation: the encoded ``inputs``, the ``sequences`` ``generate``
+    returned (prompt + new tokens), the ``new`` tokens and their decoded, stripped ``texts``."""
+
+    inputs: Any
+    sequences: Tensor
+    new: Tensor
+    texts: list[str]
+
+
+def prompt_and_generate(
+    processor: Any,
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    generate: Callable[..., Any],
+    *,
+    device: torch.device | str | None = None,
+    **generate_kwargs: Any,
+) -> Generated:
+    """Encode (:func:`encode`), run ``generate`` greedily without gradients, strip the prompt.
+
+    ``generate`` is ``model.generate`` or a session's ``generate`` (a policy attached);
+    ``generate_kwargs`` go to it (``max_new_tokens``, ``num_beams``, ...).
+    """
+    inputs = encode(processor, images, prompts)
+    if device is not None:
+        inputs = inputs.to(device)
+    with torch.no_grad():
+        sequences = generate(**inputs, do_sample=False, **generate_kwargs)
+    new = sequences[:, inputs["input_ids"].shape[1]:]
+    texts = [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
+    return Generated(inputs=inputs, sequences=sequences, new=new, texts=texts)

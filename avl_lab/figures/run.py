@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from avl_lab.evaluation import EvalConfig
 from avl_lab.evaluation.cached import evaluate_policy
+from avl_lab.evaluation.plotting import pyplot, save
 from avl_lab.figures.specs import FIGURES, Grids, Point
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,7 @@ def run_points(name: str, points: list[Point], base: EvalConfig, out: Path,
 
 
 def plot_figure(df: pd.DataFrame, path: Path, x: str = "value", title: str | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid")
+    plt, sns = pyplot()
     full = df[df["method"] == "full"].iloc[0]
     panels = [p for p in dict.fromkeys(df["panel"]) if p != "reference"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
@@ -75,6 +70,4 @@ def plot_figure(df: pd.DataFrame, path: Path, x: str = "value", title: str | Non
         ax.legend(fontsize=7)
     fig.suptitle(title or f"{df['figure'].iloc[0]}: score vs A-VL parameters "
                  f"(n={int(full['n'])} samples)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)

@@ -9,6 +9,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from avl_lab.evaluation.plotting import pyplot, save
 from avl_lab.study.config import OBJECTIVES, PARAMS
 
 
@@ -46,14 +47,8 @@ def front_table(df: pd.DataFrame) -> str:
 
 
 def plot(df: pd.DataFrame, study: optuna.Study, objectives: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
+    plt, sns = pyplot()
     x, y = objectives[0], "score" if "score" in objectives else objectives[1]
-    sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(7, 5))
     kind = df["front"].map({True: "on the front", False: "dominated"})
     sns.scatterplot(data=df.assign(trial_kind=kind), x=x, y=y, hue="trial_kind", s=55, ax=ax,
@@ -70,9 +65,7 @@ def plot(df: pd.DataFrame, study: optuna.Study, objectives: list[str], path: Pat
     ax.set_ylabel(f"task score ({study.user_attrs.get('metric', 'score')})")
     ax.set_title(f"{study.study_name}: {len(df)} trials, {int(df['front'].sum())} on the front")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def write_report(study: optuna.Study, objectives: list[str], out: Path) -> pd.DataFrame:
