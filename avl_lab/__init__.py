@@ -15,7 +15,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = [
-    "CacheStats", "__version__", "attach", "data", "engine", "evaluate", "ext", "metrics", "models",
+    "CacheStats", "__version__", "attach", "data", "engine", "evaluation", "ext", "metrics", "models",
     "policies",
 ]
 

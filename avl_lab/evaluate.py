@@ -5,7 +5,7 @@ Example::
     python -m avl_lab.evaluate model=tiny-random-llava data=synth-docvqa data.limit=16 \\
         policy=avl policy.S=45 policy.C=30 batch_size=8 out_dir=runs/demo
 
-``avl_lab.evaluate(cfg)`` is the same as a function (this module is callable).
+The same as a function: :func:`avl_lab.evaluation.evaluate`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import types
-from typing import Any
 
 from avl_lab.cli.app import run_verb
 from avl_lab.cli.args import parse_argv
@@ -57,15 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m avl_lab evaluate``: 0 on success, 2 on bad input (one ``error:`` line)."""
     return run_verb(_main, argv)
 
-
-class _CallableModule(types.ModuleType):
-    """``avl_lab.evaluate(cfg)`` calls :func:`evaluate` even though this is a module."""
-
-    def __call__(self, cfg: Any = None, **overrides: Any) -> Summary:
-        return evaluate(cfg, **overrides)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -39,7 +39,7 @@ def test_shipped_model_is_a_small_trained_llava():
 
 @pytest.mark.parametrize("task", sorted(FLOORS))
 def test_quality_floor(task, tmp_path):
-    summary = avl_lab.evaluate(
+    summary = avl_lab.evaluation.evaluate(
         ["model=avl-tiny", f"data={task}", "data.limit=16", "policy=full", "batch_size=16",
          "progress=false", f"out_dir={tmp_path}"]
     )  # fmt: skip

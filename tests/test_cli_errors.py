@@ -238,14 +238,14 @@ def test_bad_input_is_one_error_line_and_exit_2(argv, needle, inputs, tmp_path, 
 
 
 API_CASES = [
-    (lambda out: avl_lab.evaluate(123), "a config must be"),
-    (lambda out: avl_lab.evaluate({"bogus": 1, "out_dir": out}), "unknown key `bogus`"),
-    (lambda out: avl_lab.evaluate("/nonexistent/run.yaml"), "/nonexistent/run.yaml"),
-    (lambda out: avl_lab.evaluate("data.limit=3"), "list"),
-    (lambda out: avl_lab.evaluate([*TINY, "policy=random", "policy.seed=abc", f"out_dir={out}"]),
+    (lambda out: avl_lab.evaluation.evaluate(123), "a config must be"),
+    (lambda out: avl_lab.evaluation.evaluate({"bogus": 1, "out_dir": out}), "unknown key `bogus`"),
+    (lambda out: avl_lab.evaluation.evaluate("/nonexistent/run.yaml"), "/nonexistent/run.yaml"),
+    (lambda out: avl_lab.evaluation.evaluate("data.limit=3"), "list"),
+    (lambda out: avl_lab.evaluation.evaluate([*TINY, "policy=random", "policy.seed=abc", f"out_dir={out}"]),
      "policy.seed"),
-    (lambda out: avl_lab.evaluate(TINY, data__limit="abc", out_dir=out), "data.limit"),
-    (lambda out: avl_lab.evaluate({"policy": {"name": "h2o", "ratio": "abc"}, "out_dir": out}),
+    (lambda out: avl_lab.evaluation.evaluate(TINY, data__limit="abc", out_dir=out), "data.limit"),
+    (lambda out: avl_lab.evaluation.evaluate({"policy": {"name": "h2o", "ratio": "abc"}, "out_dir": out}),
      "policy.ratio"),
 ]
 

@@ -55,7 +55,7 @@ def test_per_sample_stored_and_used_do_not_depend_on_the_batch(tmp_path):
     recs = {}
     for bs in (1, 8):
         out = tmp_path / f"b{bs}"
-        avl_lab.evaluate(["model=avl-tiny", "data=synth-docvqa", "data.limit=8", "policy=avl",
+        avl_lab.evaluation.evaluate(["model=avl-tiny", "data=synth-docvqa", "data.limit=8", "policy=avl",
                           "policy.S=45", "policy.C=30", "policy.K=3", f"batch_size={bs}",
                           "progress=false", f"out_dir={out}"])  # fmt: skip
         lines = (out / "samples.jsonl").read_text().splitlines()

@@ -105,14 +105,14 @@ def test_batch_size_1_and_8_give_the_same_predictions(tmp_path):
     preds = {}
     for bs in (1, 8):
         cfg = load_config([*BASE, "data=synth-ocr", f"batch_size={bs}", f"out_dir={tmp_path / str(bs)}"])
-        summary = avl_lab.evaluate(cfg)
+        summary = avl_lab.evaluation.evaluate(cfg)
         assert summary.n == 6
         preds[bs] = {r["id"]: r["prediction"] for r in _lines(tmp_path / str(bs))}
     assert preds[1] == preds[8]
 
 
 def test_full_policy_stores_and_uses_everything(tmp_path):
-    summary = avl_lab.evaluate([*COMMON, "policy=full", "data.limit=2", f"out_dir={tmp_path}"])
+    summary = avl_lab.evaluation.evaluate([*COMMON, "policy=full", "data.limit=2", f"out_dir={tmp_path}"])
     assert summary.stored == pytest.approx(1.0) and summary.used == pytest.approx(1.0)
 
 
@@ -137,7 +137,7 @@ def test_corrupt_image_rows_are_skipped_and_counted(tmp_path):
     (tmp_path / "DocVQA").mkdir()
     bad.to_parquet(str(tmp_path / "DocVQA" / "validation-00000-of-00001.parquet"))
     with pytest.warns(UserWarning):
-        summary = avl_lab.evaluate(["model=tiny-random-llava", "data=docvqa", f"data.path={tmp_path}",
+        summary = avl_lab.evaluation.evaluate(["model=tiny-random-llava", "data=docvqa", f"data.path={tmp_path}",
                                     "generation.max_new_tokens=2", "progress=false",
                                     f"out_dir={tmp_path / 'out'}"])
     assert summary.n == 3 and summary.skipped == 1
@@ -187,7 +187,7 @@ def test_ocrbench_hme100k_rule_applies_through_evaluate(tmp_path, monkeypatch):
             return super().log(name, value, *args, **kwargs)
 
     monkeypatch.setattr(runner, "EvalModule", Keep)
-    summary = avl_lab.evaluate(["model=tiny-random-llava", "data=ocrbench", f"data.path={tmp_path}",
+    summary = avl_lab.evaluation.evaluate(["model=tiny-random-llava", "data=ocrbench", f"data.path={tmp_path}",
                                 "generation.max_new_tokens=2", "progress=false", "batch_size=2",
                                 f"out_dir={tmp_path / 'out'}"])
     scores = {r["prediction"]: r["score"] for r in _lines(tmp_path / "out")}
