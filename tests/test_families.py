@@ -168,7 +168,7 @@ def test_evaluate_and_a_three_trial_sweep(kind, tmp_path):
 
     name = "tiny-random-" + kind.replace("_", "-")
     fast = [f"model={name}", "data=synth-docvqa", "generation.max_new_tokens=3", "batch_size=2"]
-    summary = avl_lab.evaluate([*fast, "data.limit=4", "policy=avl", "policy.S=45",
+    summary = avl_lab.evaluation.evaluate([*fast, "data.limit=4", "policy=avl", "policy.S=45",
                                 "policy.C=30", f"out_dir={tmp_path / 'eval'}"])
     assert summary.n == 4 and 0 < summary.stored < 1
     lines = (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()
