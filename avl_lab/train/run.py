@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from avl_lab.models.avl_tiny import build_avl_tiny
+from avl_lab.models.quiet import quiet_loading
 from avl_lab.train.callbacks import CurveLogger, GenerationEval, plot_curve
 from avl_lab.train.config import TrainConfig
 from avl_lab.train.data import TrainDataModule
@@ -67,7 +68,8 @@ def _init_from(model: torch.nn.Module, path: Path) -> None:
 
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"`init_from`: no saved model (config.json) in {path}")
-    saved = LlavaForConditionalGeneration.from_pretrained(path)
+    with quiet_loading():
+        saved = LlavaForConditionalGeneration.from_pretrained(path)
     try:
         model.load_state_dict(saved.state_dict())
     except RuntimeError as err:
