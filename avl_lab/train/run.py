@@ -21,6 +21,7 @@ from avl_lab.train.callbacks import CurveLogger, GenerationEval, plot_curve
 from avl_lab.train.config import TrainConfig
 from avl_lab.train.data import TrainDataModule
 from avl_lab.train.module import AvlTinyModule
+from avl_lab.train.progress import StepProgress
 
 __all__ = ["export", "train"]
 
@@ -103,6 +104,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             auto_insert_metric_name=False,
         ),
     ]
+    if cfg.progress:
+        callbacks.append(StepProgress())
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -112,7 +115,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         gradient_clip_val=cfg.grad_clip,
         callbacks=callbacks,
         logger=False,
-        enable_progress_bar=False,
+        enable_progress_bar=False,  # Lightning's bar counts batches of an endless epoch
         enable_model_summary=False,
         default_root_dir=str(out),
         deterministic=False,
