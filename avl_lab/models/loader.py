@@ -121,7 +121,12 @@ def _resolve(name: str) -> Path:
 
 
 def _from_pretrained(path: Path, dtype: torch.dtype):
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+    )
 
     from avl_lab.engine.families import families
     from avl_lab.models import tiny_qwen  # noqa: F401  (registers the image-only Qwen processors)
@@ -140,9 +145,14 @@ def _from_pretrained(path: Path, dtype: torch.dtype):
         model = AutoModelForImageTextToText.from_pretrained(
             path, dtype=dtype, local_files_only=True, attn_implementation="sdpa"
         )
-    # the PIL image processors, whether or not torchvision is installed (the same pixels on
-    # every machine); transformers 5 names them backend="pil" (use_fast=False is deprecated)
-    processor = AutoProcessor.from_pretrained(path, local_files_only=True, backend="pil")
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    if getattr(processor, "image_processor", None) is not None:
+        # the PIL image processor whether or not torchvision is installed (the same pixels on
+        # every machine). transformers 5 names it backend="pil" (use_fast=False is deprecated);
+        # given to AutoProcessor it would reach the video processors too, which have no PIL one
+        processor.image_processor = AutoImageProcessor.from_pretrained(
+            path, local_files_only=True, backend="pil"
+        )
     if getattr(processor, "tokenizer", None) is not None:
         processor.tokenizer.padding_side = "left"
     log.info("loaded %s from %s", type(model).__name__, path)
