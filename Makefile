@@ -16,7 +16,7 @@ $(PY):
 # so that pip never resolves a multi-GB CUDA torch on its own.
 $(STAMP): $(PY) pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -q -e ".[dev]" --constraint <($(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])")
+	$(PY) -m pip install -q -e ".[dev]" --constraint <($(PY) -c "from importlib.metadata import version; print('torch==' + version('torch').split('+')[0])")
 	touch $(STAMP)
 
 install: $(STAMP)

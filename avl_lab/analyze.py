@@ -22,6 +22,7 @@ from omegaconf import MISSING
 from avl_lab.analysis.run import ANALYSES, ENGINE_ANALYSES, HEAD_ANALYSES
 from avl_lab.cli.app import run_verb
 from avl_lab.cli.args import parse_argv
+from avl_lab.cli.config_file import with_config_file
 from avl_lab.cli.helptext import Section, help_text
 from avl_lab.cli.loader import load_structured, split_keys
 from avl_lab.errors import ConfigError, InputFileError
@@ -67,22 +68,15 @@ def usage() -> str:
     )
 
 
-def _main(argv: list[str]) -> int:
-    args = parse_argv(argv, positional=("analysis",))
-    if args.help:
-        print(usage())
-        return 0
-    own, rest = split_keys(args.dotlist, AnalyzeArgs, EvalConfig, IGNORED)
+def configure(dotlist: list[str]) -> tuple[AnalyzeArgs, list[str], EvalConfig]:
+    """``(analysis args, the analyses to run, the evaluation config)``; nothing is written."""
+    from avl_lab.models import default_model
+
+    own, rest = split_keys(dotlist, AnalyzeArgs, EvalConfig, IGNORED)
     opts: AnalyzeArgs = load_structured(AnalyzeArgs, own)
     if opts.analysis not in CHOICES:
         raise ConfigError(f"`analysis`: unknown analysis {opts.analysis!r}; choose one of "
                           f"{', '.join(CHOICES)}")
-    from avl_lab.analysis.collect import collect
-    from avl_lab.analysis.heads import collect_heads
-    from avl_lab.analysis.run import tabulate
-    from avl_lab.evaluation.preflight import check_model, check_out_dir
-    from avl_lab.models import default_model
-
     names = list(ANALYSES) if opts.analysis == "all" else [opts.analysis]
     cfg = load_config([f"model={default_model()}", "data=synth-docvqa", "data.limit=16",
                        "batch_size=4", "generation.max_new_tokens=20", *rest])
@@ -91,6 +85,21 @@ def _main(argv: list[str]) -> int:
         raise ConfigError(f"`generation.max_new_tokens` must be ≥ 2 for {', '.join(decode)} (they "
                           f"compare decode steps; the first new token comes from the prefill), "
                           f"got {cfg.generation.max_new_tokens}")
+    return opts, names, cfg
+
+
+def _main(argv: list[str]) -> int:
+    args = parse_argv(argv, positional=("analysis",))
+    if args.help:
+        print(usage())
+        return 0
+    from avl_lab.analysis.collect import collect
+    from avl_lab.analysis.heads import collect_heads
+    from avl_lab.analysis.run import tabulate
+    from avl_lab.evaluation.preflight import check_model, check_out_dir
+
+    opts, names, cfg = with_config_file(configure, args.dotlist)
+    decode = [n for n in names if n in DECODE]
     out = Path(opts.out_dir)
     check_out_dir(out)
     check_model(cfg)

@@ -16,6 +16,7 @@ import sys
 
 from avl_lab.cli.app import run_verb
 from avl_lab.cli.args import parse_argv
+from avl_lab.cli.config_file import with_config_file
 from avl_lab.cli.helptext import Section, help_text
 from avl_lab.evaluation.config import EvalConfig, load_config
 from avl_lab.evaluation.runner import evaluate
@@ -43,7 +44,7 @@ def _main(argv: list[str]) -> int:
     if args.help:
         print(usage())
         return 0
-    cfg = load_config(args.dotlist)
+    cfg = with_config_file(load_config, args.dotlist)
     summary = evaluate(cfg)
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
         short = {k: v for k, v in summary.to_dict().items() if k not in ("config", "versions")}

@@ -13,15 +13,20 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import MISSING
 
 from avl_lab.cli.app import run_verb
 from avl_lab.cli.args import parse_argv
+from avl_lab.cli.config_file import with_config_file
 from avl_lab.cli.helptext import Section, help_text
 from avl_lab.cli.loader import load_structured, split_keys
 from avl_lab.errors import ConfigError
 from avl_lab.evaluation.config import EvalConfig
+
+if TYPE_CHECKING:
+    from avl_lab.study.config import StudyConfig
 
 __all__ = ["SweepArgs", "main"]
 
@@ -70,28 +75,32 @@ def usage() -> str:
     )
 
 
-def parse(argv: list[str]) -> tuple[SweepArgs, list[str], bool]:
-    """``(sweep args, evaluation overrides, help asked)``."""
-    args = parse_argv(argv, bool_keys=("report", "progress"), positional=("study",))
-    if args.help:
-        return SweepArgs(), [], True
-    own, rest = split_keys(args.dotlist, SweepArgs, EvalConfig, SET_BY_SWEEP)
+def split(dotlist: list[str]) -> tuple[SweepArgs, list[str]]:
+    """``(sweep args, evaluation overrides)`` of a dotlist."""
+    own, rest = split_keys(dotlist, SweepArgs, EvalConfig, SET_BY_SWEEP)
     sweep: SweepArgs = load_structured(SweepArgs, own)
     if sweep.n_trials is not None and sweep.n_trials < 1:
         raise ConfigError(f"`n_trials` (--n-trials) must be ≥ 1, got {sweep.n_trials}")
-    return sweep, rest, False
+    return sweep, rest
+
+
+def configure(dotlist: list[str]) -> tuple[SweepArgs, StudyConfig, EvalConfig]:
+    """The sweep's args, its study and the study's evaluation config with the overrides."""
+    from avl_lab.study.config import load_study
+
+    sweep, overrides = split(dotlist)
+    return sweep, *load_study(sweep.study, overrides)
 
 
 def _main(argv: list[str]) -> int:
-    sweep, overrides, help_asked = parse(argv)
-    if help_asked:
+    args = parse_argv(argv, bool_keys=("report", "progress"), positional=("study",))
+    if args.help:
         print(usage())
         return 0
     from avl_lab.evaluation.preflight import check_out_dir, preflight
-    from avl_lab.study import config as study_config
     from avl_lab.study import driver, report
 
-    cfg, base = study_config.load_study(sweep.study, overrides)
+    sweep, cfg, base = with_config_file(configure, args.dotlist)
     out = Path(sweep.out_dir or f"runs/sweeps/{cfg.name}")
     check_out_dir(out)
     url = driver.storage_url(sweep.storage, out)  # checked before any evaluation runs

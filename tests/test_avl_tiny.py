@@ -45,3 +45,28 @@ def test_quality_floor(task, tmp_path):
     )  # fmt: skip
     assert summary.n == 16
     assert summary.score >= FLOORS[task], (task, summary.score)
+
+
+def test_loading_is_quiet_and_keeps_the_pil_processor(capfd):
+    """No "Loading weights" bar, no use_fast deprecation: stderr stays empty; the processor is
+    the PIL one the checkpoint was trained with (same pixels as the old ``use_fast=False``)."""
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, processor = load("avl-tiny")
+    assert capfd.readouterr().err == ""
+    assert hf_logging.is_progress_bar_enabled()  # restored for the caller
+    reference = AutoProcessor.from_pretrained(embedded_path(), use_fast=False)  # the old call
+    assert type(processor.image_processor) is type(reference.image_processor)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 200, 3), np.uint8))
+    ours = processor(images=[image], text=["USER: <image>\nWhat? ASSISTANT:"], return_tensors="pt")
+    theirs = reference(images=[image], text=["USER: <image>\nWhat? ASSISTANT:"], return_tensors="pt")
+    assert (ours["pixel_values"] == theirs["pixel_values"]).all()
+    assert (ours["input_ids"] == theirs["input_ids"]).all()

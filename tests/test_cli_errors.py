@@ -90,6 +90,18 @@ def inputs(tmp_path_factory) -> Path:
     _study(studies, "n_trials", n_trials=0)
     _study(studies, "heartbeat", heartbeat_interval=10, grace_period=5)
     _study(studies, "low_high", space__S={"low": 60, "high": 20})
+    configs = root / "configs"  # config=FILE
+    configs.mkdir()
+    for name, text in {
+        "malformed": "data: {limit: 2\n", "list": "- a\n", "empty": "",
+        "unknown_key": "data: {limt: 2}\n", "bad_type": "batch_size: abc\n",
+        "bad_value": "generation: {num_beams: 0}\n", "nested": "config: other.yaml\n",
+        "ok": "data: {limit: 1}\n", "sweep_policy": "study: docvqa_pareto\npolicy: h2o\n",
+        "sweep_ntrials": "study: docvqa_pareto\nn_trials: 0\n",
+        "figures_grid": "grid: {S: [0, 500]}\n", "analyze_bad": "analysis: bogus\n",
+        "train_lr": "lr: abc\n", "train_unknown": "foo: 1\n",
+    }.items():
+        (configs / f"{name}.yaml").write_text(text)
     prev = root / "prev_run"  # an earlier run whose samples.jsonl has a corrupt line
     prev.mkdir()
     rec = {"id": "a", "prediction": "x", "references": ["x"], "score": 1.0}
@@ -199,6 +211,38 @@ CASES = [
     (["train", "max_minutes=soon"], "max_minutes"),
     (["train", "init_from={in}/nope"], "init_from"),
     (["train", "export_only=true", "out_dir={out}"], "export_only"),
+    # config=FILE: the file's errors name the file and the key; the command line's do not
+    (["evaluate", *TINY, "config={in}/configs/nope.yaml"], "nope.yaml does not exist"),
+    (["evaluate", *TINY, "config={in}/configs/malformed.yaml"], "malformed.yaml is not valid YAML"),
+    (["evaluate", *TINY, "config={in}/configs/list.yaml"], "list.yaml must hold a mapping"),
+    (["evaluate", *TINY, "config={in}/configs/empty.yaml"], "empty.yaml is empty"),
+    (["evaluate", *TINY, "config={in}/configs/unknown_key.yaml"],
+     "unknown_key.yaml: unknown key `data.limt`"),
+    (["evaluate", *TINY, "config={in}/configs/bad_type.yaml"],
+     "bad_type.yaml: `batch_size` must be an integer"),
+    (["evaluate", *TINY, "--config", "{in}/configs/bad_value.yaml"],
+     "bad_value.yaml: `generation.num_beams`"),
+    (["evaluate", *TINY, "config={in}/configs/nested.yaml"], "nested.yaml: `config` cannot"),
+    (["evaluate", *TINY, "config={in}/configs/ok.yaml", "config={in}/configs/ok.yaml"],
+     "given 2 times"),
+    (["evaluate", *TINY, "config="], "`config` needs a file name"),
+    (["evaluate", *TINY, "--config"], "`--config` needs a value"),
+    (["evaluate", *TINY, "config={in}/configs/ok.yaml", "generation.num_beams=0"],
+     "error: `generation.num_beams`"),
+    (["sweep", "config={in}/configs/sweep_policy.yaml"], "sweep_policy.yaml: `policy`"),
+    (["sweep", "config={in}/configs/sweep_ntrials.yaml"], "sweep_ntrials.yaml: `n_trials`"),
+    (["sweep", "--study", "docvqa_pareto", "config={in}/configs/bad_value.yaml"],
+     "bad_value.yaml: `generation.num_beams`"),
+    (["sweep", "--study", "docvqa_pareto", "config={in}/configs/malformed.yaml"],
+     "malformed.yaml is not valid YAML"),
+    (["figures", "fig9", "config={in}/configs/figures_grid.yaml"], "figures_grid.yaml: `grid.S`"),
+    (["figures", "table", "config={in}/configs/unknown_key.yaml"],
+     "unknown_key.yaml: unknown key `data.limt`"),
+    (["analyze", "config={in}/configs/analyze_bad.yaml"], "analyze_bad.yaml: `analysis`"),
+    (["analyze", "all", "config={in}/configs/bad_type.yaml"], "bad_type.yaml: `batch_size`"),
+    (["train", "config={in}/configs/train_lr.yaml"], "train_lr.yaml: `lr` must be a number"),
+    (["train", "config={in}/configs/train_unknown.yaml"], "train_unknown.yaml: unknown key `foo`"),
+    (["train", "config={in}/configs/nope.yaml"], "nope.yaml does not exist"),
     # the front door
     (["bogusverb"], "bogusverb"),
 ]

@@ -192,6 +192,23 @@ def test_a_failed_run_leaves_nothing_and_the_corrected_run_is_quiet(tmp_path, ca
     assert summary["config"]["policy"] == {"name": "streaming", "ratio": 0.9}
 
 
+@pytest.mark.slow
+def test_a_sweep_of_the_shipped_model_is_quiet_with_a_bar_and_the_front(tmp_path, capfd):
+    """What `make sweep` shows, shortened: no warnings, no transformers loading bars, the
+    trials' progress bar and the front table."""
+    from avl_lab.models import embedded_path
+
+    if not (embedded_path() / "model.safetensors").exists():
+        pytest.skip("avl-tiny weights not shipped")
+    rc = main(["sweep", "--study", "docvqa_pareto", "--n-trials", "2", "model=avl-tiny",
+               "data.limit=1", "generation.max_new_tokens=2", "--out", str(tmp_path / "s")])
+    captured = capfd.readouterr()
+    assert rc == 0, captured.err
+    assert not [n for n in (*NOISE, "Loading weights") if n in captured.err], captured.err
+    assert "2/2" in captured.err  # the trials' bar
+    assert "Pareto front:" in captured.out and " trial " in captured.out
+
+
 def test_old_spellings_map_to_out_dir_and_flags_to_keys(caplog):
     args = parse_argv(["fig9", "out=x", "--n-trials", "3", "--no-progress", "--report", "-vv"],
                       bool_keys=("progress", "report"), positional=("figure",))

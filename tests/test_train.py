@@ -165,3 +165,15 @@ def test_read_attention_loss_equals_the_heads_eager_attention():
     want = -torch.log(torch.stack([attn[0, 3, 20, 3], attn[0, 3, 25, 24], attn[1, 3, 29, 0]]))
     torch.testing.assert_close(got, want.mean())
     assert not torch.isclose(got, -torch.log(attn[0, 2, 20, 3]))  # another head differs
+
+
+def test_progress_bar_counts_steps_from_a_resume_and_hides(tmp_path, capfd):
+    args = [*TINY, f"out_dir={tmp_path / 'run'}", "export=false"]
+    train(load_train_config([*args, "max_steps=2"]))
+    err = capfd.readouterr().err
+    assert "train: 100%" in err and " 2/2 " in err and "loss=" in err, err
+    train(load_train_config([*args, "max_steps=3"]))  # resumes at step 2: the bar starts there
+    err = capfd.readouterr().err
+    assert " 2/3 " in err and " 3/3 " in err and " 0/3 " not in err, err
+    train(load_train_config([*args, "max_steps=4", "progress=false"]))
+    assert "train:" not in capfd.readouterr().err

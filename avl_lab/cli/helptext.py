@@ -112,7 +112,9 @@ def help_text(
         lines += [f"{sec.title} [default]:", *_lines(sec.schema, skip=sec.skip), ""]
     for note in notes:
         lines += [*textwrap.wrap(note, 100, break_on_hyphens=False), ""]
-    lines += ["Common options: -h/--help, -v/--verbose (more output), -q/--quiet.", ""]
+    lines += [*textwrap.wrap("Common options: config=FILE (a YAML file of these keys, nested or "
+                             "dotted; key=value arguments override it), -h/--help, -v/--verbose "
+                             "(more output), -q/--quiet.", 100, break_on_hyphens=False), ""]
     if with_registries:
         lines += registries()
     return "\n".join(lines).rstrip() + "\n"

@@ -13,6 +13,7 @@ from omegaconf import MISSING
 
 from avl_lab.cli.app import run_verb
 from avl_lab.cli.args import parse_argv
+from avl_lab.cli.config_file import with_config_file
 from avl_lab.cli.helptext import Section, help_text
 from avl_lab.cli.loader import load_structured, split_keys
 from avl_lab.errors import ConfigError
@@ -58,17 +59,14 @@ def usage() -> str:
     )
 
 
-def _main(argv: list[str]) -> int:
-    args = parse_argv(argv, bool_keys=("progress",), positional=("figure",))
-    if args.help:
-        print(usage())
-        return 0
-    own, rest = split_keys(args.dotlist, FiguresArgs, EvalConfig, SET_BY_FIGURES)
+def configure(dotlist: list[str]) -> tuple[FiguresArgs, EvalConfig]:
+    """``(figure args, the evaluation config every point starts from)``; nothing is written."""
+    own, rest = split_keys(dotlist, FiguresArgs, EvalConfig, SET_BY_FIGURES)
     fig: FiguresArgs = load_structured(FiguresArgs, own)
     if fig.figure not in COMMANDS:
         raise ConfigError(f"`figure`: unknown figure {fig.figure!r}; choose one of {', '.join(COMMANDS)}")
     is_table = fig.figure == "table"
-    keys = [item.partition("=")[0] for item in args.dotlist]
+    keys = [item.partition("=")[0] for item in dotlist]
     if is_table and any(k == "grid" or k.startswith("grid.") for k in keys):
         raise ConfigError("`grid` is not taken by table (it evaluates fixed methods); use tasks=[...]")
     if is_table and any(k in ("data", "data.name", "data.path") for k in keys):
@@ -77,8 +75,6 @@ def _main(argv: list[str]) -> int:
     if not is_table and "tasks" in keys:
         raise ConfigError(f"`tasks` is only taken by table; {fig.figure} runs one task (data=...)")
     from avl_lab import data
-    from avl_lab.evaluation.preflight import check_out_dir, preflight
-    from avl_lab.figures.table import TASKS
     from avl_lab.models import default_model
 
     if fig.tasks is not None:
@@ -89,6 +85,19 @@ def _main(argv: list[str]) -> int:
     new_tokens = 32 if is_table else 16  # synth-ocr answers run to 17 tokens
     base = load_config([f"model={default_model()}", "data=synth-docvqa", "data.limit=32",
                         f"generation.max_new_tokens={new_tokens}", *rest])
+    return fig, base
+
+
+def _main(argv: list[str]) -> int:
+    args = parse_argv(argv, bool_keys=("progress",), positional=("figure",))
+    if args.help:
+        print(usage())
+        return 0
+    from avl_lab.evaluation.preflight import check_out_dir, preflight
+    from avl_lab.figures.table import TASKS
+
+    fig, base = with_config_file(configure, args.dotlist)
+    is_table = fig.figure == "table"
     target = Path(fig.out_dir or f"runs/figures/{fig.figure}")
     check_out_dir(target)
     for task in (fig.tasks or TASKS) if is_table else [base.data.name]:

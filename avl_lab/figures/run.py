@@ -37,7 +37,7 @@ def run_points(name: str, points: list[Point], base: EvalConfig, out: Path,
     full = evaluate_policy(base, {"name": "full"}, out)
     rows = [{"figure": name, "panel": "reference", "method": "full", "param": "", "value": 100.0,
              **full}]
-    for p in tqdm(points, desc=name, unit="point", disable=None if progress else True):
+    for p in tqdm(points, desc=name, unit="point", disable=not progress):
         res = evaluate_policy(base, p.policy, out)
         rows.append({"figure": name, "panel": p.panel, "method": p.method, "param": p.param,
                      "value": p.value, **res})

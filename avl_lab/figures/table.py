@@ -42,7 +42,7 @@ def run_table(base: EvalConfig, out: Path, tasks: list[str] | None = None,
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     cells = [(t, m) for t in (tasks or TASKS) for m in METHODS]
-    for task, method in tqdm(cells, desc="table", unit="cell", disable=None if progress else True):
+    for task, method in tqdm(cells, desc="table", unit="cell", disable=not progress):
         cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, name=task))
         res = evaluate_policy(cfg, METHODS[method], out)
         rows.append({"task": task, "method": method, **res})

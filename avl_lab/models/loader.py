@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
 from avl_lab.models.checks import check_checkpoint
+from avl_lab.models.quiet import quiet_loading
 from avl_lab.models.tiny import KINDS, tiny_random
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,12 @@ def _resolve(name: str) -> Path:
 
 
 def _from_pretrained(path: Path, dtype: torch.dtype):
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+    )
 
     from avl_lab.engine.families import families
     from avl_lab.models import tiny_qwen  # noqa: F401  (registers the image-only Qwen processors)
@@ -135,10 +141,18 @@ def _from_pretrained(path: Path, dtype: torch.dtype):
             f"`model` {path} is a {config.model_type!r} checkpoint; avl_lab supports "
             + ", ".join(supported)
         )
-    model = AutoModelForImageTextToText.from_pretrained(
-        path, dtype=dtype, local_files_only=True, attn_implementation="sdpa"
-    )
-    processor = AutoProcessor.from_pretrained(path, local_files_only=True, use_fast=False)
+    with quiet_loading():
+        model = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=dtype, local_files_only=True, attn_implementation="sdpa"
+        )
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    if getattr(processor, "image_processor", None) is not None:
+        # the PIL image processor whether or not torchvision is installed (the same pixels on
+        # every machine). transformers 5 names it backend="pil" (use_fast=False is deprecated);
+        # given to AutoProcessor it would reach the video processors too, which have no PIL one
+        processor.image_processor = AutoImageProcessor.from_pretrained(
+            path, local_files_only=True, backend="pil"
+        )
     if getattr(processor, "tokenizer", None) is not None:
         processor.tokenizer.padding_side = "left"
     log.info("loaded %s from %s", type(model).__name__, path)

@@ -14,13 +14,14 @@ from pathlib import Path
 
 from avl_lab.cli.app import run_verb
 from avl_lab.cli.args import parse_argv
+from avl_lab.cli.config_file import with_config_file
 from avl_lab.cli.helptext import Section, help_text
 from avl_lab.errors import ConfigError
 from avl_lab.train.config import TASKS, TrainConfig, load_train_config
 
 __all__ = ["main"]
 
-BOOL_KEYS = ("resume", "export", "export_only")
+BOOL_KEYS = ("resume", "export", "export_only", "progress")
 
 
 def usage() -> str:
@@ -30,7 +31,8 @@ def usage() -> str:
         f"synthetic tasks ({', '.join(TASKS)}); resumable from out_dir, exported with "
         "save_pretrained.",
         [Section("Keys", TrainConfig)],
-        ["Flags: --resume/--no-resume, --export/--no-export, --export-only."],
+        ["Flags: --resume/--no-resume, --export/--no-export, --export-only, "
+         "--progress/--no-progress."],
         with_registries=False,
     )
 
@@ -49,13 +51,19 @@ def check_paths(cfg: TrainConfig) -> None:
         raise ConfigError(f"`export_only` needs a checkpoint, none at {last}")
 
 
+def configure(dotlist: list[str]) -> TrainConfig:
+    """The validated config of a run, its paths checked; nothing is written."""
+    cfg = load_train_config(dotlist)
+    check_paths(cfg)
+    return cfg
+
+
 def _main(argv: list[str]) -> int:
     args = parse_argv(argv, bool_keys=BOOL_KEYS)
     if args.help:
         print(usage())
         return 0
-    cfg = load_train_config(args.dotlist)
-    check_paths(cfg)
+    cfg = with_config_file(configure, args.dotlist)
     from avl_lab.train.run import train
 
     summary = train(cfg)

@@ -105,6 +105,8 @@ class TrainConfig:
     """Save the trained model + processor (``save_pretrained``) at the end."""
     export_only: bool = False
     """Do not train: export ``<out_dir>/checkpoints/last.ckpt`` (e.g. a run still going)."""
+    progress: bool = True
+    """Show a progress bar over the optimiser steps, with the loss (`--no-progress` hides it)."""
 
     def __post_init__(self) -> None:
         if len(self.task_weights) != len(TASKS) or min(self.task_weights) < 0:

@@ -16,10 +16,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from avl_lab.models.avl_tiny import build_avl_tiny
+from avl_lab.models.quiet import quiet_loading
 from avl_lab.train.callbacks import CurveLogger, GenerationEval, plot_curve
 from avl_lab.train.config import TrainConfig
 from avl_lab.train.data import TrainDataModule
 from avl_lab.train.module import AvlTinyModule
+from avl_lab.train.progress import StepProgress
 
 __all__ = ["export", "train"]
 
@@ -67,7 +69,8 @@ def _init_from(model: torch.nn.Module, path: Path) -> None:
 
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"`init_from`: no saved model (config.json) in {path}")
-    saved = LlavaForConditionalGeneration.from_pretrained(path)
+    with quiet_loading():
+        saved = LlavaForConditionalGeneration.from_pretrained(path)
     try:
         model.load_state_dict(saved.state_dict())
     except RuntimeError as err:
@@ -101,6 +104,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             auto_insert_metric_name=False,
         ),
     ]
+    if cfg.progress:
+        callbacks.append(StepProgress())
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -110,7 +115,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         gradient_clip_val=cfg.grad_clip,
         callbacks=callbacks,
         logger=False,
-        enable_progress_bar=False,
+        enable_progress_bar=False,  # Lightning's bar counts batches of an endless epoch
         enable_model_summary=False,
         default_root_dir=str(out),
         deterministic=False,
