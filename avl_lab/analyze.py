@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from avl_lab.analysis.run import ANALYSES, ENGINE_ANALYSES, HEAD_ANALYSES
-from avl_lab.cli.app import run_verb
+from avl_lab.cli.app import checked, run_verb
 from avl_lab.cli.args import parse_argv
 from avl_lab.cli.config_file import with_config_file
 from avl_lab.cli.helptext import Section, help_text
@@ -103,6 +103,8 @@ def _main(argv: list[str]) -> int:
     out = Path(opts.out_dir)
     check_out_dir(out)
     check_model(cfg)
+    if args.check:
+        return checked("analyze")
     engine = collect(cfg) if set(names) & set(ENGINE_ANALYSES) else []
     heads = collect_heads(cfg) if set(names) & set(HEAD_ANALYSES) else []
     steps = [s.decode_image.shape[0] for s in engine] + [s.decode.shape[0] for s in heads]

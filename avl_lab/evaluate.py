@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from avl_lab.cli.app import run_verb
+from avl_lab.cli.app import checked, run_verb
 from avl_lab.cli.args import parse_argv
 from avl_lab.cli.config_file import with_config_file
 from avl_lab.cli.helptext import Section, help_text
@@ -45,6 +45,12 @@ def _main(argv: list[str]) -> int:
         print(usage())
         return 0
     cfg = with_config_file(load_config, args.dotlist)
+    if args.check:
+        from avl_lab.evaluation.preflight import check_out_dir, preflight
+
+        check_out_dir(cfg.out_dir)
+        preflight(cfg)
+        return checked("evaluate")
     summary = evaluate(cfg)
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
         short = {k: v for k, v in summary.to_dict().items() if k not in ("config", "versions")}

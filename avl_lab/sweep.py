@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import MISSING
 
-from avl_lab.cli.app import run_verb
+from avl_lab.cli.app import checked, run_verb
 from avl_lab.cli.args import parse_argv
 from avl_lab.cli.config_file import with_config_file
 from avl_lab.cli.helptext import Section, help_text
@@ -106,6 +106,8 @@ def _main(argv: list[str]) -> int:
     url = driver.storage_url(sweep.storage, out)  # checked before any evaluation runs
     if not sweep.report:  # model files, data, the fixed layer: before the storage is written
         preflight(base, [driver._paper_default(cfg)])
+    if args.check:
+        return checked("sweep")
     if sweep.report:
         study = driver.load_existing(cfg, url)
     else:

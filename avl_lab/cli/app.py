@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from avl_lab.errors import USER_ERRORS
 
-__all__ = ["output", "run_verb", "verbosity_of"]
+__all__ = ["checked", "output", "run_verb", "verbosity_of"]
 
 #: Libraries whose INFO chatter (banners, tips, "GPU available") is hidden unless ``-v``.
 THIRD_PARTY = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning",
@@ -115,3 +115,9 @@ def run_verb(body: Callable[[list[str]], int], argv: Sequence[str] | None = None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+
+
+def checked(verb: str) -> int:
+    """The end of a ``--check`` run: one line on stdout, exit code 0."""
+    print(f"ok: the {verb} command is valid (--check: nothing was run or written)")
+    return 0

@@ -3,7 +3,9 @@
 ``--n-trials 4``, ``--n-trials=4`` and ``n_trials=4`` are one thing; a boolean field is a bare
 flag (``--report`` = ``report=true``, ``--no-progress`` = ``progress=false``); bare words fill
 the verb's positional keys (``figures fig9`` = ``figure=fig9``); ``-v`` / ``-q`` set the
-verbosity and ``-h`` / ``--help`` asks for help.
+verbosity, ``-h`` / ``--help`` asks for help and ``--check`` for a dry run (the command is
+validated — keys, values, files, the model's checkpoint and the data — and stops before it
+loads weights, runs or writes anything).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class Argv:
     """``-v`` per step up, ``-q`` per step down."""
     help: bool = False
     """``-h`` or ``--help`` was given."""
+    check: bool = False
+    """``--check`` was given: validate the command, then stop before running it."""
     deprecated: list[str] = field(default_factory=list)
     """Old spellings that were used (``out=``), for one warning."""
 
@@ -77,6 +81,8 @@ def parse_argv(
         i += 1
         if tok in ("-h", "--help"):
             out.help = True
+        elif tok == "--check":
+            out.check = True
         elif tok in ("-q", "--quiet"):
             out.verbosity -= 1
         elif tok == "--verbose" or (tok.startswith("-v") and set(tok[1:]) == {"v"}):

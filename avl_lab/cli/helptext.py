@@ -113,8 +113,9 @@ def help_text(
     for note in notes:
         lines += [*textwrap.wrap(note, 100, break_on_hyphens=False), ""]
     lines += [*textwrap.wrap("Common options: config=FILE (a YAML file of these keys, nested or "
-                             "dotted; key=value arguments override it), -h/--help, -v/--verbose "
-                             "(more output), -q/--quiet.", 100, break_on_hyphens=False), ""]
+                             "dotted; key=value arguments override it), --check (validate the command: keys, "
+                             "values, files, checkpoint and data; run and write nothing), -h/--help, "
+                             "-v/--verbose (more output), -q/--quiet.", 100, break_on_hyphens=False), ""]
     if with_registries:
         lines += registries()
     return "\n".join(lines).rstrip() + "\n"

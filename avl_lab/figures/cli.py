@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
-from avl_lab.cli.app import run_verb
+from avl_lab.cli.app import checked, run_verb
 from avl_lab.cli.args import parse_argv
 from avl_lab.cli.config_file import with_config_file
 from avl_lab.cli.helptext import Section, help_text
@@ -102,6 +102,8 @@ def _main(argv: list[str]) -> int:
     check_out_dir(target)
     for task in (fig.tasks or TASKS) if is_table else [base.data.name]:
         preflight(dataclasses.replace(base, data=dataclasses.replace(base.data, name=task)))
+    if args.check:
+        return checked("figures")
     if is_table:
         from avl_lab.figures.table import run_table
 

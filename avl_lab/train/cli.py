@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from avl_lab.cli.app import run_verb
+from avl_lab.cli.app import checked, run_verb
 from avl_lab.cli.args import parse_argv
 from avl_lab.cli.config_file import with_config_file
 from avl_lab.cli.helptext import Section, help_text
@@ -64,6 +64,8 @@ def _main(argv: list[str]) -> int:
         print(usage())
         return 0
     cfg = with_config_file(configure, args.dotlist)
+    if args.check:
+        return checked("train")
     from avl_lab.train.run import train
 
     summary = train(cfg)
