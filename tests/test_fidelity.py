@@ -237,7 +237,7 @@ def test_text_scores_centre_on_a_quantile():
     text = [4, 5, 6, 7, 8]
     layer = SimpleNamespace(mod=mod, valid=torch.ones(1, R, dtype=torch.bool))
     ctx = SimpleNamespace(query_probs=lambda rows: probs[rows[0]][None])
-    policy = TextH2O(T=30)
+    policy = TextH2O(T=30, per_head=False)  # per head: tests/test_text_h2o_per_head.py
     got = policy._prefill_scores(layer, ctx)
     want = _official_prefill_scores(probs[text][:, text], 0.7)
     torch.testing.assert_close(got[0, text], want)
