@@ -10,6 +10,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from avl_lab.study.config import OBJECTIVES, PARAMS
+from avl_lab.study.space import first_layer
 
 
 def trials_frame(study: optuna.Study, objectives: list[str]) -> pd.DataFrame:
@@ -20,6 +21,7 @@ def trials_frame(study: optuna.Study, objectives: list[str]) -> pd.DataFrame:
         policy = t.user_attrs.get("policy", {})
         row: dict[str, Any] = {"trial": t.number}
         row.update({p: policy.get(p) for p in PARAMS})
+        row["L"] = first_layer(policy)
         row.update({k: t.user_attrs.get(k) for k in ("stored", "used", "score", "n")})
         row["front"] = t.number in front
         row["seconds"] = (t.duration.total_seconds() if t.duration else None)
