@@ -103,3 +103,18 @@ def test_sweep_cli_refuses_bad_L_with_exit_2(tmp_path, changes, text):
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and text in lines[0], res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_front_table_shows_L_only_where_the_study_set_it():
+    import pandas as pd
+
+    from avl_lab.study.report import front_table
+
+    row = {"trial": 0, "S": 10, "C": None, "K": None, "P": None, "T": None, "stored": 0.5,
+           "used": 0.5, "score": 1.0, "n": 4, "front": True, "seconds": 1.0}
+    def header(df):
+        return front_table(df).splitlines()[0].split()
+
+    assert header(pd.DataFrame([{**row, "L": None}])) == ["trial", "S", "stored", "used", "score", "n",
+                                                         "seconds"]
+    assert "L" in header(pd.DataFrame([{**row, "L": 2}]))

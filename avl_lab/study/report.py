@@ -44,6 +44,8 @@ def front_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "(no completed trials)"
     front = df[df["front"]].drop_duplicates(subset=list(PARAMS)).drop(columns=["front"])
+    unused = [p for p in PARAMS if front[p].isna().all()]  # parameters the study never set
+    front = front.drop(columns=unused)
     return front.to_string(index=False, float_format=lambda x: f"{x:.4f}")
 
 
