@@ -18,9 +18,9 @@ Default (``variant="quantile"``), as the official code's own text method
 
 Per KV head by default (``per_head=true``), as the official code: ``TextPruneHistoryKVCache``
 and ``H2OKVCache_LayerWise`` keep one score row per head (``hh_score`` is ``[num_heads, n]``,
-l.142-229 and l.346-372), compute each head's quantile from that head's attention
-(``torch.quantile(..., dim=1)`` per head) and select ``keep_topk`` per head, so every head
-keeps its own text rows (the same count in every head). Here each KV head scores with its own
+l.352 and l.220), compute each head's quantile from that head's attention
+(``torch.quantile(..., dim=1)``, l.360 and l.370) and take ``keep_topk`` per head (l.314 and
+l.170), so every head keeps its own text rows (the same count in every head). Here each KV head scores with its own
 attention: in prefill the text queries' attention per KV head (``ctx.query_probs(...,
 per_head=True)``; ``variant="max_length"``: ``ctx.head_colsum``), in decode ``ctx.head_probs``;
 the layer then holds its rows per KV head and the evicted (row, head) pairs leave memory.
