@@ -190,9 +190,10 @@ def test_text_window_over_decode_steps(llava, T):
     for t, per_layer in enumerate(rec.seen, start=1):
         # round half to even, as Python's round((1 - rate) * length) in the official code
         want = [max(round(Fraction(T * (int(n) + t - 1), 100)), 1) + 1 for n in n_after]
-        for counts in per_layer.values():
-            assert counts["after"].tolist() == want, (t, T)
-            assert torch.equal(counts["system"], n_system)
+        for counts in per_layer.values():  # [B, Hkv]: T keeps its window in every KV head
+            after, system = counts["after"], counts["system"]
+            assert after.tolist() == [[w] * after.shape[1] for w in want], (t, T)
+            assert torch.equal(system, n_system[:, None].expand_as(system))
 
 
 def test_text_window_rounds_half_to_even():
