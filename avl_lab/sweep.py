@@ -97,7 +97,8 @@ def _main(argv: list[str]) -> int:
     if args.help:
         print(usage())
         return 0
-    from avl_lab.evaluation.preflight import check_out_dir, preflight
+    from avl_lab.evaluation.preflight import check_model, check_out_dir, preflight
+    from avl_lab.study import config as study_config
     from avl_lab.study import driver, report
 
     sweep, cfg, base = with_config_file(configure, args.dotlist)
@@ -106,6 +107,8 @@ def _main(argv: list[str]) -> int:
     url = driver.storage_url(sweep.storage, out)  # checked before any evaluation runs
     if not sweep.report:  # model files, data, the fixed layer: before the storage is written
         preflight(base, [driver._paper_default(cfg)])
+        study_config.check_layers(cfg, check_model(base), base.model.name,
+                                  str(study_config.study_path(sweep.study)))
     if args.check:
         return checked("sweep")
     if sweep.report:

@@ -190,9 +190,10 @@ def test_text_window_over_decode_steps(llava, T):
     for t, per_layer in enumerate(rec.seen, start=1):
         # round half to even, as Python's round((1 - rate) * length) in the official code
         want = [max(round(Fraction(T * (int(n) + t - 1), 100)), 1) + 1 for n in n_after]
-        for counts in per_layer.values():
-            assert counts["after"].tolist() == want, (t, T)
-            assert torch.equal(counts["system"], n_system)
+        for counts in per_layer.values():  # [B, Hkv]: T keeps its window in every KV head
+            after, system = counts["after"], counts["system"]
+            assert after.tolist() == [[w] * after.shape[1] for w in want], (t, T)
+            assert torch.equal(system, n_system[:, None].expand_as(system))
 
 
 def test_text_window_rounds_half_to_even():
@@ -237,7 +238,7 @@ def test_text_scores_centre_on_a_quantile():
     text = [4, 5, 6, 7, 8]
     layer = SimpleNamespace(mod=mod, valid=torch.ones(1, R, dtype=torch.bool))
     ctx = SimpleNamespace(query_probs=lambda rows: probs[rows[0]][None])
-    policy = TextH2O(T=30)
+    policy = TextH2O(T=30, per_head=False)  # per head: tests/test_text_h2o_per_head.py
     got = policy._prefill_scores(layer, ctx)
     want = _official_prefill_scores(probs[text][:, text], 0.7)
     torch.testing.assert_close(got[0, text], want)
@@ -263,8 +264,9 @@ def test_max_length_variant_keeps_the_earlier_reading(llava):
     lay = _layout(model, inputs)
     _, session = run_policy(model, inputs, {"name": "text_h2o", "T": 20, "variant": "max_length"}, NEW)
     window = count_of(20, lay.n_prompt - lay.n_image + NEW)
-    for layer in session.last_run.cache.layers:
-        assert torch.equal((~is_image(layer) & layer.valid).sum(1), window)
+    for layer in session.last_run.cache.layers:  # per KV head: the same window in every head
+        held = (~is_image(layer) & layer.valid).sum(-1)  # [B, Hkv]
+        assert torch.equal(held, window[:, None].expand_as(held))
 
 
 @pytest.mark.parametrize(("spec", "name"), [

@@ -117,6 +117,6 @@ def test_table_cli_reports_every_method_and_task_and_matches_direct_evaluation(t
 
     direct = avl_lab.evaluation.evaluate([*FAST, "data=easy-vqa", "policy=h2o", "policy.ratio=0.5",
                                "progress=false", f"out_dir={tmp_path / 'direct'}"])
-    cell = df[(df["task"] == "easy-vqa") & (df["method"] == "H2O ratio=0.5")].iloc[0]
+    cell = df[(df["task"] == "easy-vqa") & (df["method"] == "H2O ratio=0.5 (per head)")].iloc[0]
     assert cell["score"] == pytest.approx(direct.score)
     assert cell["stored"] == pytest.approx(direct.stored)

@@ -103,10 +103,11 @@ def test_text_window_smaller_than_the_prompt_text_runs(tiny):
     n_system = (layout.modality == 0).sum(1)
     n_after = layout.n_prompt - layout.n_image - n_system
     window = torch.round((n_after + NEW - 1) * 0.05).long().clamp(min=1)  # after the last step
-    for layer in session.last_run.cache.layers:
-        after = ((layer.mod == 2) | (layer.mod == 3)) & layer.valid
-        assert torch.equal(after.sum(1), window)
-        assert torch.equal(((layer.mod == 0) & layer.valid).sum(1), n_system)
+    for layer in session.last_run.cache.layers:  # T is per KV head: [B, Hkv] counts, each head
+        after = (((layer.mod == 2) | (layer.mod == 3)) & layer.valid).sum(-1)
+        system = ((layer.mod == 0) & layer.valid).sum(-1)
+        assert torch.equal(after, window[:, None].expand_as(after))
+        assert torch.equal(system, n_system[:, None].expand_as(system))
 
 
 # --- accounting against the paper (LLaVA-1.5 layout: 576 image tokens, ~60 others) --------------

@@ -182,8 +182,14 @@ def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> Tensor | None:
     if not run.policy.prune_drops_earlier:
         return None
     for earlier in run.cache.layers[: layer.layer_idx]:
-        earlier.evict(keep_tok.gather(1, earlier.tok))
-    return layer.evict(keep_tok.gather(1, layer.tok))
+        earlier.evict(_rows_of(keep_tok, earlier.tok))
+    return layer.evict(_rows_of(keep_tok, layer.tok))
+
+
+def _rows_of(keep_tok: Tensor, tok: Tensor) -> Tensor:
+    """``keep_tok`` ``[B, P]`` read at a layer's rows ``tok`` (``[B, R]``, or ``[B, Hkv, R]`` once
+    an earlier policy gave the layer rows per KV head)."""
+    return keep_tok.gather(1, tok.flatten(1)).view_as(tok)
 
 
 # --- decode ------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def check_policy(spec: Mapping[str, Any]) -> None:
         hints = typing.get_type_hints(cls)
         fields = {f.name for f in dataclasses.fields(cls) if f.init}
         for key, value in spec.items():
-            if key == "name":
+            if key in ("name", "layers"):  # `layers`: any policy's scope, checked by build
                 continue
             if key not in fields:
                 raise ConfigError(f"`policy.{key}` is not a field of policy {name!r}; its fields: "

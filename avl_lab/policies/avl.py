@@ -22,8 +22,9 @@ from avl_lab.policies.vision_tiering import VisionTiering
 class AVL(Compose):
     """A-VL (paper Table 1). Parameters are percentages of N_img (S, C, P), of the current
     text length (T), and a period in decode steps (K); ``layer`` and ``drop_early`` are
-    PrefillPrune's, ``text_variant`` and ``text_min_window`` TextH2O's ``variant`` and
-    ``min_window`` (see their modules; the defaults follow the official code)."""
+    PrefillPrune's, ``text_variant``, ``text_min_window`` and ``text_per_head`` TextH2O's
+    ``variant``, ``min_window`` and ``per_head`` (see their modules; the defaults follow the
+    official code: the text window is chosen per KV head)."""
 
     S: float | None = None
     C: float | None = None
@@ -34,6 +35,7 @@ class AVL(Compose):
     drop_early: bool = False
     text_variant: str = "quantile"
     text_min_window: int = 1
+    text_per_head: bool = True
     parts: list[Policy] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -53,6 +55,7 @@ class AVL(Compose):
         if self.P is not None:
             parts.append(PrefillPrune(P=self.P, layer=self.layer, drop_early=self.drop_early))
         if self.T is not None:
-            parts.append(TextH2O(T=self.T, variant=self.text_variant, min_window=self.text_min_window))
+            parts.append(TextH2O(T=self.T, variant=self.text_variant, min_window=self.text_min_window,
+                                 per_head=self.text_per_head))
         self.parts = parts
         super().__post_init__()

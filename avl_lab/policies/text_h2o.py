@@ -16,9 +16,20 @@ Default (``variant="quantile"``), as the official code's own text method
   prefill the quantile runs over the keys before q, in decode over all text rows including q,
   as the official code does).
 
-The official code scores and evicts per head; here all heads share one set of rows and the
-score is computed from the head-averaged attention (per-head rows come with the head-wise
-engine). Other variants:
+Per KV head by default (``per_head=true``), as the official code: ``TextPruneHistoryKVCache``
+and ``H2OKVCache_LayerWise`` keep one score row per head (``hh_score`` is ``[num_heads, n]``,
+l.352 and l.220), compute each head's quantile from that head's attention
+(``torch.quantile(..., dim=1)``, l.360 and l.370) and take ``keep_topk`` per head (l.314 and
+l.170), so every head keeps its own text rows (the same count in every head). Here each KV head scores with its own
+attention: in prefill the text queries' attention per KV head (``ctx.query_probs(...,
+per_head=True)``; ``variant="max_length"``: ``ctx.head_colsum``), in decode ``ctx.head_probs``;
+the layer then holds its rows per KV head and the evicted (row, head) pairs leave memory.
+Where we differ: under GQA a KV head's attention is the mean over its group of query heads (the
+official code ran LLaVA-1.5, where query heads = KV heads, so nothing to average); batch > 1
+and left padding work (the official code reads batch row 0 only); each head's window is
+counted on the current text length, as there. ``per_head=false`` keeps one set of rows for all
+heads, scored from the head-averaged attention (avl_lab's earlier reading, kept for
+comparison). Other variants:
 
 - ``"h2o"``: the branch that the released lmms-eval CLI takes by default
   (``--text_use_h2o true``, ``__main__.py`` l.218-222; modeling_llama.py l.1621-1657): the same
@@ -106,13 +117,20 @@ class TextH2O(Policy):
     min_window : int
         Smallest window in rows (the official ``text_init_cache``: 1 in the module, 20 in the
         lmms-eval CLI).
+    per_head : bool
+        Score and keep per KV head (official, default) or one set of rows for all heads.
     """
 
     T: float = 50.0
     variant: str = "quantile"
     recent: float | None = None
     min_window: int = 1
+    per_head: bool = True
     needs_probs = True
+
+    @property
+    def needs_head_probs(self) -> bool:  # type: ignore[override]
+        return self.per_head
 
     def __post_init__(self) -> None:
         check_percent("T", self.T, allow_none=False)
@@ -122,6 +140,8 @@ class TextH2O(Policy):
             raise ValueError(f"`recent` must be a fraction in [0, 1], got {self.recent!r}")
         if isinstance(self.min_window, bool) or not isinstance(self.min_window, int) or self.min_window < 1:
             raise ValueError(f"`min_window` must be an integer ≥ 1, got {self.min_window!r}")
+        if not isinstance(self.per_head, bool):
+            raise ValueError(f"`per_head` must be true or false, got {self.per_head!r}")
 
     @property
     def needs_colsum(self) -> bool:  # type: ignore[override]
@@ -153,8 +173,9 @@ class TextH2O(Policy):
 
     # --- scores --------------------------------------------------------------------------------
     def _prefill_scores(self, layer, ctx: Context) -> Tensor:
+        """``[B, R]`` (``[B, Hkv, R]`` per KV head) score of each row after the prompt."""
         if self.variant == "max_length":
-            return ctx.colsum.float()
+            return (ctx.head_colsum if self.per_head else ctx.colsum).float()
         text = text_rows(layer)
         if text.dim() == 3:  # rows per KV head: in prefill every head still holds the same rows
             text = text[:, 0]
@@ -162,21 +183,27 @@ class TextH2O(Policy):
         m = int(text.sum(1).max())
         idx = idx[:, :m]  # [B, m] the text rows in order
         live = torch.arange(m, device=idx.device)[None, :] < text.sum(1)[:, None]  # [B, m]
-        probs = ctx.query_probs(text)  # [B, m, R]: text query k over the layer's rows
-        a = probs.gather(2, idx[:, None, :].expand(-1, m, -1))  # [B, m, m]: query k, text key j
-        earlier = torch.ones(m, m, dtype=torch.bool, device=a.device).tril(-1)  # j < k
-        pairs = earlier[None] & live[:, :, None] & live[:, None, :]  # [B, k, j]
-        if self.variant == "h2o":  # H2O: attention summed over the text queries (j <= k)
-            score = (a * (pairs | torch.diag_embed(live))).sum(1)
+        if self.per_head:  # [B, Hkv, m, R]: text query k over the layer's rows, per KV head
+            probs = ctx.query_probs(text, per_head=True)
         else:
-            quant = masked_quantile(a, pairs, 1.0 - self.T / 100.0)  # [B, k]
-            centred = (a - quant[:, :, None]) * pairs
-            score = a.diagonal(dim1=1, dim2=2) * live + centred.sum(1)  # [B, j]
-        acc = torch.zeros(text.shape, dtype=torch.float32, device=text.device)
-        return acc.scatter(1, idx, score.float() * live)
+            probs = ctx.query_probs(text)[:, None]  # [B, 1, m, R], head-averaged
+        H = probs.shape[1]
+        a = probs.gather(3, idx[:, None, None, :].expand(-1, H, m, -1))  # [B, H, m, m]: k, j
+        earlier = torch.ones(m, m, dtype=torch.bool, device=a.device).tril(-1)  # j < k
+        pairs = (earlier[None] & live[:, :, None] & live[:, None, :])[:, None]  # [B, 1, k, j]
+        if self.variant == "h2o":  # H2O: attention summed over the text queries (j <= k)
+            score = (a * (pairs | torch.diag_embed(live)[:, None])).sum(2)
+        else:
+            quant = masked_quantile(a, pairs.expand_as(a), 1.0 - self.T / 100.0)  # [B, H, k]
+            centred = (a - quant[..., None]) * pairs
+            score = a.diagonal(dim1=2, dim2=3) * live[:, None] + centred.sum(2)  # [B, H, j]
+        acc = torch.zeros(text.shape[0], H, text.shape[1], dtype=torch.float32, device=text.device)
+        acc = acc.scatter(2, idx[:, None].expand(-1, H, -1), score.float() * live[:, None])
+        return acc if self.per_head else acc[:, 0]
 
     def _decode_scores(self, layer, ctx: Context) -> Tensor:
-        acc, probs = layer.state("acc"), ctx.probs
+        acc = layer.state("acc")
+        probs = ctx.head_probs if self.per_head else ctx.probs
         if self.variant != "quantile":
             return acc + probs
         text = text_rows(layer)
@@ -186,6 +213,8 @@ class TextH2O(Policy):
         return acc + centred * text
 
     def prefill_keep(self, layer, ctx: Context):
+        if self.per_head:
+            layer.split_heads()
         layer.set_state("acc", self._prefill_scores(layer, ctx))
         return self._keep(layer, ctx)
 

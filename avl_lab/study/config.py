@@ -11,17 +11,19 @@ from omegaconf import MISSING
 from avl_lab.errors import ConfigError
 from avl_lab.evaluation.config import EvalConfig, load_config
 
-PARAMS = ("S", "C", "K", "P", "T")
+PARAMS = ("S", "C", "K", "P", "T", "L")
 OBJECTIVES = {"used": "minimize", "stored": "minimize", "score": "maximize"}
 SAMPLERS = ("nsga2", "tpe", "random")
-#: The paper's default configuration (Table 3), marked on the Pareto plot.
-PAPER_DEFAULT = {"S": 45, "C": 30, "K": 3, "P": 90, "T": 50}
+#: The paper's default configuration (Table 3), marked on the Pareto plot (L=0: every layer).
+PAPER_DEFAULT = {"S": 45, "C": 30, "K": 3, "P": 90, "T": 50, "L": 0}
+#: Parameters that are not percentages: their smallest allowed value.
+_NOT_PERCENT = {"K": 1, "L": 0}
 
 
 @dataclass
 class RangeConfig:
     low: int = MISSING
-    """Smallest value (percent for S/C/P/T, steps for K)."""
+    """Smallest value (percent for S/C/P/T, steps for K, a decoder layer for L)."""
     high: int = MISSING
     """Largest value."""
     step: int = 1
@@ -51,8 +53,10 @@ class StudyConfig:
     fixed: dict[str, Any] = field(default_factory=dict)
     """Policy parts held fixed, e.g. {K: 3}."""
     space: dict[str, RangeConfig] = field(default_factory=dict)
-    """Searched parameters among S, C, K, P, T; C ≤ S ≤ P is kept by clipping a searched S to P
-    and a searched C to S (fixed values are never clipped: out-of-range ones are rejected)."""
+    """Searched parameters among S, C, K, P, T and L (the first decoder layer the policy acts
+    in: ``layers: "L-"``; earlier layers keep and use every row); C ≤ S ≤ P is kept by clipping
+    a searched S to P and a searched C to S (fixed values are never clipped: out-of-range ones
+    are rejected)."""
     objectives: list[str] = field(default_factory=lambda: ["used", "score"])
     """Two or more of used (minimised), stored (minimised), score (maximised)."""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -127,8 +131,9 @@ def _check_fixed(cfg: StudyConfig, bad) -> None:
     for key, value in cfg.fixed.items():
         if key in ("S", "C", "P", "T") and not (_number(value) and 0 < value <= 100):
             raise bad(f"fixed.{key}", f"must be a percentage in (0, 100], got {value!r}")
-        if key == "K" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            raise bad("fixed.K", f"must be an integer ≥ 1, got {value!r}")
+        if key in _NOT_PERCENT and not (isinstance(value, int) and not isinstance(value, bool)
+                                        and value >= _NOT_PERCENT[key]):
+            raise bad(f"fixed.{key}", f"must be an integer ≥ {_NOT_PERCENT[key]}, got {value!r}")
         if key == "layer" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
             raise bad("fixed.layer", f"must be an integer ≥ 0, got {value!r}")
 
@@ -159,7 +164,7 @@ def _validate(cfg: StudyConfig, path: Path) -> None:
         if key in cfg.fixed:
             raise bad(f"space.{key}", "is also in `fixed`")
         r = cfg.space[key]
-        lo, hi = (1, 10**6) if key == "K" else (1, 100)
+        lo, hi = (_NOT_PERCENT[key], 10**6) if key in _NOT_PERCENT else (1, 100)
         if not lo <= r.low <= r.high <= hi:
             raise bad(f"space.{key}", f"needs {lo} ≤ low ≤ high ≤ {hi}, got low={r.low} high={r.high}")
         if r.step < 1:
@@ -174,6 +179,9 @@ def _validate(cfg: StudyConfig, path: Path) -> None:
         raise bad("space.C", "needs S (searched or fixed)")
     if "K" in params and "C" not in params:
         raise bad("space.K", "needs C (searched or fixed)")
+    if "L" in params and not params & {"S", "P", "T"}:
+        where = "space.L" if "L" in cfg.space else "fixed.L"
+        raise bad(where, "needs S, P or T (searched or fixed): a layer scope alone is Full")
     _check_fixed(cfg, bad)
     if len(cfg.objectives) < 2 or any(o not in OBJECTIVES for o in cfg.objectives):
         raise bad("objectives", f"must be two or more of {list(OBJECTIVES)}, got {cfg.objectives}")
@@ -192,3 +200,20 @@ def _validate(cfg: StudyConfig, path: Path) -> None:
                   f"got {cfg.grace_period}")
     if cfg.max_retry < 0:
         raise bad("max_retry", f"must be ≥ 0, got {cfg.max_retry}")
+
+
+def check_layers(cfg: StudyConfig, num_layers: int | None, model: str, path: str = "study") -> None:
+    """The first tiered layer ``L`` (searched or fixed) is a decoder layer of the model
+    (``num_layers`` None: not known before the model is built; checked when it runs).
+
+    Raises
+    ------
+    ConfigError
+        ``L`` can reach a layer the model does not have (the message names the key).
+    """
+    if num_layers is None:
+        return
+    key, top = ("space.L", cfg.space["L"].high) if "L" in cfg.space else ("fixed.L", cfg.fixed.get("L"))
+    if top is not None and top >= num_layers:
+        raise ConfigError(f"{path}: `{key}` reaches layer {top}, but {model} has {num_layers} "
+                          f"decoder layers (0..{num_layers - 1})")

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from avl_lab.evaluation.plotting import pyplot, save
 from avl_lab.study.config import OBJECTIVES, PARAMS
+from avl_lab.study.space import first_layer
 
 
 def trials_frame(study: optuna.Study, objectives: list[str]) -> pd.DataFrame:
@@ -21,6 +22,7 @@ def trials_frame(study: optuna.Study, objectives: list[str]) -> pd.DataFrame:
         policy = t.user_attrs.get("policy", {})
         row: dict[str, Any] = {"trial": t.number}
         row.update({p: policy.get(p) for p in PARAMS})
+        row["L"] = first_layer(policy)
         row.update({k: t.user_attrs.get(k) for k in ("stored", "used", "score", "n")})
         row["front"] = t.number in front
         row["seconds"] = (t.duration.total_seconds() if t.duration else None)
@@ -43,6 +45,8 @@ def front_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "(no completed trials)"
     front = df[df["front"]].drop_duplicates(subset=list(PARAMS)).drop(columns=["front"])
+    unused = [p for p in PARAMS if front[p].isna().all()]  # parameters the study never set
+    front = front.drop(columns=unused)
     return front.to_string(index=False, float_format=lambda x: f"{x:.4f}")
 
 
