@@ -1,0 +1,86 @@
+"""What ``engine_generate.py`` measures inside one ``generate``: a time stamp and the cache's
+K/V bytes after every forward, and the peak memory growth of the call."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import DynamicCache, LogitsProcessor
+
+
+class StepProbe(LogitsProcessor):
+    """Called after every forward of ``generate``: time stamp and the cache's K/V bytes."""
+
+    def __init__(self, device: torch.device, cache_bytes: Callable[[], int]) -> None:
+        self.device, self.cache_bytes = device, cache_bytes
+        self.times: list[float] = []
+        self.cache: list[int] = []
+
+    def __call__(self, input_ids, scores):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.times.append(time.perf_counter())
+        self.cache.append(self.cache_bytes())
+        return scores
+
+
+def dynamic_cache_bytes(cache: DynamicCache) -> int:
+    """Bytes of the K/V tensors a stock ``DynamicCache`` holds."""
+    total = 0
+    for layer in cache.layers:
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+class PeakMemory:
+    """Peak memory growth of the block: CUDA allocations, or the process's RSS on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak: float | None = None  # bytes
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            _malloc_trim()
+            self.base = _reset_rss_peak()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
+        elif self.base is not None:
+            self.peak = _status_kb("VmHWM") * 1024 - self.base
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(OSError):  # give freed heap pages back, so RSS starts low
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_rss_peak() -> int | None:
+    """Reset ``VmHWM`` to the current RSS (Linux); the RSS in bytes, or None if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_kb("VmRSS") * 1024
+    except OSError:
+        return None
