@@ -13,17 +13,23 @@ from transformers import DynamicCache, LogitsProcessor
 
 
 class StepProbe(LogitsProcessor):
-    """Called after every forward of ``generate``: time stamp and the cache's K/V bytes."""
+    """Called after every forward of ``generate``: wall and process CPU time stamps and the
+    cache's K/V bytes. :meth:`start` stamps the start of the call."""
 
     def __init__(self, device: torch.device, cache_bytes: Callable[[], int]) -> None:
         self.device, self.cache_bytes = device, cache_bytes
         self.times: list[float] = []
+        self.cpu: list[float] = []
         self.cache: list[int] = []
+
+    def start(self) -> None:
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
 
     def __call__(self, input_ids, scores):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.times.append(time.perf_counter())
+        self.cpu.append(time.process_time())
         self.cache.append(self.cache_bytes())
         return scores
 

@@ -18,7 +18,11 @@ Variants: stock ``model.generate``
 ``avl P T`` (S=45 C=30 K=3 P=90 T=50), ``fastv`` (keep 50% after layer 2), ``h2o``
 (ratio 0.5). Each sample is one ``generate`` of ``--new`` tokens; a logits processor stamps
 the time after every forward: prefill = start → first logits (vision encoder included),
-decode = the median (p10–p90) of the time per later token, every step of every round pooled. Peak memory: CPU, growth of the process's peak RSS
+decode = the median (p10–p90) of the time per later token, every step of every round pooled.
+``CPU ×stock``: the same ratios in process CPU time (``time.process_time``, all threads), which
+a shared, oversubscribed CPU disturbs far less than wall-clock time (run with
+``OMP_WAIT_POLICY=PASSIVE`` so idle OpenMP threads sleep instead of spinning on the clock);
+``--preset targets`` judges its targets on them on CPU, on wall-clock time on CUDA. Peak memory: CPU, growth of the process's peak RSS
 (``VmHWM`` reset through ``/proc/self/clear_refs``) over the RSS before the call; CUDA,
 ``max_memory_allocated`` over the allocation before. Cache: the largest K/V bytes the cache
 held at any step (``AVLCache.kv_bytes``, allocated room included; stock: the ``DynamicCache``
@@ -44,7 +48,6 @@ import json
 import random
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -66,17 +69,18 @@ POLICIES: dict[str, Any] = {
     "h2o": {"name": "h2o", "ratio": 0.5},
 }
 #: Named settings (flags given on the command line win). ``targets`` is the issue-18 check in
-#: one command: every layout at batch 1 and 8 at the issue's decoder width (hidden 1,024, 16
-#: heads; 2 layers, pruning after layer 0 so that one of the two layers runs on the kept
-#: tokens), then whole-``generate`` decode at LLaVA-7B layer sizes (batch 8, LLaVA-1.5 layout:
-#: a LLaVA-NeXT prompt at batch 8 is ~10 TFLOP of prefill per layer, too long for this CPU).
+#: one command, sized for a shared 2-core CPU (~4 CPU-minutes): every layout at batch 1 and 8
+#: (hidden 512, 8 heads of 64, MLP 1,024, 2 layers, pruning after layer 0 so that one of the
+#: two layers runs on the kept tokens), then whole-``generate`` decode at LLaVA-7B layer sizes
+#: (hidden 4,096, 32 heads, MLP 11,008; batch 8, LLaVA-1.5 layout, one layer: a LLaVA-NeXT
+#: prompt at batch 8 is ~10 TFLOP of prefill per 7B layer, too long for this CPU).
 PRESETS: dict[str, list[dict[str, Any]]] = {
     "7b": [dict(hidden=4096, heads=32, mlp=11008, layers=2, batch=[8], layouts=["llava_next"],
                 variants=["full", "avl"])],
     "targets": [
-        dict(hidden=1024, heads=16, mlp=2048, layers=2, prune_layer=0, new=4, rounds=3,
+        dict(hidden=512, heads=8, mlp=1024, layers=2, prune_layer=0, new=3, rounds=2,
              batch=[1, 8], layouts=["llava15", "llava_next", "qwen2_5_vl"], variants=list(POLICIES)),
-        dict(hidden=4096, heads=32, mlp=11008, layers=2, new=8, rounds=1, no_warmup=True,
+        dict(hidden=4096, heads=32, mlp=11008, layers=1, new=6, rounds=1, no_warmup=True,
              batch=[8], layouts=["llava15"], variants=["full", "avl"], decode_7b=True),
     ],
 }  # fmt: skip
@@ -153,24 +157,25 @@ def _mrope(head_dim: int) -> tuple[int, int, int]:
 def run_once(model, inputs, policy, new: int, device) -> dict[str, Any]:
     """One ``generate``: prefill s, decode s/token, peak bytes, cache peak bytes, tokens."""
     kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
-    t0 = time.perf_counter()
     with PeakMemory(device) as mem:
         if policy is None:
             cache = DynamicCache()
             probe = StepProbe(device, lambda: dynamic_cache_bytes(cache))
-            t0 = time.perf_counter()
+            probe.start()
             out = model.generate(**inputs, **kw, cache=cache, logits_processor=LogitsProcessorList([probe]))
             stats, kept = None, 1.0
         else:
             with avl_lab.attach(model, policy) as session:
                 probe = StepProbe(device, lambda: session.run.cache.kv_bytes() if session.run else 0)
-                t0 = time.perf_counter()
+                probe.start()
                 out = session.generate(**inputs, **kw, logits_processor=LogitsProcessorList([probe]))
             stats, kept = session.stats, kept_work(session)
-    ts = probe.times
+    ts, cs = probe.times, probe.cpu
     return {
-        "prefill_s": ts[0] - t0,
+        "prefill_s": ts[0] - probe.t0,
         "decode_steps": [b - a for a, b in zip(ts, ts[1:], strict=False)],
+        "prefill_cpu": cs[0] - probe.c0,
+        "decode_cpu_steps": [b - a for a, b in zip(cs, cs[1:], strict=False)],
         "peak_bytes": mem.peak,
         "cache_bytes": max(probe.cache),
         "stored": None if stats is None else stats.stored,
@@ -223,6 +228,8 @@ def summarize(samples: dict[str, list[dict]]) -> dict[str, dict[str, float | Non
         row["prefill_s"], row["prefill_s_p10"], row["prefill_s_p90"] = _q([s["prefill_s"] for s in ss])
         steps = [t for s in ss for t in s["decode_steps"]] or [float("nan")]  # pooled over rounds
         row["decode_s"], row["decode_s_p10"], row["decode_s_p90"] = _q(steps)
+        row["prefill_cpu"] = statistics.median(s["prefill_cpu"] for s in ss)
+        row["decode_cpu"] = statistics.median(t for s in ss for t in s["decode_cpu_steps"] or [float("nan")])
         peaks = [s["peak_bytes"] for s in ss if s["peak_bytes"] is not None]
         row["peak_bytes"] = statistics.median(peaks) if peaks else None
         row["cache_bytes"] = max(s["cache_bytes"] for s in ss)
@@ -233,6 +240,8 @@ def summarize(samples: dict[str, list[dict]]) -> dict[str, dict[str, float | Non
     for row in out.values():
         row["prefill_x"] = row["prefill_s"] / base["prefill_s"]
         row["decode_x"] = row["decode_s"] / base["decode_s"]
+        row["prefill_cpu_x"] = row["prefill_cpu"] / base["prefill_cpu"]
+        row["decode_cpu_x"] = row["decode_cpu"] / base["decode_cpu"]
         row["peak_x"] = row["peak_bytes"] / base["peak_bytes"] if row["peak_bytes"] and base["peak_bytes"] else None
         row["cache_x_full"] = row["cache_bytes"] / full["cache_bytes"] if full else None
     return out
@@ -326,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             del model
     if first.preset == "targets":
         print("## Targets\n")
-        print(summary(report["tables"], report["decode_7b"]) + "\n", flush=True)
+        print(summary(report["tables"], report["decode_7b"], cpu=device.type == "cpu") + "\n", flush=True)
     if first.json:
         with open(first.json, "w") as f:
             json.dump(report, f, indent=1)
