@@ -90,3 +90,30 @@ def _reset_rss_peak() -> int | None:
         return _status_kb("VmRSS") * 1024
     except OSError:
         return None
+
+
+class DecoderClock:
+    """Process CPU time of the text decoder's first forward (the prefill) inside a ``with``
+    block: hooks on the text model, removed on exit. The rest of prefill (vision encoder,
+    embeddings, the first logits) is what prefill pruning cannot save."""
+
+    def __init__(self, text_model: torch.nn.Module) -> None:
+        self.module = text_model
+        self.cpu: float | None = None
+
+    def __enter__(self) -> DecoderClock:
+        def pre(module, args, kwargs):
+            if self.cpu is None:
+                self._c0 = time.process_time()
+
+        def post(module, args, kwargs, out):
+            if self.cpu is None:
+                self.cpu = time.process_time() - self._c0
+
+        self._handles = [self.module.register_forward_pre_hook(pre, with_kwargs=True),
+                         self.module.register_forward_hook(post, with_kwargs=True)]  # fmt: skip
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()

@@ -28,7 +28,9 @@ a shared, oversubscribed CPU disturbs far less than wall-clock time (run with
 held at any step (``AVLCache.kv_bytes``, allocated room included; stock: the ``DynamicCache``
 tensors); ``cache/full`` is that over ``attach(full)``'s, to compare with ``stored``
 (session.stats.stored). ``kept work``: prefill decoder token-layers run over those of Full
-(prefill pruning), the prefill ratio it predicts if time follows tokens.
+(prefill pruning); ``expected``: the prefill ratio that predicts if time follows decoder
+tokens, ``1 - share * (1 - kept work)`` with ``share`` stock's decoder share of its prefill CPU
+time (hooks on the text model; the vision encoder, embeddings and first logits are the rest).
 
 All variants of a layout and batch run interleaved in shuffled rounds (after an untimed
 warm-up round for each layout's first batch size); the first round checks that
@@ -52,12 +54,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _generate_probes import PeakMemory, StepProbe, dynamic_cache_bytes
+from _generate_probes import DecoderClock, PeakMemory, StepProbe, dynamic_cache_bytes
 from _generate_report import summary, table
 from PIL import Image
 from transformers import DynamicCache, LogitsProcessorList
 
 import avl_lab
+from avl_lab.engine.families import family_of
 from avl_lab.ext import build
 from avl_lab.models import tiny_random
 
@@ -78,7 +81,7 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
     "7b": [dict(hidden=4096, heads=32, mlp=11008, layers=2, batch=[8], layouts=["llava_next"],
                 variants=["full", "avl"])],
     "targets": [
-        dict(hidden=512, heads=8, mlp=1024, layers=2, prune_layer=0, new=3, rounds=2,
+        dict(hidden=512, heads=8, mlp=1024, layers=2, prune_layer=0, new=3, rounds=3,
              batch=[1, 8], layouts=["llava15", "llava_next", "qwen2_5_vl"], variants=list(POLICIES)),
         dict(hidden=4096, heads=32, mlp=11008, layers=1, new=6, rounds=1, no_warmup=True,
              batch=[8], layouts=["llava15"], variants=["full", "avl"], decode_7b=True),
@@ -157,7 +160,7 @@ def _mrope(head_dim: int) -> tuple[int, int, int]:
 def run_once(model, inputs, policy, new: int, device) -> dict[str, Any]:
     """One ``generate``: prefill s, decode s/token, peak bytes, cache peak bytes, tokens."""
     kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
-    with PeakMemory(device) as mem:
+    with PeakMemory(device) as mem, DecoderClock(family_of(model).text_model(model)) as dec:
         if policy is None:
             cache = DynamicCache()
             probe = StepProbe(device, lambda: dynamic_cache_bytes(cache))
@@ -175,6 +178,7 @@ def run_once(model, inputs, policy, new: int, device) -> dict[str, Any]:
         "prefill_s": ts[0] - probe.t0,
         "decode_steps": [b - a for a, b in zip(ts, ts[1:], strict=False)],
         "prefill_cpu": cs[0] - probe.c0,
+        "decoder_cpu": dec.cpu,
         "decode_cpu_steps": [b - a for a, b in zip(cs, cs[1:], strict=False)],
         "peak_bytes": mem.peak,
         "cache_bytes": max(probe.cache),
@@ -234,6 +238,7 @@ def summarize(samples: dict[str, list[dict]]) -> dict[str, dict[str, float | Non
         row["peak_bytes"] = statistics.median(peaks) if peaks else None
         row["cache_bytes"] = max(s["cache_bytes"] for s in ss)
         row["stored"] = ss[0]["stored"]
+        row["decoder_share"] = statistics.median(s["decoder_cpu"] / s["prefill_cpu"] for s in ss)
         row["kept_work"] = ss[0]["kept_work"]
         out[name] = row
     base, full = out["stock"], out.get("full")
@@ -241,6 +246,9 @@ def summarize(samples: dict[str, list[dict]]) -> dict[str, dict[str, float | Non
         row["prefill_x"] = row["prefill_s"] / base["prefill_s"]
         row["decode_x"] = row["decode_s"] / base["decode_s"]
         row["prefill_cpu_x"] = row["prefill_cpu"] / base["prefill_cpu"]
+        # What prefill pruning should give if time follows decoder tokens: the rest of stock's
+        # prefill (vision encoder, embeddings, logits) stays.
+        row["expected_x"] = 1 - base["decoder_share"] * (1 - row["kept_work"])
         row["decode_cpu_x"] = row["decode_cpu"] / base["decode_cpu"]
         row["peak_x"] = row["peak_bytes"] / base["peak_bytes"] if row["peak_bytes"] and base["peak_bytes"] else None
         row["cache_x_full"] = row["cache_bytes"] / full["cache_bytes"] if full else None
