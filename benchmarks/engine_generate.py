@@ -22,9 +22,10 @@ decode = the median (p10–p90) of the time per later token, every step of every
 ``CPU ×stock``: the same ratios in process CPU time (``time.process_time``, all threads), which
 a shared, oversubscribed CPU disturbs far less than wall-clock time (run with
 ``OMP_WAIT_POLICY=PASSIVE`` so idle OpenMP threads sleep instead of spinning on the clock);
-``--preset targets`` judges its targets on them on CPU, on wall-clock time on CUDA. Peak memory: CPU, growth of the process's peak RSS
-(``VmHWM`` reset through ``/proc/self/clear_refs``) over the RSS before the call; CUDA,
-``max_memory_allocated`` over the allocation before. Cache: the largest K/V bytes the cache
+``--preset targets`` judges its targets on them on CPU, on wall-clock time on CUDA.
+Peak memory: CPU, growth of the process's peak RSS (``VmHWM`` reset through
+``/proc/self/clear_refs``) over the RSS before the call; CUDA, ``max_memory_allocated`` over
+the allocation before. Cache: the largest K/V bytes the cache
 held at any step (``AVLCache.kv_bytes``, allocated room included; stock: the ``DynamicCache``
 tensors); ``cache/full`` is that over ``attach(full)``'s, to compare with ``stored``
 (session.stats.stored). ``kept work``: prefill decoder token-layers run over those of Full
@@ -96,6 +97,8 @@ def policies(prune_layer: int | None) -> dict[str, Any]:
         out["fastv"]["layer"] = prune_layer
         out["avl P T"]["layer"] = prune_layer
     return out
+
+
 QUESTIONS = [
     "What is written on the sign in this picture?",
     "Describe the image.",
