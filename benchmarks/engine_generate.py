@@ -11,46 +11,57 @@ Random models (``avl_lab.models.tiny_random``) with real token layouts:
 
 Decoder sizes default to the issue's (hidden 1,024, 16 heads, MLP 2,048, 4 layers);
 ``--preset 7b`` measures decode at real LLaVA-1.6-7B layer sizes (hidden 4,096, 32 heads,
-MLP 11,008; 2 layers, batch 8, LLaVA-NeXT layout). Variants: stock ``model.generate``
+MLP 11,008; 2 layers, batch 8, LLaVA-NeXT layout); ``--preset targets`` runs the issue-18
+check in one command (:data:`PRESETS`) and ends with a table of its targets, met or missed.
+Variants: stock ``model.generate``
 (sdpa, ``DynamicCache``) and ``attach(model, policy)`` for ``full``, ``avl`` (S=45 C=30),
 ``avl P T`` (S=45 C=30 K=3 P=90 T=50), ``fastv`` (keep 50% after layer 2), ``h2o``
 (ratio 0.5). Each sample is one ``generate`` of ``--new`` tokens; a logits processor stamps
 the time after every forward: prefill = start → first logits (vision encoder included),
-decode = mean time per later token. Peak memory: CPU, growth of the process's peak RSS
-(``VmHWM`` reset through ``/proc/self/clear_refs``) over the RSS before the call; CUDA,
-``max_memory_allocated`` over the allocation before. Cache: the largest K/V bytes the cache
+decode = the median (p10–p90) of the time per later token, every step of every round pooled.
+``CPU ×stock``: the same ratios in process CPU time (``time.process_time``, all threads), which
+a shared, oversubscribed CPU disturbs far less than wall-clock time (run with
+``OMP_WAIT_POLICY=PASSIVE`` so idle OpenMP threads sleep instead of spinning on the clock);
+``--preset targets`` judges its targets on them on CPU, on wall-clock time on CUDA.
+Peak memory: CPU, growth of the process's peak RSS (``VmHWM`` reset through
+``/proc/self/clear_refs``) over the RSS before the call; CUDA, ``max_memory_allocated`` over
+the allocation before. Cache: the largest K/V bytes the cache
 held at any step (``AVLCache.kv_bytes``, allocated room included; stock: the ``DynamicCache``
 tensors); ``cache/full`` is that over ``attach(full)``'s, to compare with ``stored``
 (session.stats.stored). ``kept work``: prefill decoder token-layers run over those of Full
-(prefill pruning), the prefill ratio it predicts if time follows tokens.
+(prefill pruning); ``expected``: the prefill ratio that predicts if time follows decoder
+tokens, ``1 - share * (1 - kept work)`` with ``share`` stock's decoder share of its prefill CPU
+time (hooks on the text model; the vision encoder, embeddings and first logits are the rest).
 
-All variants of a layout and batch run interleaved in shuffled rounds after a warm-up round
-that also checks that ``attach(full)`` gives stock's tokens; medians and p10–p90; ratios to
-stock in the same run.
+All variants of a layout and batch run interleaved in shuffled rounds (after an untimed
+warm-up round for each layout's first batch size); the first round checks that
+``attach(full)`` gives stock's tokens; medians and p10–p90; ratios to stock in the same run.
 
-``python benchmarks/engine_generate.py [--layouts llava15 llava_next qwen2_5_vl]
-[--batch 1 8] [--rounds 3] [--new 8] [--threads N] [--device cuda --dtype bf16]
-[--preset 7b] [--json out.json]``
+``PYTHONPATH=. python benchmarks/engine_generate.py [--layouts llava15 llava_next qwen2_5_vl]
+[--batch 1 8] [--rounds 3] [--new 8] [--prune-layer L] [--threads N]
+[--device cuda --dtype bf16] [--preset 7b|targets] [--json out.json]`` (``PYTHONPATH=.``: the
+checkout's ``avl_lab``, whatever the environment's install points to; the header prints it)
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
+import copy
 import json
 import random
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from _generate_probes import DecoderClock, PeakMemory, StepProbe, dynamic_cache_bytes
+from _generate_report import summary, table
 from PIL import Image
-from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache, LogitsProcessorList
 
 import avl_lab
+from avl_lab.engine.families import family_of
 from avl_lab.ext import build
 from avl_lab.models import tiny_random
 
@@ -61,6 +72,33 @@ POLICIES: dict[str, Any] = {
     "fastv": {"name": "fastv", "keep": 50, "layer": 2},
     "h2o": {"name": "h2o", "ratio": 0.5},
 }
+#: Named settings (flags given on the command line win). ``targets`` is the issue-18 check in
+#: one command, sized for a shared 2-core CPU (~4 CPU-minutes): every layout at batch 1 and 8
+#: (hidden 512, 8 heads of 64, MLP 1,024, 2 layers, pruning after layer 0 so that one of the
+#: two layers runs on the kept tokens), then whole-``generate`` decode at LLaVA-7B layer sizes
+#: (hidden 4,096, 32 heads, MLP 11,008; batch 8, LLaVA-1.5 layout, one layer: a LLaVA-NeXT
+#: prompt at batch 8 is ~10 TFLOP of prefill per 7B layer, too long for this CPU).
+PRESETS: dict[str, list[dict[str, Any]]] = {
+    "7b": [dict(hidden=4096, heads=32, mlp=11008, layers=2, batch=[8], layouts=["llava_next"],
+                variants=["full", "avl"])],
+    "targets": [
+        dict(hidden=512, heads=8, mlp=1024, layers=2, prune_layer=0, new=3, rounds=3,
+             batch=[1, 8], layouts=["llava15", "llava_next", "qwen2_5_vl"], variants=list(POLICIES)),
+        dict(hidden=4096, heads=32, mlp=11008, layers=1, new=6, rounds=1, no_warmup=True,
+             batch=[8], layouts=["llava15"], variants=["full", "avl"], decode_7b=True),
+    ],
+}  # fmt: skip
+
+
+def policies(prune_layer: int | None) -> dict[str, Any]:
+    """:data:`POLICIES`, with FastV's and A-VL's P pruning after ``prune_layer`` when given."""
+    out = copy.deepcopy(POLICIES)
+    if prune_layer is not None:
+        out["fastv"]["layer"] = prune_layer
+        out["avl P T"]["layer"] = prune_layer
+    return out
+
+
 QUESTIONS = [
     "What is written on the sign in this picture?",
     "Describe the image.",
@@ -119,106 +157,32 @@ def _mrope(head_dim: int) -> tuple[int, int, int]:
     return (t, h, half - t - h)
 
 
-# --- probes ----------------------------------------------------------------------------------
-
-
-class StepProbe(LogitsProcessor):
-    """Called after every forward of ``generate``: time stamp and the cache's K/V bytes."""
-
-    def __init__(self, device: torch.device, cache_bytes: Callable[[], int]) -> None:
-        self.device, self.cache_bytes = device, cache_bytes
-        self.times: list[float] = []
-        self.cache: list[int] = []
-
-    def __call__(self, input_ids, scores):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.times.append(time.perf_counter())
-        self.cache.append(self.cache_bytes())
-        return scores
-
-
-def dynamic_cache_bytes(cache: DynamicCache) -> int:
-    total = 0
-    for layer in cache.layers:
-        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-            if isinstance(t, torch.Tensor):
-                total += t.numel() * t.element_size()
-    return total
-
-
-class PeakMemory:
-    """Peak memory growth of the block: CUDA allocations, or the process's RSS on CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak: float | None = None  # bytes
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-        else:
-            _malloc_trim()
-            self.base = _reset_rss_peak()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
-        elif self.base is not None:
-            self.peak = _status_kb("VmHWM") * 1024 - self.base
-
-
-def _malloc_trim() -> None:
-    with contextlib.suppress(OSError):  # give freed heap pages back, so RSS starts low
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_rss_peak() -> int | None:
-    """Reset ``VmHWM`` to the current RSS (Linux); the RSS in bytes, or None if unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _status_kb("VmRSS") * 1024
-    except OSError:
-        return None
-
-
 # --- one sample ------------------------------------------------------------------------------
 
 
 def run_once(model, inputs, policy, new: int, device) -> dict[str, Any]:
     """One ``generate``: prefill s, decode s/token, peak bytes, cache peak bytes, tokens."""
     kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
-    t0 = time.perf_counter()
-    with PeakMemory(device) as mem:
+    with PeakMemory(device) as mem, DecoderClock(family_of(model).text_model(model)) as dec:
         if policy is None:
             cache = DynamicCache()
             probe = StepProbe(device, lambda: dynamic_cache_bytes(cache))
-            t0 = time.perf_counter()
+            probe.start()
             out = model.generate(**inputs, **kw, cache=cache, logits_processor=LogitsProcessorList([probe]))
             stats, kept = None, 1.0
         else:
             with avl_lab.attach(model, policy) as session:
                 probe = StepProbe(device, lambda: session.run.cache.kv_bytes() if session.run else 0)
-                t0 = time.perf_counter()
+                probe.start()
                 out = session.generate(**inputs, **kw, logits_processor=LogitsProcessorList([probe]))
             stats, kept = session.stats, kept_work(session)
-    ts = probe.times
+    ts, cs = probe.times, probe.cpu
     return {
-        "prefill_s": ts[0] - t0,
-        "decode_s": (ts[-1] - ts[0]) / (len(ts) - 1) if len(ts) > 1 else float("nan"),
+        "prefill_s": ts[0] - probe.t0,
+        "decode_steps": [b - a for a, b in zip(ts, ts[1:], strict=False)],
+        "prefill_cpu": cs[0] - probe.c0,
+        "decoder_cpu": dec.cpu,
+        "decode_cpu_steps": [b - a for a, b in zip(cs, cs[1:], strict=False)],
         "peak_bytes": mem.peak,
         "cache_bytes": max(probe.cache),
         "stored": None if stats is None else stats.stored,
@@ -268,41 +232,35 @@ def summarize(samples: dict[str, list[dict]]) -> dict[str, dict[str, float | Non
     out: dict[str, dict[str, float | None]] = {}
     for name, ss in samples.items():
         row: dict[str, float | None] = {}
-        for key in ("prefill_s", "decode_s"):
-            row[key], row[key + "_p10"], row[key + "_p90"] = _q([s[key] for s in ss])
+        row["prefill_s"], row["prefill_s_p10"], row["prefill_s_p90"] = _q([s["prefill_s"] for s in ss])
+        steps = [t for s in ss for t in s["decode_steps"]] or [float("nan")]  # pooled over rounds
+        row["decode_s"], row["decode_s_p10"], row["decode_s_p90"] = _q(steps)
+        row["prefill_cpu"] = statistics.median(s["prefill_cpu"] for s in ss)
+        row["decode_cpu"] = statistics.median(t for s in ss for t in s["decode_cpu_steps"] or [float("nan")])
         peaks = [s["peak_bytes"] for s in ss if s["peak_bytes"] is not None]
         row["peak_bytes"] = statistics.median(peaks) if peaks else None
         row["cache_bytes"] = max(s["cache_bytes"] for s in ss)
         row["stored"] = ss[0]["stored"]
+        row["decoder_share"] = statistics.median(s["decoder_cpu"] / s["prefill_cpu"] for s in ss)
         row["kept_work"] = ss[0]["kept_work"]
         out[name] = row
     base, full = out["stock"], out.get("full")
     for row in out.values():
         row["prefill_x"] = row["prefill_s"] / base["prefill_s"]
         row["decode_x"] = row["decode_s"] / base["decode_s"]
+        row["prefill_cpu_x"] = row["prefill_cpu"] / base["prefill_cpu"]
+        # What prefill pruning should give if time follows decoder tokens: the rest of stock's
+        # prefill (vision encoder, embeddings, logits) stays.
+        row["expected_x"] = 1 - base["decoder_share"] * (1 - row["kept_work"])
+        row["decode_cpu_x"] = row["decode_cpu"] / base["decode_cpu"]
         row["peak_x"] = row["peak_bytes"] / base["peak_bytes"] if row["peak_bytes"] and base["peak_bytes"] else None
         row["cache_x_full"] = row["cache_bytes"] / full["cache_bytes"] if full else None
     return out
 
 
-def table(rows: dict[str, dict]) -> str:
-    lines = ["| variant | prefill ms (p10–p90) | prefill ×stock | kept work | decode ms/token (p10–p90) "
-             "| decode ×stock | peak MB | peak ×stock | cache MB | cache/full | stored |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for name, r in rows.items():
-        mb = lambda b: "–" if b is None else f"{b / 2**20:,.0f}"  # noqa: E731
-        x = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
-        lines.append(
-            f"| {name} | {r['prefill_s'] * 1e3:,.0f} ({r['prefill_s_p10'] * 1e3:,.0f}–"
-            f"{r['prefill_s_p90'] * 1e3:,.0f}) | **{r['prefill_x']:.2f}** | {x(r['kept_work'])} | "
-            f"{r['decode_s'] * 1e3:,.1f} ({r['decode_s_p10'] * 1e3:,.1f}–{r['decode_s_p90'] * 1e3:,.1f}) "
-            f"| **{r['decode_x']:.2f}** | {mb(r['peak_bytes'])} | {x(r['peak_x'])} | "
-            f"{mb(r['cache_bytes'])} | {x(r['cache_x_full'])} | {x(r['stored'])} |"
-        )
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None) -> list[argparse.Namespace]:
+    """The command line as one or more sections (a preset may hold several), each a full set
+    of settings; flags given explicitly override the preset's values in every section."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--layouts", nargs="+", default=["llava15", "llava_next", "qwen2_5_vl"])
     p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
@@ -312,63 +270,85 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--kv-heads", type=int, default=0, help="0: MHA for LLaVA, heads/8 for Qwen")
     p.add_argument("--mlp", type=int, default=2048)
+    p.add_argument("--prune-layer", type=int, default=None,
+                   help="layer after which fastv and avl's P prune (default: theirs, 2)")
     p.add_argument("--new", type=int, default=8, help="new tokens per generate")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--no-warmup", action="store_true", help="time the first round too")
-    p.add_argument("--preset", choices=["7b"], default=None,
-                   help="7b: LLaVA-1.6-7B layer sizes, 2 layers, batch 8, llava_next, stock/full/avl")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="time the first round too (otherwise each layout's first batch size "
+                        "gets an untimed warm-up round)")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="7b: LLaVA-1.6-7B layer sizes, 2 layers, batch 8, llava_next, stock/full/avl;\n"
+                        "targets: the issue-18 targets in one command (see PRESETS)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default=None, choices=list(DTYPES), help="fp32 CPU, bf16 CUDA")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.preset == "7b":
-        args.hidden, args.heads, args.mlp = 4096, 32, 11008
-        if "--layers" not in (argv or sys.argv):
-            args.layers = 2
-        if "--batch" not in (argv or sys.argv):
-            args.batch = [8]
-        if "--layouts" not in (argv or sys.argv):
-            args.layouts = ["llava_next"]
-        if "--variants" not in (argv or sys.argv):
-            args.variants = ["full", "avl"]
-    if args.device == "cuda" and not torch.cuda.is_available():
+    args.decode_7b = False
+    if args.preset is None:
+        return [args]
+    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
+             if a.startswith("--")}  # fmt: skip
+    sections = []
+    for values in PRESETS[args.preset]:
+        sec = argparse.Namespace(**vars(args))
+        for key, value in values.items():
+            if key not in given:
+                setattr(sec, key, value)
+        sections.append(sec)
+    return sections
+
+
+def main(argv: list[str] | None = None) -> int:
+    sections = parse(argv)
+    first = sections[0]
+    if first.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
-    torch.manual_seed(args.seed)
-    variants = {"stock": None, **{v: POLICIES[v] for v in args.variants}}
+    if first.threads:
+        torch.set_num_threads(first.threads)
+    device = torch.device(first.device)
+    dtype = DTYPES[first.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     build.try_load(device.type)  # build / load the core-attention op before anything is timed
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{str(dtype).removeprefix('torch.')}; decoder: {args.layers} layers, hidden {args.hidden}, "
-          f"{args.heads} heads, MLP {args.mlp}; {args.new} new tokens; {args.rounds} rounds"
-          f"{'' if args.no_warmup else ' after a warm-up round'}\n")  # fmt: skip
-    report: dict[str, Any] = {"args": vars(args), "device": name, "torch": torch.__version__, "tables": []}
-    for layout in args.layouts:
-        model, _, make_inputs = build_layout(layout, args)
-        model.to(device, dtype)
-        for batch in args.batch:
-            inputs = make_inputs(batch).to(device)
-            if "pixel_values" in inputs:
-                inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-            P = inputs["input_ids"].shape[1]
-            padded = int((inputs["attention_mask"] == 0).any(1).sum())
-            with torch.inference_mode():
-                samples = bench(model, inputs, variants, args.rounds, args.new, device, args.seed,
-                                not args.no_warmup)
-                rows = summarize(samples)
-            print(f"### {layout}, batch {batch}: {P} prompt tokens, {padded} rows left-padded\n")
-            print(table(rows) + "\n", flush=True)
-            report["tables"].append({"layout": layout, "batch": batch, "prompt_tokens": P,
-                                     "padded_rows": padded, "rows": rows})  # fmt: skip
-        del model
-    if args.json:
-        with open(args.json, "w") as f:
+          f"{str(dtype).removeprefix('torch.')}; avl_lab from {avl_lab.__file__}\n")  # fmt: skip
+    report: dict[str, Any] = {"args": [vars(a) for a in sections], "device": name,
+                              "torch": torch.__version__, "tables": [], "decode_7b": []}  # fmt: skip
+    for args in sections:
+        torch.manual_seed(args.seed)
+        variants = {"stock": None, **{v: policies(args.prune_layer)[v] for v in args.variants}}
+        print(f"## {'Decode at 7B layer sizes' if args.decode_7b else 'Prefill and decode'}: "
+              f"{args.layers} layers, hidden {args.hidden}, {args.heads} heads, MLP {args.mlp}; "
+              f"{args.new} new tokens; {args.rounds} rounds"
+              f"{'' if args.no_warmup else ' after a warm-up round'}"
+              f"{'' if args.prune_layer is None else f'; pruning after layer {args.prune_layer}'}\n")  # fmt: skip
+        for layout in args.layouts:
+            model, _, make_inputs = build_layout(layout, args)
+            model.to(device, dtype)
+            for i, batch in enumerate(args.batch):
+                inputs = make_inputs(batch).to(device)
+                if "pixel_values" in inputs:
+                    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+                P = inputs["input_ids"].shape[1]
+                padded = int((inputs["attention_mask"] == 0).any(1).sum())
+                warm = not args.no_warmup and i == 0
+                with torch.inference_mode():
+                    samples = bench(model, inputs, variants, args.rounds, args.new, device, args.seed, warm)
+                    rows = summarize(samples)
+                print(f"### {layout}, batch {batch}: {P} prompt tokens, {padded} rows left-padded\n")
+                print(table(rows) + "\n", flush=True)
+                report["decode_7b" if args.decode_7b else "tables"].append(
+                    {"layout": layout, "batch": batch, "prompt_tokens": P, "padded_rows": padded,
+                     "rows": rows})  # fmt: skip
+            del model
+    if first.preset == "targets":
+        print("## Targets\n")
+        print(summary(report["tables"], report["decode_7b"], cpu=device.type == "cpu") + "\n", flush=True)
+    if first.json:
+        with open(first.json, "w") as f:
             json.dump(report, f, indent=1)
     return 0
 

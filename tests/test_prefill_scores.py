@@ -197,3 +197,23 @@ def test_colsum_memory_is_chunked(monkeypatch):
     monkeypatch.setattr(ps.torch, "matmul", spy)
     ps.colsum(q, k, 0.25, ps.CAUSAL, None, torch.ones(2, n, dtype=torch.bool), None, chunk=chunk)
     assert seen and max(seen) <= chunk + 2 * 4 * 16 * n
+
+
+def test_colsum_skips_the_causal_half(monkeypatch):
+    """A causal pass multiplies each query chunk by the keys up to its end only, in chunks
+    small enough (at most an eighth of the queries) that this skips most of the masked half,
+    however large the chunk budget: under 0.6 of the whole square of scores is computed."""
+    n = 256
+    q, k, v = _qkv(n=n)
+    seen = []
+    real = torch.matmul
+
+    def spy(a, b):
+        out = real(a, b)
+        seen.append(out.numel())
+        return out
+
+    monkeypatch.setattr(ps.torch, "matmul", spy)
+    ps.colsum(q, k, 0.25, ps.CAUSAL, None, torch.ones(2, n, dtype=torch.bool), None, chunk=1 << 30)
+    square = q.shape[0] * q.shape[1] * n * n
+    assert len(seen) > 1 and sum(seen) < 0.6 * square
