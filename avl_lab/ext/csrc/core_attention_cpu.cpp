@@ -48,6 +48,8 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kPrefetchRows = 16;   // head-major: rows of one head fetched ahead
 constexpr int64_t kTokenBlock = 8;      // token-major: tokens per block (see for_pairs)
 constexpr int64_t kMinRowsPerSplit = 128;
+constexpr int64_t kVBlock = 16;         // GQA V pass: rows per register-accumulator block
+constexpr int64_t kMaxGroup = 256;      // largest GQA group (query heads per kv head)
 
 inline void prefetch_row(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
@@ -201,6 +203,103 @@ inline void axpy(float p, const T* r, float* acc, int64_t D) {  // acc += p * r
   for (int64_t d = 0; d < D; ++d) acc[d] += p * static_cast<float>(r[d]);
 }
 
+// GQA row kernels: one K or V row applied to GB (<= kMaxGB) query heads of its group with the
+// row loaded (and, for bf16/fp16, converted) once. kdots: s[g] = q_g . row for the GB query
+// vectors at q + g * D (GB accumulators, one per query head). vblock: acc_g += p_g[j] * V[row j]
+// for the rows of a block, acc (stride D per query head) kept in registers DV vectors at a time
+// while the block's rows stream through.
+constexpr int kMaxGB = 8;
+#if AVL_SIMD
+constexpr int kDV = AVL_SIMD == 16 ? 2 : 1;  // vectors of D per V sweep (AVX2 has 16 registers)
+
+template <int NV, int GB, typename T>
+inline void kdots(const float* q, const T* row, int64_t D, float* s) {
+  vf acc[GB];
+#pragma GCC unroll 8
+  for (int g = 0; g < GB; ++g) acc[g] = vzero();
+#pragma GCC unroll 16
+  for (int i = 0; i < NV; ++i) {
+    const vf r = vld(row + i * W);
+#pragma GCC unroll 8
+    for (int g = 0; g < GB; ++g) acc[g] = vfma(vld(q + g * D + i * W), r, acc[g]);
+  }
+#pragma GCC unroll 8
+  for (int g = 0; g < GB; ++g) s[g] = vsum(acc[g]);
+}
+
+// rows: the block's row pointers (nullptr = padding); p: probabilities of query head g at
+// p[g * pstride + j] for the block's j-th row.
+template <int NV, int GB, typename T>
+inline void vblock(const T* const* rows, int64_t nrows, const float* p, int64_t pstride,
+                   float* acc, int64_t D) {
+  static_assert(NV % kDV == 0, "V sweep width must divide D");
+  for (int dc = 0; dc < NV; dc += kDV) {
+    vf a[GB][kDV];
+#pragma GCC unroll 8
+    for (int g = 0; g < GB; ++g) {
+#pragma GCC unroll 8
+      for (int u = 0; u < kDV; ++u) a[g][u] = vld(acc + g * D + (dc + u) * W);
+    }
+    for (int64_t j = 0; j < nrows; ++j) {
+      if (rows[j] == nullptr) continue;
+      vf r[kDV];
+#pragma GCC unroll 8
+      for (int u = 0; u < kDV; ++u) r[u] = vld(rows[j] + (dc + u) * W);
+#pragma GCC unroll 8
+      for (int g = 0; g < GB; ++g) {
+        const vf pv = vset(p[g * pstride + j]);
+#pragma GCC unroll 8
+        for (int u = 0; u < kDV; ++u) a[g][u] = vfma(pv, r[u], a[g][u]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int g = 0; g < GB; ++g) {
+#pragma GCC unroll 8
+      for (int u = 0; u < kDV; ++u) vst(acc + g * D + (dc + u) * W, a[g][u]);
+    }
+  }
+}
+
+// The G query heads of a group in chunks of at most kMaxGB (a runtime count mapped onto the
+// compile-time kernels).
+template <int NV, typename T>
+inline void kdots_group(const float* q, const T* row, int64_t G, int64_t D, float* s) {
+  for (int64_t g0 = 0; g0 < G; g0 += kMaxGB) {
+    const float* qg = q + g0 * D;
+    float* sg = s + g0;
+    switch (std::min<int64_t>(kMaxGB, G - g0)) {
+      case 1: kdots<NV, 1>(qg, row, D, sg); break;
+      case 2: kdots<NV, 2>(qg, row, D, sg); break;
+      case 3: kdots<NV, 3>(qg, row, D, sg); break;
+      case 4: kdots<NV, 4>(qg, row, D, sg); break;
+      case 5: kdots<NV, 5>(qg, row, D, sg); break;
+      case 6: kdots<NV, 6>(qg, row, D, sg); break;
+      case 7: kdots<NV, 7>(qg, row, D, sg); break;
+      default: kdots<NV, 8>(qg, row, D, sg); break;
+    }
+  }
+}
+
+template <int NV, typename T>
+inline void vblock_group(const T* const* rows, int64_t nrows, const float* p, int64_t pstride,
+                         float* acc, int64_t G, int64_t D) {
+  for (int64_t g0 = 0; g0 < G; g0 += kMaxGB) {
+    const float* pg = p + g0 * pstride;
+    float* ag = acc + g0 * D;
+    switch (std::min<int64_t>(kMaxGB, G - g0)) {
+      case 1: vblock<NV, 1>(rows, nrows, pg, pstride, ag, D); break;
+      case 2: vblock<NV, 2>(rows, nrows, pg, pstride, ag, D); break;
+      case 3: vblock<NV, 3>(rows, nrows, pg, pstride, ag, D); break;
+      case 4: vblock<NV, 4>(rows, nrows, pg, pstride, ag, D); break;
+      case 5: vblock<NV, 5>(rows, nrows, pg, pstride, ag, D); break;
+      case 6: vblock<NV, 6>(rows, nrows, pg, pstride, ag, D); break;
+      case 7: vblock<NV, 7>(rows, nrows, pg, pstride, ag, D); break;
+      default: vblock<NV, 8>(rows, nrows, pg, pstride, ag, D); break;
+    }
+  }
+}
+#endif
+
 struct Shape {
   int64_t B, Hq, Hkv, G, N, D, n, nsplit, chunk;
   int64_t k_sb, k_sh, k_sn, v_sb, v_sh, v_sn;  // strides in elements
@@ -255,6 +354,20 @@ void attend_task(const Shape& sh, const T* q, const T* k, const T* v, const int6
       prefetch_row(kb + h * sh.k_sh + idx[j + pf] * sh.k_sn, row_bytes);
     const int64_t a = idx[j], i0 = (h - h0) * G;
     const T* row = kb + h * sh.k_sh + a * sh.k_sn;
+#if AVL_SIMD
+    if constexpr (NV > 0) {
+      if (G > 1 && G <= kMaxGroup) {  // the row once for the whole group
+        float s[kMaxGroup];
+        if (a < 0) std::fill(s, s + G, kNegInf);
+        else kdots_group<NV>(qf.data() + i0 * D, row, G, D, s);
+        for (int64_t g = 0; g < G; ++g) {
+          Sb[(i0 + g) * n + j] = s[g];
+          m[i0 + g] = std::max(m[i0 + g], s[g]);
+        }
+        return;
+      }
+    }
+#endif
     for (int64_t g = 0; g < G; ++g) {
       const float s = a < 0 ? kNegInf : dot<NV>(qf.data() + (i0 + g) * D, row, D);
       Sb[(i0 + g) * n + j] = s;
@@ -308,6 +421,34 @@ void attend_task(const Shape& sh, const T* q, const T* k, const T* v, const int6
   }
 #endif
   std::fill(accf.begin(), accf.begin() + nq * D, 0.f);
+#if AVL_SIMD
+  if constexpr (NV > 0) {
+    if (G > 1 && G <= kMaxGroup) {  // blocks of rows, each loaded once for the G query heads
+      const int64_t blk = sh.token_outer ? kTokenBlock : kVBlock;
+      const T* rows[kVBlock];
+      auto block = [&](int64_t h, int64_t jb) {
+        const int64_t je = std::min(j1, jb + blk), i0 = (h - h0) * G;
+        const T* vh = vb + h * sh.v_sh;
+        const int64_t* idx = ab + h * sh.a_sh;
+        for (int64_t j = jb; j < je; ++j) {
+          if (j + pf < j1 && idx[j + pf] >= 0) prefetch_row(vh + idx[j + pf] * sh.v_sn, row_bytes);
+          rows[j - jb] = idx[j] < 0 ? nullptr : vh + idx[j] * sh.v_sn;
+        }
+        vblock_group<NV>(rows, je - jb, Sb + i0 * n + jb, n, accf.data() + i0 * D, G, D);
+      };
+      if (sh.token_outer) {
+        for (int64_t jb = j0; jb < j1; jb += blk)
+          for (int64_t h = h0; h < h1; ++h) block(h, jb);
+      } else {
+        for (int64_t h = h0; h < h1; ++h)
+          for (int64_t jb = j0; jb < j1; jb += blk) block(h, jb);
+      }
+      for (int64_t i = 0; i < nq; ++i)
+        std::copy(accf.begin() + i * D, accf.begin() + (i + 1) * D, out0 + i * ns * D);
+      return;
+    }
+  }
+#endif
   for_pairs(sh.token_outer, h0, h1, j0, j1, [&](int64_t h, int64_t j) {
     const int64_t* idx = ab + h * sh.a_sh;
     if (j + pf < j1 && idx[j + pf] >= 0)
