@@ -11,15 +11,17 @@
 // caches, (batch, row split) with all heads for token-major ones. A task handles all
 // G = Hq / Hkv query heads of a kv head together so each K/V row is read once: pass 1 reads the
 // K rows (software prefetch ahead) into scores, pass 2 the V rows into a float accumulator
-// (fp32 accumulation for every dtype). Row splits are merged by log-sum-exp, then the
+// (fp32 accumulation for every dtype). With GQA (G > 1) a row is also loaded into registers
+// (and converted from bf16/fp16) once for its group: kdots keeps one accumulator per query
+// head, vblock keeps the group's output accumulators in registers over a block of rows. Row splits are merged by log-sum-exp, then the
 // head-averaged probabilities (over all query heads, or per kv head) are formed from the stored
 // exponentials.
 //
 // Per-head rows ([B, Hkv, n]) run through the same loops, kv head h reading its own index row;
-// per-head rows that are the same for every head run exactly as shared rows. On a token-major
-// cache per-head rows cost more than shared rows of the same bytes: a shared selected token is
-// one Hkv * D run (16 KiB fp32 for LLaVA) read for all heads, a per-head one a D run (512 B)
-// per head, and this loop reads random 512 B runs at little over half the speed of 16 KiB ones
+// per-head rows that are the same for every head run exactly as shared rows. Per-head rows are
+// as fast as shared ones when each head's rows are one run (the engine stores rows per KV
+// head head-major, compacted: a per-head budget's rows stream); scattered 512 B rows (a
+// per-head subset of the stored rows) read at ~2/3 of the speed of 16 KiB token runs
 // (benchmarks/README.md, "Per-head rows"; other visit orders, prefetch distances and hints
 // did no better).
 #include <torch/extension.h>
@@ -48,7 +50,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kPrefetchRows = 16;   // head-major: rows of one head fetched ahead
 constexpr int64_t kTokenBlock = 8;      // token-major: tokens per block (see for_pairs)
 constexpr int64_t kMinRowsPerSplit = 128;
-constexpr int64_t kVBlock = 16;         // GQA V pass: rows per register-accumulator block
+constexpr int64_t kVBlock = 32;         // GQA V pass: rows per register-accumulator block
 constexpr int64_t kMaxGroup = 256;      // largest GQA group (query heads per kv head)
 
 inline void prefetch_row(const void* p, int64_t bytes) {
@@ -424,7 +426,7 @@ void attend_task(const Shape& sh, const T* q, const T* k, const T* v, const int6
 #if AVL_SIMD
   if constexpr (NV > 0) {
     if (G > 1 && G <= kMaxGroup) {  // blocks of rows, each loaded once for the G query heads
-      const int64_t blk = sh.token_outer ? kTokenBlock : kVBlock;
+      const int64_t blk = kVBlock;  // register accumulators live over a block of rows
       const T* rows[kVBlock];
       auto block = [&](int64_t h, int64_t jb) {
         const int64_t je = std::min(j1, jb + blk), i0 = (h - h0) * G;
