@@ -105,24 +105,13 @@ def make_patterns(shape, B, dtype, device, gen, layer, rand: Tensor) -> dict[str
     head-major, ``layer.kt``/``vt`` token-major storage), its shared rows ``layer.a`` and
     ``rand`` ``[B, Hkv, n]``, every head its own random rows."""
     tiering, first = _tiering(shape, B, dtype, device, gen)
-    budget = _budget(shape, B, dtype, device, gen)
+    kt, vt = layer.kt.transpose(1, 2), layer.vt.transpose(1, 2)
     return {
-        "random, token-major": Pattern(
-            layer.kt.transpose(1, 2), layer.vt.transpose(1, 2), layer.a, rand
-        ),
-        "random, head-major": Pattern(layer.k, layer.v, layer.a, rand),
-        "budget, token-major": budget,
-        "budget, head-major": _head_major(budget),
-        "tiering, token-major": tiering,
-        "tiering, head-major": _head_major(tiering),
-        "tiering, active-first, token-major": first,
-        "tiering, active-first, head-major": _head_major(first),
+        "random": Pattern(kt, vt, layer.a, rand, layer.k, layer.v),
+        "budget": _budget(shape, B, dtype, device, gen),
+        "tiering": tiering,
+        "tiering, active-first": first,
     }
-
-
-def _head_major(p: Pattern) -> Pattern:
-    """The same values and indices, stored head-major (a head's slots one run)."""
-    return Pattern(p.k.contiguous(), p.v.contiguous(), p.shared, p.heads)
 
 
 def pattern_bytes(shape, B: int, dtype) -> int:
