@@ -51,7 +51,6 @@ constexpr int64_t kPrefetchRows = 16;   // head-major: rows of one head fetched 
 constexpr int64_t kTokenBlock = 8;      // token-major: tokens per block (see for_pairs)
 constexpr int64_t kMinRowsPerSplit = 128;
 constexpr int64_t kVBlock = 32;         // GQA V pass: rows per register-accumulator block
-constexpr int64_t kMaxGroup = 256;      // largest GQA group (query heads per kv head)
 
 inline void prefetch_row(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
@@ -265,20 +264,16 @@ inline void vblock(const T* const* rows, int64_t nrows, const float* p, int64_t 
 // The G query heads of a group in chunks of at most kMaxGB (a runtime count mapped onto the
 // compile-time kernels).
 template <int NV, typename T>
-inline void kdots_group(const float* q, const T* row, int64_t G, int64_t D, float* s) {
-  for (int64_t g0 = 0; g0 < G; g0 += kMaxGB) {
-    const float* qg = q + g0 * D;
-    float* sg = s + g0;
-    switch (std::min<int64_t>(kMaxGB, G - g0)) {
-      case 1: kdots<NV, 1>(qg, row, D, sg); break;
-      case 2: kdots<NV, 2>(qg, row, D, sg); break;
-      case 3: kdots<NV, 3>(qg, row, D, sg); break;
-      case 4: kdots<NV, 4>(qg, row, D, sg); break;
-      case 5: kdots<NV, 5>(qg, row, D, sg); break;
-      case 6: kdots<NV, 6>(qg, row, D, sg); break;
-      case 7: kdots<NV, 7>(qg, row, D, sg); break;
-      default: kdots<NV, 8>(qg, row, D, sg); break;
-    }
+inline void kdots_chunk(const float* q, const T* row, int64_t gb, int64_t D, float* s) {
+  switch (gb) {
+    case 1: kdots<NV, 1>(q, row, D, s); break;
+    case 2: kdots<NV, 2>(q, row, D, s); break;
+    case 3: kdots<NV, 3>(q, row, D, s); break;
+    case 4: kdots<NV, 4>(q, row, D, s); break;
+    case 5: kdots<NV, 5>(q, row, D, s); break;
+    case 6: kdots<NV, 6>(q, row, D, s); break;
+    case 7: kdots<NV, 7>(q, row, D, s); break;
+    default: kdots<NV, 8>(q, row, D, s); break;
   }
 }
 
@@ -350,32 +345,45 @@ void attend_task(const Shape& sh, const T* q, const T* k, const T* v, const int6
   std::fill(m.begin(), m.begin() + nq, kNegInf);
 
   // Pass 1: scores from the K rows, prefetching the row `pf` rows (or tokens) ahead.
-  for_pairs(sh.token_outer, h0, h1, j0, j1, [&](int64_t h, int64_t j) {
-    const int64_t* idx = ab + h * sh.a_sh;
-    if (j + pf < j1 && idx[j + pf] >= 0)
-      prefetch_row(kb + h * sh.k_sh + idx[j + pf] * sh.k_sn, row_bytes);
-    const int64_t a = idx[j], i0 = (h - h0) * G;
-    const T* row = kb + h * sh.k_sh + a * sh.k_sn;
+  bool grouped = false;
 #if AVL_SIMD
-    if constexpr (NV > 0) {
-      if (G > 1 && G <= kMaxGroup) {  // the row once for the whole group
-        float s[kMaxGroup];
-        if (a < 0) std::fill(s, s + G, kNegInf);
-        else kdots_group<NV>(qf.data() + i0 * D, row, G, D, s);
-        for (int64_t g = 0; g < G; ++g) {
-          Sb[(i0 + g) * n + j] = s[g];
-          m[i0 + g] = std::max(m[i0 + g], s[g]);
+  if constexpr (NV > 0) {
+    if (G > 1) {  // GQA: each row loaded once for (chunks of kMaxGB of) the group's query heads
+      grouped = true;
+      for_pairs(sh.token_outer, h0, h1, j0, j1, [&](int64_t h, int64_t j) {
+        const int64_t* idx = ab + h * sh.a_sh;
+        if (j + pf < j1 && idx[j + pf] >= 0)
+          prefetch_row(kb + h * sh.k_sh + idx[j + pf] * sh.k_sn, row_bytes);
+        const int64_t a = idx[j], i0 = (h - h0) * G;
+        const T* row = kb + h * sh.k_sh + a * sh.k_sn;
+        for (int64_t g0 = 0; g0 < G; g0 += kMaxGB) {
+          const int64_t gb = std::min<int64_t>(kMaxGB, G - g0);
+          float s[kMaxGB];
+          if (a < 0) std::fill(s, s + gb, kNegInf);
+          else kdots_chunk<NV>(qf.data() + (i0 + g0) * D, row, gb, D, s);
+          for (int64_t g = 0; g < gb; ++g) {
+            Sb[(i0 + g0 + g) * n + j] = s[g];
+            m[i0 + g0 + g] = std::max(m[i0 + g0 + g], s[g]);
+          }
         }
-        return;
-      }
+      });
     }
+  }
 #endif
-    for (int64_t g = 0; g < G; ++g) {
-      const float s = a < 0 ? kNegInf : dot<NV>(qf.data() + (i0 + g) * D, row, D);
-      Sb[(i0 + g) * n + j] = s;
-      m[i0 + g] = std::max(m[i0 + g], s);
-    }
-  });
+  if (!grouped) {
+    for_pairs(sh.token_outer, h0, h1, j0, j1, [&](int64_t h, int64_t j) {
+      const int64_t* idx = ab + h * sh.a_sh;
+      if (j + pf < j1 && idx[j + pf] >= 0)
+        prefetch_row(kb + h * sh.k_sh + idx[j + pf] * sh.k_sn, row_bytes);
+      const int64_t a = idx[j], i0 = (h - h0) * G;
+      const T* row = kb + h * sh.k_sh + a * sh.k_sn;
+      for (int64_t g = 0; g < G; ++g) {
+        const float s = a < 0 ? kNegInf : dot<NV>(qf.data() + (i0 + g) * D, row, D);
+        Sb[(i0 + g) * n + j] = s;
+        m[i0 + g] = std::max(m[i0 + g], s);
+      }
+    });
+  }
   // Start the first V rows while the exponentials are computed.
   for (int64_t h = h0; h < (sh.token_outer ? h1 : h0 + 1); ++h) {
     const int64_t* idx = ab + h * sh.a_sh;
@@ -425,7 +433,7 @@ void attend_task(const Shape& sh, const T* q, const T* k, const T* v, const int6
   std::fill(accf.begin(), accf.begin() + nq * D, 0.f);
 #if AVL_SIMD
   if constexpr (NV > 0) {
-    if (G > 1 && G <= kMaxGroup) {  // blocks of rows, each loaded once for the G query heads
+    if (G > 1) {  // blocks of rows, each loaded once for the G query heads
       const int64_t blk = kVBlock;  // register accumulators live over a block of rows
       const T* rows[kVBlock];
       auto block = [&](int64_t h, int64_t jb) {
