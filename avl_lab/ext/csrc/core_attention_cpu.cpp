@@ -211,7 +211,10 @@ inline void axpy(float p, const T* r, float* acc, int64_t D) {  // acc += p * r
 // while the block's rows stream through.
 constexpr int kMaxGB = 8;
 #if AVL_SIMD
-constexpr int kDV = AVL_SIMD == 16 ? 2 : 1;  // vectors of D per V sweep (AVX2 has 16 registers)
+// V sweeps: kDV vectors of D for up to kMaxGBV query heads at a time, kMaxGBV * kDV
+// accumulators + kDV row vectors + a broadcast within the 32 (AVX-512) / 16 (AVX2) registers.
+constexpr int kDV = AVL_SIMD == 16 ? 4 : 1;
+constexpr int kMaxGBV = AVL_SIMD == 16 ? 6 : 8;
 
 template <int NV, int GB, typename T>
 inline void kdots(const float* q, const T* row, int64_t D, float* s) {
@@ -280,10 +283,12 @@ inline void kdots_chunk(const float* q, const T* row, int64_t gb, int64_t D, flo
 template <int NV, typename T>
 inline void vblock_group(const T* const* rows, int64_t nrows, const float* p, int64_t pstride,
                          float* acc, int64_t G, int64_t D) {
-  for (int64_t g0 = 0; g0 < G; g0 += kMaxGB) {
+  const int64_t nch = (G + kMaxGBV - 1) / kMaxGBV;  // balanced chunks: G = 7 -> 4 + 3
+  for (int64_t c = 0, g0 = 0; c < nch; ++c) {
+    const int64_t gb = G / nch + (c < G % nch ? 1 : 0);
     const float* pg = p + g0 * pstride;
     float* ag = acc + g0 * D;
-    switch (std::min<int64_t>(kMaxGB, G - g0)) {
+    switch (gb) {
       case 1: vblock<NV, 1>(rows, nrows, pg, pstride, ag, D); break;
       case 2: vblock<NV, 2>(rows, nrows, pg, pstride, ag, D); break;
       case 3: vblock<NV, 3>(rows, nrows, pg, pstride, ag, D); break;
@@ -293,6 +298,7 @@ inline void vblock_group(const T* const* rows, int64_t nrows, const float* p, in
       case 7: vblock<NV, 7>(rows, nrows, pg, pstride, ag, D); break;
       default: vblock<NV, 8>(rows, nrows, pg, pstride, ag, D); break;
     }
+    g0 += gb;
   }
 }
 #endif
