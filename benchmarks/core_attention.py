@@ -23,12 +23,9 @@ active rows; the probe is ``x.sum()`` over a 256 MiB buffer (two alternated), ti
 same round-robin as the variants; "x BW" = op time / (active K/V bytes / probe GB/s).
 
 ``--per-head`` adds, to the same round-robin, the op with per-kv-head rows (``active``
-``[B, Hkv, n]``: every kv head its own random share of the image rows, as many rows as the
-shared set, so the same bytes) on both layouts, and prints a second table: per-head against
-the shared op, and per-head x BW. Its ``compacted`` rows model the engine's cache with rows
-per KV head (since commit ee0ee9e): every head's stored rows (the text rows and ``STORED`` of
-the image rows, A-VL S=45) packed per head at the front of a token-major buffer, and the
-active rows chosen among those slots, the same slots for all heads (shared) or per head.
+``[B, Hkv, n]``) against shared rows over the same bytes, in the row patterns of
+``_per_head.py`` (random rows, and the engine's per-head budget and tiering layouts), and
+prints a second table: per-head against shared, GB/s and x BW for both.
 
 Usage: ``python benchmarks/core_attention.py [--device cuda] [--quick] [--shapes llava qwen25vl]
 [--per-head]``
@@ -38,8 +35,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import _per_head as per_head
 import torch
 import torch.nn.functional as F
 from _timing import ReadProbe, Stat, round_robin
@@ -110,22 +108,7 @@ class Layer:
     a: torch.Tensor
     flat_head: torch.Tensor
     flat_tok: torch.Tensor
-    a_heads: torch.Tensor | None = None  # [B, Hkv, n] per-head rows (--per-head)
-    kc: torch.Tensor | None = None  # compacted token-major storage [B, m, Hkv, D] (--per-head)
-    vc: torch.Tensor | None = None
-    ac: torch.Tensor | None = None  # [B, n] active slots of kc, shared by all heads
-    ac_heads: torch.Tensor | None = None  # [B, Hkv, n] active slots per head
-
-
-STORED = 0.45  # --per-head, compacted rows: stored share of the image rows (A-VL S=45)
-
-
-def compacted(shape: Shape) -> Shape:
-    """The slots of a cache compacted per head: the text rows plus ``STORED`` of the image
-    rows, of which ``n_active - text`` image slots are active (same active count)."""
-    image = round(STORED * shape.image)
-    keep = (shape.n_active - shape.text) / image
-    return Shape(shape.name, image, shape.text, keep, shape.heads, shape.kv_heads, shape.head_dim)
+    patterns: dict[str, per_head.Pattern] = field(default_factory=dict)  # --per-head
 
 
 def head_active_rows(shape: Shape, batch: int, gen: torch.Generator) -> torch.Tensor:
@@ -135,12 +118,12 @@ def head_active_rows(shape: Shape, batch: int, gen: torch.Generator) -> torch.Te
 
 
 def make_layers(
-    shape: Shape, batch: int, dtype, device, budget_gib: float, gen, per_head: bool = False
+    shape: Shape, batch: int, dtype, device, budget_gib: float, gen, with_heads: bool = False
 ) -> list[Layer]:
     B, H, Hkv, D, N = batch, shape.heads, shape.kv_heads, shape.head_dim, shape.rows
     per_layer = 2 * kv_bytes(shape, B, dtype)  # head- and token-major copies
-    if per_head:
-        per_layer += kv_bytes(compacted(shape), B, dtype)
+    if with_heads:
+        per_layer += per_head.pattern_bytes(shape, B, dtype)
     n_layers = int(max(2, min(32, budget_gib * 2**30 // per_layer)))
     layers = []
     for _ in range(n_layers):
@@ -155,13 +138,9 @@ def make_layers(
         flat_tok = (tok * Hkv + heads).reshape(-1)  # rows of kt.view(-1, D), head-major order
         kt, vt = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
         layer = Layer(q, k, v, kt, vt, a, flat_head, flat_tok)
-        if per_head:
-            cs = compacted(shape)
-            layer.a_heads = head_active_rows(shape, B, gen).to(device)
-            layer.kc = torch.randn(B, cs.rows, Hkv, D, generator=gen).to(device, dtype)
-            layer.vc = torch.randn(B, cs.rows, Hkv, D, generator=gen).to(device, dtype)
-            layer.ac = active_rows(cs, B, gen).to(device)
-            layer.ac_heads = head_active_rows(cs, B, gen).to(device)
+        if with_heads:
+            rand = head_active_rows(shape, B, gen).to(device)
+            layer.patterns = per_head.make_patterns(shape, B, dtype, device, gen, layer, rand)
         layers.append(layer)
     return layers
 
@@ -225,27 +204,6 @@ def variants(layers: list[Layer], shape: Shape, dtype, impl: str) -> dict:
             x.q, x.kt.transpose(1, 2), x.vt.transpose(1, 2), x.a, scale, impl=impl
         )
 
-    def op_ph_head(i):  # per-head rows
-        x = layers[i % L]
-        return core_attention(x.q, x.k, x.v, x.a_heads, scale, impl=impl)
-
-    def op_ph_tok(i):
-        x = layers[i % L]
-        return core_attention(
-            x.q, x.kt.transpose(1, 2), x.vt.transpose(1, 2), x.a_heads, scale, impl=impl
-        )
-
-    def op_cmp(i):  # compacted storage, shared slots
-        x = layers[i % L]
-        return core_attention(
-            x.q, x.kc.transpose(1, 2), x.vc.transpose(1, 2), x.ac, scale, impl=impl
-        )
-
-    def op_ph_cmp(i):  # compacted storage, per-head slots
-        x = layers[i % L]
-        kc, vc = x.kc.transpose(1, 2), x.vc.transpose(1, 2)
-        return core_attention(x.q, kc, vc, x.ac_heads, scale, impl=impl)
-
     fns = {
         "sdpa_full": sdpa_full,
         "matmul_full": matmul_full,
@@ -255,8 +213,8 @@ def variants(layers: list[Layer], shape: Shape, dtype, impl: str) -> dict:
         "idx_tok": idx_tok,
         "op_tok": op_tok,
     }
-    if layers[0].a_heads is not None:
-        fns.update(op_ph_head=op_ph_head, op_ph_tok=op_ph_tok, op_cmp=op_cmp, op_ph_cmp=op_ph_cmp)
+    if layers[0].patterns:
+        fns.update(per_head.variants(layers, impl, core_attention))
     return fns
 
 
@@ -289,18 +247,8 @@ def check(fns: dict, layers: list[Layer], dtype) -> None:
             {"atol": 1e-5, "rtol": 1e-3} if name.startswith("op") else {"atol": 1e-4, "rtol": 0.1}
         )
         torch.testing.assert_close(p, ref_p, **ptol, msg=name)
-    if x.a_heads is not None:
-        kc, vc = x.kc.transpose(1, 2), x.vc.transpose(1, 2)
-        for name, (kk, vv, a) in {
-            "op_ph_head": (x.k, x.v, x.a_heads),
-            "op_ph_tok": (x.k, x.v, x.a_heads),
-            "op_cmp": (kc, vc, x.ac),
-            "op_ph_cmp": (kc, vc, x.ac_heads),
-        }.items():
-            ref_out, ref_p = core_attention_ref(x.q, kk, vv, a)
-            out, p = fns[name](0)
-            torch.testing.assert_close(out.float(), ref_out.float(), **tol, msg=name)
-            torch.testing.assert_close(p, ref_p, atol=1e-5, rtol=1e-3, msg=name)
+    if x.patterns:
+        per_head.check(layers, core_attention, core_attention_ref, tol)
 
 
 def run_case(shape: Shape, batch: int, dname: str, device, args, probe: ReadProbe, gen) -> dict:
@@ -326,15 +274,11 @@ def run_case(shape: Shape, batch: int, dname: str, device, args, probe: ReadProb
         "sel_bytes": kv_bytes(shape, batch, dtype, n),
         "probe": probe.gbs(st["probe"]),
         "layers": len(layers),
+        "patterns": list(layers[0].patterns),
     }
 
 
 LAYOUTS = {"head": ("idx_head", "op_head"), "token": ("idx_tok", "op_tok")}
-PER_HEAD_LAYOUTS = {
-    "head": ("op_head", "op_ph_head"),
-    "token": ("op_tok", "op_ph_tok"),
-    "token, compacted": ("op_cmp", "op_ph_cmp"),
-}
 
 
 def rows(r: dict) -> list[str]:
@@ -354,23 +298,7 @@ def rows(r: dict) -> list[str]:
     return out
 
 
-def per_head_rows(r: dict) -> list[str]:
-    st: dict[str, Stat] = r["st"]
-    sh, sd = r["shape"], st["sdpa_full"]
-    bw_us = r["sel_bytes"] / (r["probe"] * 1e9) * 1e6  # the selected bytes at the probe's rate
-    out = []
-    for layout, (shared, ph) in PER_HEAD_LAYOUTS.items():
-        s, p = st[shared], st[ph]
-        out.append(
-            f"| {sh.name} {sh.rows}/{r['n']} | {r['batch']} | {r['dtype']} | {layout} | "
-            f"{sd.cell()} | {s.cell()} | {p.cell()} | {p.median / s.median:.2f} | "
-            f"{p.median / sd.median:.2f} | {s.median / bw_us:.2f} | {p.median / bw_us:.2f} | "
-            f"{r['probe']:.1f} |"
-        )
-    return out
-
-
-PER_HEAD_HEADER = (
+HEADER = (
     "| shape rows/active | B | dtype | cache layout | SDPA full µs | op shared µs | "
     "op per-head µs | per-head/shared | per-head/SDPA | shared x BW | per-head x BW | "
     "probe GB/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -434,12 +362,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.per_head:
         print(
-            "\nPer-head rows (same round-robin): every kv head its own random rows, as many "
-            "as the shared set.\n"
+            "\nPer-head rows (same round-robin): per-head vs shared indices over the same "
+            "bytes, patterns as in benchmarks/_per_head.py.\n"
         )
-        print(PER_HEAD_HEADER)
+        print(per_head.HEADER)
         for r in results:
-            print("\n".join(per_head_rows(r)))
+            print("\n".join(per_head.rows(r)))
+        print("\narrange (one copy of a tiering layer's stored slots, K and V, head-major):")
+        for r in results:
+            sh = r["shape"]
+            print(
+                f"  {sh.name} {sh.rows}/{r['n']} B={r['batch']} {r['dtype']}: "
+                f"{r['st']['arrange'].cell()} µs"
+            )
     return 0
 
 

@@ -14,8 +14,14 @@ from tests.helpers import family_inputs, make_inputs
 NEW = 12
 PER_HEAD = [
     {"name": "vision_tiering", "S": 45, "C": 30, "per_head": True},
-    [{"name": "vision_tiering", "S": 45, "C": 30, "per_head": True}, {"name": "update_schedule", "K": 2}],
-    [{"name": "vision_tiering", "S": 30, "per_head": True, "layers": "1-"}, {"name": "h2o", "ratio": 0.8}],
+    [
+        {"name": "vision_tiering", "S": 45, "C": 30, "per_head": True},
+        {"name": "update_schedule", "K": 2},
+    ],
+    [
+        {"name": "vision_tiering", "S": 30, "per_head": True, "layers": "1-"},
+        {"name": "h2o", "ratio": 0.8},
+    ],
 ]
 
 
@@ -86,3 +92,82 @@ def test_evicted_rows_and_head_pairs_leave_memory(llava15_shaped, spec):
     for when, (held, kept, full) in seen.items():
         assert held == pytest.approx(kept, rel=0.05), when
         assert kept < 0.75 * full, when  # something was really evicted
+
+
+class _Run:
+    def rows_to_come(self) -> int:
+        return 3
+
+
+class _Cache:
+    run = _Run()
+    state_defaults: dict = {}
+
+
+def _layer(k, v):
+    """An ``AVLLayer`` holding ``k``/``v`` ``[B, Hkv, R, D]`` (all rows valid) token-major."""
+    from avl_lab.engine.cache import AVLLayer
+
+    B, _, R, _ = k.shape
+    layer = AVLLayer(0, _Cache())
+    layer._store(k.transpose(1, 2), v.transpose(1, 2), head_major=False)
+    tok = torch.arange(R).expand(B, R)
+    layer.rows = {
+        "valid": torch.ones(B, R, dtype=torch.bool),
+        "pos": tok,
+        "tok": tok,
+        "mod": torch.zeros(B, R, dtype=torch.int8),
+    }
+    return layer
+
+
+def _assert_holds(layer, k, v, kept):
+    """Each head's valid slots hold its kept rows of ``k``/``v`` in order."""
+    B, H = kept.shape[:2]
+    valid = layer.valid if layer.per_head else layer.valid[:, None].expand(B, H, -1)
+    for b in range(B):
+        for h in range(H):
+            rows = kept[b, h].nonzero().flatten()
+            c = len(rows)
+            assert int(valid[b, h].sum()) == c
+            assert torch.equal(layer.keys[b, h, :c], k[b, h, rows])
+            assert torch.equal(layer.values[b, h, :c], v[b, h, rows])
+
+
+def test_per_head_compaction_keeps_each_heads_rows_head_major():
+    """Per-head eviction moves each (row, head) pair's values with it, and stores rows per KV
+    head head-major (each head's slots one run); later evictions, per head or shared, and
+    appends work on that storage."""
+    gen = torch.Generator().manual_seed(0)
+    B, H, R, D = 2, 3, 10, 8
+    k, v = torch.randn(B, H, R, D, generator=gen), torch.randn(B, H, R, D, generator=gen)
+    layer = _layer(k, v)
+    keep = torch.rand(B, H, R, generator=gen) > 0.4
+    keep[0, 0] = True  # one head keeps everything: the others are padded to R
+    layer.evict(keep)
+    assert layer.per_head
+    assert layer.keys.stride(1) > layer.keys.stride(2) == D  # head-major: a head's rows one run
+    _assert_holds(layer, k, v, keep)
+    # A second, shared keep (the first kept slot of every head dropped) on head-major storage.
+    slots = layer.valid.shape[-1]
+    keep2 = torch.ones(B, slots, dtype=torch.bool)
+    keep2[:, 0] = False
+    kept2 = keep.clone()
+    for b in range(B):
+        for h in range(H):
+            kept2[b, h, keep[b, h].nonzero()[0]] = False
+    layer.evict(keep2)
+    _assert_holds(layer, k, v, kept2)
+    assert layer.keys.stride(1) > layer.keys.stride(2)
+
+
+def test_shared_compaction_stays_token_major():
+    gen = torch.Generator().manual_seed(1)
+    B, H, R, D = 2, 4, 12, 8
+    k, v = torch.randn(B, H, R, D, generator=gen), torch.randn(B, H, R, D, generator=gen)
+    layer = _layer(k, v)
+    keep = torch.rand(B, R, generator=gen) > 0.5
+    layer.evict(keep)
+    assert not layer.per_head
+    assert layer.keys.stride(2) == H * D  # token-major: a row's heads one run
+    _assert_holds(layer, k, v, keep[:, None].expand(B, H, R))

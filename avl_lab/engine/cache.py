@@ -14,13 +14,18 @@ evicted rows really leave memory.
 
 Rows per KV head: once a policy keeps different rows for different KV heads (a ``[B, Hkv, R]``
 keep mask), the layer's bookkeeping becomes ``[B, Hkv, R]``: slot r of head h is that head's
-r-th kept token, compacted per (b, h) in the same token-major buffer, padded with invalid
-filler to the head that keeps most. Evicted (row, head) pairs leave memory up to that padding.
+r-th kept token, compacted per (b, h), padded with invalid filler to the head that keeps most.
+Evicted (row, head) pairs leave memory up to that padding.
 
-Storage is token-major, ``[B, R, Hkv, D]``: one selected row is one contiguous run of
-``Hkv * D`` values for all heads, which the core-attention op streams at close to bandwidth
-(a head-major row is a short random read per head). ``keys``/``values`` are ``[B, Hkv, R, D]``
-views of it, the layout transformers and the op's API use.
+Storage: shared rows are stored token-major, ``[B, R, Hkv, D]``: one selected row is one
+contiguous run of ``Hkv * D`` values for all heads, which the core-attention op streams at
+close to bandwidth (a head-major row is a short random read per head). Rows per KV head are
+stored head-major from their first compaction on, ``[B, Hkv, R, D]``: a head's kept rows are
+one run, so a head that computes over what it keeps (per-head budgets: H2O, SnapKV, AdaKV…)
+streams it, where token-major storage would leave the slots of heads that keep fewer rows as
+holes in every token's run (benchmarks/README.md, "Per-head rows"). ``keys``/``values`` are
+``[B, Hkv, R, D]`` views of either, the layout transformers and the op's API use; the private
+buffers are always indexed ``[B, slot, Hkv, D]``.
 """
 
 from __future__ import annotations
@@ -75,12 +80,16 @@ class AVLLayer(DynamicLayer):
             raise TypeError("AVLLayer storage is written through update() and evict()")
         self._v = None
 
-    def _store(self, k_tok: Tensor, v_tok: Tensor, extra: int = 0) -> None:
-        """Hold token-major rows ``[B, n, Hkv, D]`` in fresh buffers with room for the rows
-        the run will still append (so a decode step writes one slot instead of copying)."""
+    def _store(
+        self, k_tok: Tensor, v_tok: Tensor, extra: int = 0, head_major: bool | None = None
+    ) -> None:
+        """Hold rows ``[B, n, Hkv, D]`` (any strides) in fresh buffers with room for the rows
+        the run will still append (so a decode step writes one slot instead of copying),
+        head-major when the rows are per KV head (``head_major`` None) or asked."""
         B, n, H, D = k_tok.shape
         cap = n + max(extra, self.cache.run.rows_to_come())
-        self._k, self._v = k_tok.new_empty(B, cap, H, D), v_tok.new_empty(B, cap, H, D)
+        hm = self.per_head if head_major is None else head_major
+        self._k, self._v = _alloc(k_tok, B, cap, H, D, hm), _alloc(v_tok, B, cap, H, D, hm)
         self._k[:, :n], self._v[:, :n] = k_tok, v_tok
         self._n = n
 
@@ -112,7 +121,8 @@ class AVLLayer(DynamicLayer):
     @property
     def per_head(self) -> bool:
         """Whether each KV head holds its own rows (bookkeeping ``[B, Hkv, R]``)."""
-        return self.rows["valid"].dim() == 3
+        valid = self.rows.get("valid")
+        return valid is not None and valid.dim() == 3
 
     def split_heads(self) -> None:
         """Give every KV head its own rows: bookkeeping ``[B, R]`` → ``[B, Hkv, R]``."""
@@ -150,7 +160,7 @@ class AVLLayer(DynamicLayer):
             new_rows[name] = torch.full_like(new_rows["pos"], value, dtype=dtype)
         if not self.is_initialized or self.num_rows == 0:
             self.lazy_initialization(key_states, value_states)
-            self._store(key_states.transpose(1, 2), value_states.transpose(1, 2))
+            self._store(key_states.transpose(1, 2), value_states.transpose(1, 2), head_major=False)
             self.rows = new_rows
             return key_states, value_states  # prefill attention reads the fresh head-major states
         q = key_states.shape[2]
@@ -221,12 +231,7 @@ class AVLLayer(DynamicLayer):
             return None
         # Stable sort puts kept rows first, in their original order.
         order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[..., :m]
-        B, _, H, D = self._k.shape
-        if self.per_head:  # [B, Hkv, m] -> per (token slot, head) gather of the storage
-            kv_idx = order.transpose(1, 2)[..., None].expand(B, m, H, D)
-        else:
-            kv_idx = order[:, :, None, None].expand(B, m, H, D)
-        self._store(self._k[:, : self._n].gather(1, kv_idx), self._v[:, : self._n].gather(1, kv_idx))
+        self._store(_take(self._k, order), _take(self._v, order))
         rows = {k: t.gather(-1, order) for k, t in self.rows.items()}
         rows["valid"] = torch.arange(m, device=counts.device) < counts[..., None]
         self.rows = rows
@@ -237,6 +242,36 @@ class AVLLayer(DynamicLayer):
         if self._k is None:
             return 0
         return self._k.numel() * self._k.element_size() * 2
+
+
+def _alloc(like: Tensor, B: int, cap: int, H: int, D: int, head_major: bool) -> Tensor:
+    """An empty ``[B, cap, H, D]`` buffer, stored token-major or head-major (``[B, H, cap, D]``
+    memory, each head's slots one run)."""
+    if head_major:
+        return like.new_empty(B, H, cap, D).transpose(1, 2)
+    return like.new_empty(B, cap, H, D)
+
+
+def _take(t: Tensor, order: Tensor) -> Tensor:
+    """Rows ``order`` of a whole storage buffer ``t`` (``[B, cap, H, D]``, either layout) as
+    ``[B, m, H, D]``: per head (``order`` ``[B, H, m]``) with head-major strides, else
+    (``[B, m]``, token-major ``t``) token-major. One ``index_select`` over ``D``-runs (per
+    head) or ``H * D``-runs (shared), several times faster than ``gather`` with an expanded
+    ``[B, m, H, D]`` index."""
+    B, cap, H, D = t.shape
+    s0, s1, s2, _ = t.stride()
+    b = torch.arange(B, device=order.device)
+    m = order.shape[-1]
+    if order.dim() == 3:
+        h = torch.arange(H, device=order.device)
+        rows = (b[:, None, None] * s0 + order * s1 + h[None, :, None] * s2) // D  # [B, H, m]
+        flat = torch.as_strided(t, (t.numel() // D, D), (D, 1))
+        return flat.index_select(0, rows.reshape(-1)).view(B, H, m, D).transpose(1, 2)
+    if s2 != D or s1 != H * D:  # shared rows of head-major storage: a run per head
+        return _take(t, order[:, None].expand(B, H, m)).contiguous()
+    flat = torch.as_strided(t, (t.numel() // (H * D), H * D), (H * D, 1))
+    rows = (b[:, None] * (s0 // (H * D)) + order).reshape(-1)
+    return flat.index_select(0, rows).view(B, m, H, D)
 
 
 class AVLCache(Cache):

@@ -11,15 +11,17 @@
 // caches, (batch, row split) with all heads for token-major ones. A task handles all
 // G = Hq / Hkv query heads of a kv head together so each K/V row is read once: pass 1 reads the
 // K rows (software prefetch ahead) into scores, pass 2 the V rows into a float accumulator
-// (fp32 accumulation for every dtype). Row splits are merged by log-sum-exp, then the
+// (fp32 accumulation for every dtype). With GQA (G > 1) a row is also loaded into registers
+// (and converted from bf16/fp16) once for its group: kdots keeps one accumulator per query
+// head, vblock keeps the group's output accumulators in registers over a block of rows. Row splits are merged by log-sum-exp, then the
 // head-averaged probabilities (over all query heads, or per kv head) are formed from the stored
 // exponentials.
 //
 // Per-head rows ([B, Hkv, n]) run through the same loops, kv head h reading its own index row;
-// per-head rows that are the same for every head run exactly as shared rows. On a token-major
-// cache per-head rows cost more than shared rows of the same bytes: a shared selected token is
-// one Hkv * D run (16 KiB fp32 for LLaVA) read for all heads, a per-head one a D run (512 B)
-// per head, and this loop reads random 512 B runs at little over half the speed of 16 KiB ones
+// per-head rows that are the same for every head run exactly as shared rows. Per-head rows are
+// as fast as shared ones when each head's rows are one run (the engine stores rows per KV
+// head head-major, compacted: a per-head budget's rows stream); scattered 512 B rows (a
+// per-head subset of the stored rows) read at ~2/3 of the speed of 16 KiB token runs
 // (benchmarks/README.md, "Per-head rows"; other visit orders, prefetch distances and hints
 // did no better).
 #include <torch/extension.h>
@@ -48,6 +50,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kPrefetchRows = 16;   // head-major: rows of one head fetched ahead
 constexpr int64_t kTokenBlock = 8;      // token-major: tokens per block (see for_pairs)
 constexpr int64_t kMinRowsPerSplit = 128;
+constexpr int64_t kVBlock = 32;         // GQA V pass: rows per register-accumulator block
 
 inline void prefetch_row(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
@@ -201,6 +204,105 @@ inline void axpy(float p, const T* r, float* acc, int64_t D) {  // acc += p * r
   for (int64_t d = 0; d < D; ++d) acc[d] += p * static_cast<float>(r[d]);
 }
 
+// GQA row kernels: one K or V row applied to GB (<= kMaxGB) query heads of its group with the
+// row loaded (and, for bf16/fp16, converted) once. kdots: s[g] = q_g . row for the GB query
+// vectors at q + g * D (GB accumulators, one per query head). vblock: acc_g += p_g[j] * V[row j]
+// for the rows of a block, acc (stride D per query head) kept in registers DV vectors at a time
+// while the block's rows stream through.
+constexpr int kMaxGB = 8;
+#if AVL_SIMD
+// V sweeps: kDV vectors of D for up to kMaxGBV query heads at a time, kMaxGBV * kDV
+// accumulators + kDV row vectors + a broadcast within the 32 (AVX-512) / 16 (AVX2) registers.
+constexpr int kDV = AVL_SIMD == 16 ? 4 : 1;
+constexpr int kMaxGBV = AVL_SIMD == 16 ? 6 : 8;
+
+template <int NV, int GB, typename T>
+inline void kdots(const float* q, const T* row, int64_t D, float* s) {
+  vf acc[GB];
+#pragma GCC unroll 8
+  for (int g = 0; g < GB; ++g) acc[g] = vzero();
+#pragma GCC unroll 16
+  for (int i = 0; i < NV; ++i) {
+    const vf r = vld(row + i * W);
+#pragma GCC unroll 8
+    for (int g = 0; g < GB; ++g) acc[g] = vfma(vld(q + g * D + i * W), r, acc[g]);
+  }
+#pragma GCC unroll 8
+  for (int g = 0; g < GB; ++g) s[g] = vsum(acc[g]);
+}
+
+// rows: the block's row pointers (nullptr = padding); p: probabilities of query head g at
+// p[g * pstride + j] for the block's j-th row.
+template <int NV, int GB, typename T>
+inline void vblock(const T* const* rows, int64_t nrows, const float* p, int64_t pstride,
+                   float* acc, int64_t D) {
+  static_assert(NV % kDV == 0, "V sweep width must divide D");
+  for (int dc = 0; dc < NV; dc += kDV) {
+    vf a[GB][kDV];
+#pragma GCC unroll 8
+    for (int g = 0; g < GB; ++g) {
+#pragma GCC unroll 8
+      for (int u = 0; u < kDV; ++u) a[g][u] = vld(acc + g * D + (dc + u) * W);
+    }
+    for (int64_t j = 0; j < nrows; ++j) {
+      if (rows[j] == nullptr) continue;
+      vf r[kDV];
+#pragma GCC unroll 8
+      for (int u = 0; u < kDV; ++u) r[u] = vld(rows[j] + (dc + u) * W);
+#pragma GCC unroll 8
+      for (int g = 0; g < GB; ++g) {
+        const vf pv = vset(p[g * pstride + j]);
+#pragma GCC unroll 8
+        for (int u = 0; u < kDV; ++u) a[g][u] = vfma(pv, r[u], a[g][u]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int g = 0; g < GB; ++g) {
+#pragma GCC unroll 8
+      for (int u = 0; u < kDV; ++u) vst(acc + g * D + (dc + u) * W, a[g][u]);
+    }
+  }
+}
+
+// The G query heads of a group in chunks of at most kMaxGB (a runtime count mapped onto the
+// compile-time kernels).
+template <int NV, typename T>
+inline void kdots_chunk(const float* q, const T* row, int64_t gb, int64_t D, float* s) {
+  switch (gb) {
+    case 1: kdots<NV, 1>(q, row, D, s); break;
+    case 2: kdots<NV, 2>(q, row, D, s); break;
+    case 3: kdots<NV, 3>(q, row, D, s); break;
+    case 4: kdots<NV, 4>(q, row, D, s); break;
+    case 5: kdots<NV, 5>(q, row, D, s); break;
+    case 6: kdots<NV, 6>(q, row, D, s); break;
+    case 7: kdots<NV, 7>(q, row, D, s); break;
+    default: kdots<NV, 8>(q, row, D, s); break;
+  }
+}
+
+template <int NV, typename T>
+inline void vblock_group(const T* const* rows, int64_t nrows, const float* p, int64_t pstride,
+                         float* acc, int64_t G, int64_t D) {
+  const int64_t nch = (G + kMaxGBV - 1) / kMaxGBV;  // balanced chunks: G = 7 -> 4 + 3
+  for (int64_t c = 0, g0 = 0; c < nch; ++c) {
+    const int64_t gb = G / nch + (c < G % nch ? 1 : 0);
+    const float* pg = p + g0 * pstride;
+    float* ag = acc + g0 * D;
+    switch (gb) {
+      case 1: vblock<NV, 1>(rows, nrows, pg, pstride, ag, D); break;
+      case 2: vblock<NV, 2>(rows, nrows, pg, pstride, ag, D); break;
+      case 3: vblock<NV, 3>(rows, nrows, pg, pstride, ag, D); break;
+      case 4: vblock<NV, 4>(rows, nrows, pg, pstride, ag, D); break;
+      case 5: vblock<NV, 5>(rows, nrows, pg, pstride, ag, D); break;
+      case 6: vblock<NV, 6>(rows, nrows, pg, pstride, ag, D); break;
+      case 7: vblock<NV, 7>(rows, nrows, pg, pstride, ag, D); break;
+      default: vblock<NV, 8>(rows, nrows, pg, pstride, ag, D); break;
+    }
+    g0 += gb;
+  }
+}
+#endif
+
 struct Shape {
   int64_t B, Hq, Hkv, G, N, D, n, nsplit, chunk;
   int64_t k_sb, k_sh, k_sn, v_sb, v_sh, v_sn;  // strides in elements
@@ -249,18 +351,45 @@ void attend_task(const Shape& sh, const T* q, const T* k, const T* v, const int6
   std::fill(m.begin(), m.begin() + nq, kNegInf);
 
   // Pass 1: scores from the K rows, prefetching the row `pf` rows (or tokens) ahead.
-  for_pairs(sh.token_outer, h0, h1, j0, j1, [&](int64_t h, int64_t j) {
-    const int64_t* idx = ab + h * sh.a_sh;
-    if (j + pf < j1 && idx[j + pf] >= 0)
-      prefetch_row(kb + h * sh.k_sh + idx[j + pf] * sh.k_sn, row_bytes);
-    const int64_t a = idx[j], i0 = (h - h0) * G;
-    const T* row = kb + h * sh.k_sh + a * sh.k_sn;
-    for (int64_t g = 0; g < G; ++g) {
-      const float s = a < 0 ? kNegInf : dot<NV>(qf.data() + (i0 + g) * D, row, D);
-      Sb[(i0 + g) * n + j] = s;
-      m[i0 + g] = std::max(m[i0 + g], s);
+  bool grouped = false;
+#if AVL_SIMD
+  if constexpr (NV > 0) {
+    if (G > 1) {  // GQA: each row loaded once for (chunks of kMaxGB of) the group's query heads
+      grouped = true;
+      for_pairs(sh.token_outer, h0, h1, j0, j1, [&](int64_t h, int64_t j) {
+        const int64_t* idx = ab + h * sh.a_sh;
+        if (j + pf < j1 && idx[j + pf] >= 0)
+          prefetch_row(kb + h * sh.k_sh + idx[j + pf] * sh.k_sn, row_bytes);
+        const int64_t a = idx[j], i0 = (h - h0) * G;
+        const T* row = kb + h * sh.k_sh + a * sh.k_sn;
+        for (int64_t g0 = 0; g0 < G; g0 += kMaxGB) {
+          const int64_t gb = std::min<int64_t>(kMaxGB, G - g0);
+          float s[kMaxGB];
+          if (a < 0) std::fill(s, s + gb, kNegInf);
+          else kdots_chunk<NV>(qf.data() + (i0 + g0) * D, row, gb, D, s);
+          for (int64_t g = 0; g < gb; ++g) {
+            Sb[(i0 + g0 + g) * n + j] = s[g];
+            m[i0 + g0 + g] = std::max(m[i0 + g0 + g], s[g]);
+          }
+        }
+      });
     }
-  });
+  }
+#endif
+  if (!grouped) {
+    for_pairs(sh.token_outer, h0, h1, j0, j1, [&](int64_t h, int64_t j) {
+      const int64_t* idx = ab + h * sh.a_sh;
+      if (j + pf < j1 && idx[j + pf] >= 0)
+        prefetch_row(kb + h * sh.k_sh + idx[j + pf] * sh.k_sn, row_bytes);
+      const int64_t a = idx[j], i0 = (h - h0) * G;
+      const T* row = kb + h * sh.k_sh + a * sh.k_sn;
+      for (int64_t g = 0; g < G; ++g) {
+        const float s = a < 0 ? kNegInf : dot<NV>(qf.data() + (i0 + g) * D, row, D);
+        Sb[(i0 + g) * n + j] = s;
+        m[i0 + g] = std::max(m[i0 + g], s);
+      }
+    });
+  }
   // Start the first V rows while the exponentials are computed.
   for (int64_t h = h0; h < (sh.token_outer ? h1 : h0 + 1); ++h) {
     const int64_t* idx = ab + h * sh.a_sh;
@@ -308,6 +437,34 @@ void attend_task(const Shape& sh, const T* q, const T* k, const T* v, const int6
   }
 #endif
   std::fill(accf.begin(), accf.begin() + nq * D, 0.f);
+#if AVL_SIMD
+  if constexpr (NV > 0) {
+    if (G > 1) {  // blocks of rows, each loaded once for the G query heads
+      const int64_t blk = kVBlock;  // register accumulators live over a block of rows
+      const T* rows[kVBlock];
+      auto block = [&](int64_t h, int64_t jb) {
+        const int64_t je = std::min(j1, jb + blk), i0 = (h - h0) * G;
+        const T* vh = vb + h * sh.v_sh;
+        const int64_t* idx = ab + h * sh.a_sh;
+        for (int64_t j = jb; j < je; ++j) {
+          if (j + pf < j1 && idx[j + pf] >= 0) prefetch_row(vh + idx[j + pf] * sh.v_sn, row_bytes);
+          rows[j - jb] = idx[j] < 0 ? nullptr : vh + idx[j] * sh.v_sn;
+        }
+        vblock_group<NV>(rows, je - jb, Sb + i0 * n + jb, n, accf.data() + i0 * D, G, D);
+      };
+      if (sh.token_outer) {
+        for (int64_t jb = j0; jb < j1; jb += blk)
+          for (int64_t h = h0; h < h1; ++h) block(h, jb);
+      } else {
+        for (int64_t h = h0; h < h1; ++h)
+          for (int64_t jb = j0; jb < j1; jb += blk) block(h, jb);
+      }
+      for (int64_t i = 0; i < nq; ++i)
+        std::copy(accf.begin() + i * D, accf.begin() + (i + 1) * D, out0 + i * ns * D);
+      return;
+    }
+  }
+#endif
   for_pairs(sh.token_outer, h0, h1, j0, j1, [&](int64_t h, int64_t j) {
     const int64_t* idx = ab + h * sh.a_sh;
     if (j + pf < j1 && idx[j + pf] >= 0)
