@@ -12,53 +12,48 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from dataclasses import dataclass
 
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
-    PreTrainedTokenizerFast,
-)
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from tokenizers import Tokenizer
+from transformers import LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
 
-from avl_lab.models.tiny import CHAT_TEMPLATE
-from avl_lab.models.tokenizer import SPECIAL_TOKENS, wrap_tokenizer
+from avl_lab.models.tiny import llava_config, llava_processor
+from avl_lab.models.tiny_common import DecoderSizes, build_seeded
+from avl_lab.models.tokenizer import train_bpe, wrap_tokenizer
 
 __all__ = ["AvlTinyConfig", "build_avl_tiny", "build_processor", "build_tokenizer"]
 
 
 @dataclass
-class AvlTinyConfig:
+class AvlTinyConfig(DecoderSizes):
     """Sizes of ``avl-tiny`` (defaults: ~2.5 M parameters, ~10 MB in fp32)."""
 
-    image_size: int = 160
-    """Input side in pixels."""
-    patch_size: int = 10
-    """ViT patch size; (image_size / patch_size)^2 image tokens (256 by default)."""
     vision_hidden_size: int = 128
     """ViT width."""
     vision_layers: int = 3
     """ViT depth."""
     vision_heads: int = 4
     """ViT attention heads."""
+    vision_mlp_ratio: int = 4
+    """ViT MLP width as a multiple of its width."""
     hidden_size: int = 192
     """Decoder width."""
     intermediate_size: int = 512
     """Decoder MLP width."""
-    num_hidden_layers: int = 4
-    """Decoder depth."""
     num_attention_heads: int = 6
     """Decoder query heads."""
     num_key_value_heads: int = 2
     """Decoder KV heads (grouped-query attention)."""
     vocab_size: int = 512
     """BPE vocabulary size (including the special tokens)."""
+    max_position_embeddings: int = 1024
+    """Decoder positions (prompts are ~300 tokens)."""
+    num_hidden_layers: int = 4
+    """Decoder depth."""
+    image_size: int = 160
+    """Input side in pixels."""
+    patch_size: int = 10
+    """ViT patch size; (image_size / patch_size)^2 image tokens (256 by default)."""
 
     def __post_init__(self) -> None:
         sizes = [f.name for f in dataclasses.fields(self)]
@@ -75,11 +70,7 @@ class AvlTinyConfig:
                 f"`image_size` ({self.image_size}) must be a multiple of `patch_size` "
                 f"({self.patch_size})"
             )
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                "`num_attention_heads` must be a multiple of `num_key_value_heads`, got "
-                f"{self.num_attention_heads} and {self.num_key_value_heads}"
-            )
+        super().__post_init__()
         if self.vocab_size < 300:
             raise ValueError(f"`vocab_size` must be >= 300, got {self.vocab_size}")
 
@@ -112,19 +103,9 @@ def _corpus() -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def _trained_bpe(vocab_size: int) -> str:
-    """The trained BPE as JSON (cached: training it takes a few seconds)."""
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        max_token_length=24,
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
-    return tok.to_str()
+    """The trained BPE as JSON (cached: training it takes a few seconds). Texts are not split
+    into words first, and merges are capped at 24 bytes."""
+    return train_bpe(_corpus(), vocab_size, split_words=False, max_token_length=24).to_str()
 
 
 def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -134,61 +115,18 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
 
 def build_processor(cfg: AvlTinyConfig, tok: PreTrainedTokenizerFast) -> LlavaProcessor:
     """``LlavaProcessor`` with a torchvision-free CLIP image processor and the chat template."""
-    side = cfg.image_size
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": side}, crop_size={"height": side, "width": side}, do_convert_rgb=True
-    )
-    return LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tok,
-        patch_size=cfg.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=CHAT_TEMPLATE,
-    )
+    return llava_processor("llava", cfg, tok)
 
 
 def build_avl_tiny(
     cfg: AvlTinyConfig | None = None, seed: int = 0
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """A freshly initialised ``avl-tiny`` (train mode) and its processor."""
+    """A freshly initialised ``avl-tiny`` (train mode, stopping at its end-of-sequence token)
+    and its processor: the LLaVA builder of :mod:`avl_lab.models.tiny` at avl-tiny's sizes."""
     cfg = cfg or AvlTinyConfig()
     tok = build_tokenizer(cfg.vocab_size)
-    vision = CLIPVisionConfig(
-        hidden_size=cfg.vision_hidden_size,
-        intermediate_size=4 * cfg.vision_hidden_size,
-        num_hidden_layers=cfg.vision_layers,
-        num_attention_heads=cfg.vision_heads,
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        projection_dim=cfg.vision_hidden_size,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads,
-        max_position_embeddings=1024,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=tok.image_token_id,
-        image_seq_length=cfg.image_seq_length,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-    )
-    config._attn_implementation = "sdpa"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config)
+    model = build_seeded(LlavaForConditionalGeneration, llava_config("llava", cfg, tok), tok, seed)
+    model.train()
     model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.bos_token_id = tok.bos_token_id
-    assert math.isqrt(cfg.image_seq_length) ** 2 == cfg.image_seq_length
     return model, build_processor(cfg, tok)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from transformers import (
     CLIPVisionConfig,
@@ -63,20 +63,37 @@ class TinyConfig(DecoderSizes):
         return math.isqrt(self.image_seq_length) * self.patch_size
 
 
-def _text_config(cfg: TinyConfig, tok: Any) -> LlamaConfig:
-    return LlamaConfig(**text_kwargs(cfg, tok))
+class LlavaSizes(Protocol):
+    """What the LLaVA builders read of a config (:class:`TinyConfig`, ``AvlTinyConfig``)."""
+
+    image_size: int
+    patch_size: int
+    image_seq_length: int
+    vision_hidden_size: int
 
 
-def _vision_config(cfg: TinyConfig) -> CLIPVisionConfig:
-    return CLIPVisionConfig(
-        **vision_kwargs(cfg),
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        projection_dim=cfg.vision_hidden_size,
+def llava_config(kind: str, cfg: LlavaSizes, tok: Any) -> LlavaConfig | LlavaNextConfig:
+    """The LLaVA (``kind="llava"``) or LLaVA-NeXT config of ``cfg``'s sizes: a CLIP ViT, the
+    two-layer projector, a Llama decoder; sdpa attention."""
+    common = dict(
+        vision_config=CLIPVisionConfig(**vision_kwargs(cfg), image_size=cfg.image_size,
+                                       patch_size=cfg.patch_size,
+                                       projection_dim=cfg.vision_hidden_size),
+        text_config=LlamaConfig(**text_kwargs(cfg, tok)),
+        image_token_id=tok.image_token_id,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
     )
+    if kind == "llava":
+        config = LlavaConfig(image_seq_length=cfg.image_seq_length, **common)
+    else:
+        config = LlavaNextConfig(image_grid_pinpoints=_pinpoints(cfg.image_size), **common)
+    config._attn_implementation = "sdpa"
+    return config
 
 
-def _processor(kind: str, cfg: TinyConfig, tok: Any) -> ProcessorMixin:
+def llava_processor(kind: str, cfg: LlavaSizes, tok: Any) -> ProcessorMixin:
+    """The torchvision-free LLaVA (or LLaVA-NeXT) processor with the chat template."""
     side = cfg.image_size
     common = dict(
         size={"shortest_edge": side},
@@ -145,18 +162,5 @@ def tiny_random(
         raise ValueError(f"`kind` must be one of {', '.join(KINDS)}; got {kind!r}")
     cfg = with_overrides(TinyConfig, overrides, "tiny_random")
     tok = tiny_tokenizer(cfg.vocab_size)
-    common = dict(
-        vision_config=_vision_config(cfg),
-        text_config=_text_config(cfg, tok),
-        image_token_id=tok.image_token_id,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-    )
-    if kind == "llava":
-        config = LlavaConfig(image_seq_length=cfg.image_seq_length, **common)
-        model_cls = LlavaForConditionalGeneration
-    else:
-        config = LlavaNextConfig(image_grid_pinpoints=_pinpoints(cfg.image_size), **common)
-        model_cls = LlavaNextForConditionalGeneration
-    config._attn_implementation = "sdpa"
-    return build_seeded(model_cls, config, tok, seed), _processor(kind, cfg, tok)
+    model_cls = LlavaForConditionalGeneration if kind == "llava" else LlavaNextForConditionalGeneration
+    return build_seeded(model_cls, llava_config(kind, cfg, tok), tok, seed), llava_processor(kind, cfg, tok)

@@ -39,9 +39,11 @@ class DecoderWidths:
     """
 
     vision_hidden_size: int = 32
-    """Vision-encoder width (its MLP is twice as wide)."""
+    """Vision-encoder width."""
     vision_layers: int = 2
     vision_heads: int = 2
+    vision_mlp_ratio: int = 2
+    """Vision-encoder MLP width as a multiple of its width."""
     hidden_size: int = 64
     """Decoder width."""
     intermediate_size: int = 128
@@ -137,12 +139,13 @@ def vision_kwargs(cfg: DecoderWidths) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``hidden_size``, ``intermediate_size`` (twice the width), ``num_hidden_layers`` and
+        ``hidden_size``, ``intermediate_size`` (``vision_mlp_ratio`` × the width),
+        ``num_hidden_layers`` and
         ``num_attention_heads``; the family adds image and patch sizes.
     """
     return dict(
         hidden_size=cfg.vision_hidden_size,
-        intermediate_size=2 * cfg.vision_hidden_size,
+        intermediate_size=cfg.vision_mlp_ratio * cfg.vision_hidden_size,
         num_hidden_layers=cfg.vision_layers,
         num_attention_heads=cfg.vision_heads,
     )

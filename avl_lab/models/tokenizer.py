@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -23,19 +24,36 @@ _CORPUS = [
 ]
 
 
-@functools.lru_cache(maxsize=16)
-def _train(vocab_size: int, extra_specials: tuple[str, ...] = ()) -> Tokenizer:
+def train_bpe(
+    corpus: Iterable[str],
+    vocab_size: int,
+    specials: Sequence[str] = tuple(SPECIAL_TOKENS),
+    *,
+    split_words: bool = True,
+    max_token_length: int | None = None,
+) -> Tokenizer:
+    """The lab's one BPE trainer: byte-level, deterministic, offline.
+
+    ``split_words`` splits on GPT-2's word regex before merging (False: a text is one piece,
+    so merges may span spaces, as avl-tiny's tokenizer does); ``max_token_length`` caps merges.
+    """
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split_words)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS + list(extra_specials),
+        special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        max_token_length=max_token_length,
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(corpus, trainer=trainer)
     return tok
+
+
+@functools.lru_cache(maxsize=16)
+def _train(vocab_size: int, extra_specials: tuple[str, ...] = ()) -> Tokenizer:
+    return train_bpe(_CORPUS * 4, vocab_size, SPECIAL_TOKENS + list(extra_specials))
 
 
 def wrap_tokenizer(
