@@ -30,7 +30,7 @@ from avl_lab.metrics.normalize import normalize_answer
 from avl_lab.metrics.ocrbench import OCRBenchScore, ocrbench_score
 from avl_lab.metrics.ppci import PPCI, ppci, ppci_rows
 from avl_lab.metrics.ptb import java_available, tokenize_captions
-from avl_lab.metrics.registry import METRIC_NAMES, build_metric, sample_score, score_rows
+from avl_lab.metrics.registry import build_metric, metric_names, sample_score, score_rows
 from avl_lab.metrics.relaxed_accuracy import RelaxedAccuracy, relaxed_accuracy
 from avl_lab.metrics.vqa_accuracy import VQAAccuracy, vqa_accuracy
 
@@ -63,3 +63,6 @@ __all__ = [
     "tokenize_captions",
     "vqa_accuracy",
 ]
+
+#: The registered metric names (each metric file registers its class with ``@register_metric``).
+METRIC_NAMES: tuple[str, ...] = metric_names()

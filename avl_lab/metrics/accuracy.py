@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from avl_lab.metrics._base import MeanScoreMetric, check_answers, check_prediction
+from avl_lab.metrics.registry import register_metric
 
 __all__ = ["Accuracy", "accuracy"]
 
@@ -17,6 +18,7 @@ def accuracy(prediction: str, answers: Sequence[str]) -> float:
     )
 
 
+@register_metric("accuracy", sample=accuracy)
 class Accuracy(MeanScoreMetric):
     """Streaming exact-match accuracy (mean over samples), summed across processes."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from avl_lab.metrics._base import MeanScoreMetric, check_answers, check_prediction
+from avl_lab.metrics.registry import register_metric
 
 __all__ = ["ANLS", "anls", "levenshtein"]
 
@@ -63,6 +64,7 @@ def anls(prediction: str, answers: Sequence[str], threshold: float = 0.5) -> flo
     return 0.0 if score < threshold else score
 
 
+@register_metric("anls", sample=anls)
 class ANLS(MeanScoreMetric):
     """Streaming ANLS (mean over samples), summed across processes.
 

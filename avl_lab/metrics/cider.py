@@ -27,6 +27,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from avl_lab.metrics._base import as_batch, check_answers, check_prediction
 from avl_lab.metrics.ptb import tokenize_captions
+from avl_lab.metrics.registry import register_metric
 
 __all__ = ["CIDEr", "CiderResult", "cider", "cider_d", "cider_score"]
 
@@ -170,6 +171,7 @@ def _encode(obj: object) -> torch.Tensor:
     return torch.tensor(list(json.dumps(obj).encode("utf-8")), dtype=torch.uint8)
 
 
+@register_metric("cider")
 class CIDEr(Metric):
     """Streaming corpus CIDEr-D.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from avl_lab.metrics._base import MeanScoreMetric, as_batch, check_answers, check_prediction
+from avl_lab.metrics.registry import register_metric
 
 __all__ = ["OCRBenchScore", "ocrbench_score"]
 
@@ -57,6 +58,7 @@ def ocrbench_score(prediction: str, answers: Sequence[str], dataset: str | None 
     return 1.0 if hit else 0.0
 
 
+@register_metric("ocrbench", sample=ocrbench_score)
 class OCRBenchScore(MeanScoreMetric):
     """Streaming OCRBench score (mean of 0/1 sample scores), summed across processes.
 

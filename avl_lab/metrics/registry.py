@@ -4,42 +4,45 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from torchmetrics import Metric
 
-from avl_lab.metrics.accuracy import Accuracy, accuracy
-from avl_lab.metrics.anls import ANLS, anls
-from avl_lab.metrics.cider import CIDEr
-from avl_lab.metrics.ocrbench import OCRBenchScore, ocrbench_score
-from avl_lab.metrics.relaxed_accuracy import RelaxedAccuracy, relaxed_accuracy
-from avl_lab.metrics.vqa_accuracy import VQAAccuracy, vqa_accuracy
+__all__ = ["SAMPLE_SCORERS", "build_metric", "metric_names", "register_metric", "sample_score",
+           "score_rows"]
 
-__all__ = ["METRIC_NAMES", "SAMPLE_SCORERS", "build_metric", "sample_score", "score_rows"]
+M = TypeVar("M", bound=type[Metric])
 
-_BUILDERS: dict[str, Callable[..., Metric]] = {
-    "anls": ANLS,
-    "vqa_accuracy": VQAAccuracy,
-    "ocrbench": OCRBenchScore,
-    "cider": CIDEr,
-    "accuracy": Accuracy,
-    "relaxed_accuracy": RelaxedAccuracy,
-}
-METRIC_NAMES: tuple[str, ...] = tuple(_BUILDERS)
-
+_BUILDERS: dict[str, Callable[..., Metric]] = {}
 #: Per-sample scorers; ``cider`` has none (its idf needs the whole corpus).
-SAMPLE_SCORERS: dict[str, Callable[[str, Sequence[str]], float]] = {
-    "anls": anls,
-    "vqa_accuracy": vqa_accuracy,
-    "ocrbench": ocrbench_score,
-    "accuracy": accuracy,
-    "relaxed_accuracy": relaxed_accuracy,
-}
+SAMPLE_SCORERS: dict[str, Callable[..., float]] = {}
+
+
+def register_metric(name: str, sample: Callable[..., float] | None = None) -> Callable[[M], M]:
+    """Class decorator registering a streaming metric under the dataset ``metric`` name
+    ``name``, with its per-sample scorer ``sample`` (None: corpus-level only, like CIDEr)."""
+
+    def deco(cls: M) -> M:
+        if name in _BUILDERS:
+            raise ValueError(f"metric {name!r} is already registered")
+        _BUILDERS[name] = cls
+        if sample is not None:
+            SAMPLE_SCORERS[name] = sample
+        return cls
+
+    return deco
+
+
+def metric_names() -> tuple[str, ...]:
+    """The registered metric names, in registration order (the order of ``metrics/__init__``)."""
+    import avl_lab.metrics  # noqa: F401  (each metric module registers itself)
+
+    return tuple(_BUILDERS)
 
 
 def _check(name: str) -> None:
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRIC_NAMES)}")
+    if name not in metric_names():
+        raise ValueError(f"unknown metric {name!r}; known: {', '.join(metric_names())}")
 
 
 def build_metric(name: str, **kwargs) -> Metric:
@@ -58,7 +61,7 @@ def sample_score(
     _check(name)
     if name == "ocrbench":
         info = json.loads(meta) if isinstance(meta, str) else (meta or {})
-        return ocrbench_score(prediction, answers, info.get("dataset"))
+        return SAMPLE_SCORERS[name](prediction, answers, info.get("dataset"))
     fn = SAMPLE_SCORERS.get(name)
     return None if fn is None else fn(prediction, answers)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from avl_lab.metrics._base import MeanScoreMetric, check_answers, check_prediction
+from avl_lab.metrics.registry import register_metric
 
 __all__ = ["MAX_RELATIVE_CHANGE", "RelaxedAccuracy", "relaxed_accuracy", "relaxed_correctness"]
 
@@ -84,6 +85,7 @@ def relaxed_accuracy(
     return 1.0 if hit else 0.0
 
 
+@register_metric("relaxed_accuracy", sample=relaxed_accuracy)
 class RelaxedAccuracy(MeanScoreMetric):
     """Streaming relaxed accuracy (mean over samples), summed across processes.
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from avl_lab.metrics._base import MeanScoreMetric, check_answers, check_prediction
 from avl_lab.metrics.normalize import normalize_answer
+from avl_lab.metrics.registry import register_metric
 
 __all__ = ["VQAAccuracy", "vqa_accuracy"]
 
@@ -45,6 +46,7 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     return sum(accs) / len(accs)
 
 
+@register_metric("vqa_accuracy", sample=vqa_accuracy)
 class VQAAccuracy(MeanScoreMetric):
     """Streaming VQA accuracy (mean over samples), summed across processes."""
 
