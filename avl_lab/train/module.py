@@ -27,6 +27,17 @@ SCENE_KEYS = (
 GLYPH_SCALE = 16.0
 
 
+#: The auxiliary losses added to the answer-token loss, in this order: name -> the
+#: :class:`~avl_lab.train.config.TrainConfig` field that weights it (0 turns it off).
+AUX_LOSSES: dict[str, str] = {
+    "glyph_loss": "glyph_loss_weight",      # image tokens name their cell's character
+    "read_loss": "read_attention_weight",   # the guided head attends to the answer's cell
+    "region_loss": "read_attention_weight", # ... and to easy-vqa's shape
+    "slot_loss": "slot_attention_weight",   # the slot head compares asked and seen (+ probe)
+    "scene_loss": "scene_loss_weight",      # a probe reads colour and kind off the shape
+}
+
+
 def lr_factor(step: int, warmup: int, progress: float, min_ratio: float) -> float:
     """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to ``min_ratio``.
 
@@ -97,32 +108,23 @@ class AvlTinyModule(L.LightningModule):
         self.samples_seen = (self.global_step + 1) * n
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=n)
         out = {"loss": loss, "answer_loss": loss.detach()}
-        if glyphs is not None and self.cfg.glyph_loss_weight > 0 and (glyphs >= 0).any():
-            aux = self.glyph_loss(captured[0], glyphs)
-            self.log("train/glyph_loss", aux, on_step=True, batch_size=n)
-            out["loss"] = loss + self.cfg.glyph_loss_weight * aux
-            out["glyph_loss"] = aux.detach()
+        aux: dict[str, torch.Tensor] = {}  # the active auxiliary losses, in AUX_LOSSES order
+        if glyphs is not None and c.glyph_loss_weight > 0 and (glyphs >= 0).any():
+            aux["glyph_loss"] = self.glyph_loss(captured[0], glyphs)
         if guided:
-            read = probe.loss(reads)
-            self.log("train/read_loss", read, on_step=True, batch_size=n)
-            out["loss"] = out["loss"] + self.cfg.read_attention_weight * read
-            out["read_loss"] = read.detach()
+            aux["read_loss"] = probe.loss(reads)
         if regions:
-            region = probe.region_loss(scene["region_queries"], scene["region_keys"])
-            self.log("train/region_loss", region, on_step=True, batch_size=n)
-            out["loss"] = out["loss"] + self.cfg.read_attention_weight * region
-            out["region_loss"] = region.detach()
+            aux["region_loss"] = probe.region_loss(scene["region_queries"], scene["region_keys"])
         if asked is not None and asked.any():
             slot = slot_probe.region_loss(asked, scene["slot_keys"], scene["slot_match"])
-            slot = slot + self.match_loss(slot_out[0], asked, scene["slot_match"])
-            self.log("train/slot_loss", slot, on_step=True, batch_size=n)
-            out["loss"] = out["loss"] + self.cfg.slot_attention_weight * slot
-            out["slot_loss"] = slot.detach()
-        if scene and self.cfg.scene_loss_weight > 0 and scene["scene_patches"].any():
-            aux = self.scene_loss(captured[0], scene["scene_labels"], scene["scene_patches"])
-            self.log("train/scene_loss", aux, on_step=True, batch_size=n)
-            out["loss"] = out["loss"] + self.cfg.scene_loss_weight * aux
-            out["scene_loss"] = aux.detach()
+            aux["slot_loss"] = slot + self.match_loss(slot_out[0], asked, scene["slot_match"])
+        if scene and c.scene_loss_weight > 0 and scene["scene_patches"].any():
+            aux["scene_loss"] = self.scene_loss(captured[0], scene["scene_labels"],
+                                                scene["scene_patches"])
+        for name, value in aux.items():
+            self.log(f"train/{name}", value, on_step=True, batch_size=n)
+            out["loss"] = out["loss"] + getattr(c, AUX_LOSSES[name]) * value
+            out[name] = value.detach()
         return out
 
     def match_loss(
