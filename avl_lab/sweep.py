@@ -106,7 +106,7 @@ def _main(argv: list[str]) -> int:
     check_out_dir(out)
     url = driver.storage_url(sweep.storage, out)  # checked before any evaluation runs
     if not sweep.report:  # model files, data, the fixed layer: before the storage is written
-        preflight(base, [driver._paper_default(cfg)])
+        preflight(base, [driver.paper_default(cfg)])
         study_config.check_layers(cfg, check_model(base), base.model.name,
                                   str(study_config.study_path(sweep.study)))
     if args.check:

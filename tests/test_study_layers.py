@@ -16,7 +16,7 @@ from avl_lab.errors import ConfigError
 from avl_lab.evaluation.policy_spec import check_policy
 from avl_lab.policies.scope import Scoped
 from avl_lab.study.config import StudyConfig, check_layers, load_study
-from avl_lab.study.driver import _paper_default
+from avl_lab.study.driver import paper_default
 from avl_lab.study.space import first_layer, suggest, to_policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +62,7 @@ def test_suggest_draws_L_from_its_range(tmp_path):
         assert set(raw) == {"S", "C", "K", "P", "T", "L"}
         seen.add(raw["L"])
     assert seen == {0, 1, 2, 3}
-    assert _paper_default(cfg)["layers"] == "0-"  # the paper tiers every layer
+    assert paper_default(cfg)["layers"] == "0-"  # the paper tiers every layer
 
 
 @pytest.mark.parametrize(("changes", "key"), [

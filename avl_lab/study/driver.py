@@ -203,11 +203,6 @@ def load(cfg: StudyConfig, storage: str | RDBStorage, offset: int = 0) -> optuna
     return study
 
 
-def eval_point(base: EvalConfig, policy: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Evaluate ``policy`` once; results are cached under ``out/evals/<config hash>``."""
-    return evaluate_policy(base, policy, out)
-
-
 def _count(study: optuna.Study, *states: TrialState) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
@@ -234,11 +229,11 @@ def run(cfg: StudyConfig, base: EvalConfig, out: Path, storage: str | None,
     if done:
         log.info("resuming study %s: %d of %d trials complete", cfg.name, done, target)
     study.sampler = make_sampler(cfg, offset=len(study.trials))
-    for attr, policy in (("full", {"name": "full"}), ("paper_default", _paper_default(cfg))):
+    for attr, policy in (("full", {"name": "full"}), ("paper_default", paper_default(cfg))):
         if attr not in study.user_attrs:
             log.info("study %s: evaluating the %s reference point (%s)", cfg.name,
                      attr.replace("_", " "), " ".join(f"{k}={v}" for k, v in policy.items()))
-            point = eval_point(base, policy, out)
+            point = evaluate_policy(base, policy, out)
             study.set_user_attr(attr, {"policy": policy, **point})
             study.set_user_attr("metric", point["metric"])
 
@@ -250,7 +245,7 @@ def run(cfg: StudyConfig, base: EvalConfig, out: Path, storage: str | None,
             study.stop()
             raise optuna.TrialPruned(f"the study already has {target} trials")
         policy = to_policy(suggest(trial, cfg), cfg.fixed)
-        res = eval_point(base, policy, out)
+        res = evaluate_policy(base, policy, out)
         trial.set_user_attr("policy", policy)
         for key in ("score", "stored", "used", "n", "out_dir"):
             trial.set_user_attr(key, res[key])
@@ -281,10 +276,6 @@ def _full_dir(base: EvalConfig, out: Path) -> str:
     return str(Path(out) / "evals" / result_key(cfg))
 
 
-def _paper_default(cfg: StudyConfig) -> dict[str, Any]:
+def paper_default(cfg: StudyConfig) -> dict[str, Any]:
     params = {k: v for k, v in PAPER_DEFAULT.items() if k in cfg.space or k in cfg.fixed}
     return to_policy({k: v for k, v in params.items() if k not in cfg.fixed}, cfg.fixed)
-
-
-def study_summary(study: optuna.Study) -> dict[str, Any]:
-    return json.loads(json.dumps({"name": study.study_name, **study.user_attrs}, default=str))
