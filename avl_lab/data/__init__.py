@@ -56,7 +56,7 @@ a :class:`SkippedRows` for the run summary (or decode single values with
 # import order is registration order, i.e. the order of names()
 from avl_lab.data import synth_docvqa, synth_textvqa, synth_ocr, synth_caption  # isort: skip
 from avl_lab.data import easy_vqa, lmms  # isort: skip
-from avl_lab.data.cache import cache_root
+from avl_lab.data.cache_dir import cache_root
 from avl_lab.data.images import CorruptImageWarning, SkippedRows, iter_valid_rows, safe_image
 from avl_lab.data.lmms import DatasetNotAvailableError
 from avl_lab.data.registry import TaskSpec, get, load, metric_for, names

@@ -53,7 +53,7 @@ from datasets import Dataset, DatasetDict, Image, load_from_disk
 from datasets.exceptions import DatasetsError
 from datasets.table import InMemoryTable
 
-from avl_lab.data.cache import cache_root
+from avl_lab.data.cache_dir import cache_root
 from avl_lab.data.lmms_tasks import BENCHMARKS, Benchmark
 from avl_lab.data.registry import register
 from avl_lab.data.schema import COLUMNS, dump_meta

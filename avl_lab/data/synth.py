@@ -32,7 +32,7 @@ from datasets import Dataset, load_from_disk
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from PIL import Image
 
-from avl_lab.data.cache import cache_root
+from avl_lab.data.cache_dir import cache_root
 from avl_lab.data.render import font_signature, png_bytes
 from avl_lab.data.schema import dump_meta, row_features
 

@@ -5,7 +5,7 @@ policies without pulling in the whole engine.
 
 The map — layers, who imports whom, the lifecycle of one ``generate`` call under a policy
 (prefill → prune → evict → decode steps → update steps) and the tensor notation — is
-``docs/ARCHITECTURE.md``. The step clock is :meth:`avl_lab.engine.run.Run.begin_forward`,
+``docs/ARCHITECTURE.md``. The step clock is :meth:`avl_lab.engine.generation.Run.begin_forward`,
 called once per forward by the text model's pre-hook (:mod:`avl_lab.engine.prune_hooks`).
 """
 

@@ -18,7 +18,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from avl_lab import ext
 from avl_lab.engine import prefill_scores
 from avl_lab.engine.cache import AVLLayer
-from avl_lab.engine.run import PruneState, Run
+from avl_lab.engine.generation import PruneState, Run
 from avl_lab.policies.base import both, heads
 
 ATTN_NAME = "avl_lab"

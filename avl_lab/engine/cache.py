@@ -38,7 +38,7 @@ from torch import Tensor
 from transformers.cache_utils import Cache, DynamicLayer
 
 if TYPE_CHECKING:
-    from avl_lab.engine.run import Run
+    from avl_lab.engine.generation import Run
 
 _META = ("valid", "pos", "tok", "mod")
 

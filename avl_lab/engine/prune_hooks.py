@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 def make_text_hook(session: Session):
     """A pre-hook on the text model, once per forward: the run's step clock
-    (:meth:`~avl_lab.engine.run.Run.begin_forward`), and in prefill the family's capture of
+    (:meth:`~avl_lab.engine.generation.Run.begin_forward`), and in prefill the family's capture of
     per-forward extras."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):

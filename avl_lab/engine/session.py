@@ -12,9 +12,9 @@ from transformers.masking_utils import sdpa_mask
 
 from avl_lab.engine.attention import ATTN_NAME, avl_attention
 from avl_lab.engine.families import Family, family_of
+from avl_lab.engine.generation import Run
 from avl_lab.engine.layout import token_layout
 from avl_lab.engine.prune_hooks import make_pre_hook, make_text_hook
-from avl_lab.engine.run import Run
 from avl_lab.engine.stats import CacheStats, steps_until_eos
 from avl_lab.policies import Policy, build
 

@@ -24,7 +24,7 @@ every caller), and :class:`ScoreMean` streams the mean of those scores.
 from avl_lab.metrics._base import ScoreMean
 from avl_lab.metrics.accuracy import Accuracy, accuracy
 from avl_lab.metrics.anls import ANLS, anls
-from avl_lab.metrics.cache import CacheAccounting
+from avl_lab.metrics.cache_accounting import CacheAccounting
 from avl_lab.metrics.cider import CIDEr, CiderResult, cider, cider_d, cider_score
 from avl_lab.metrics.normalize import normalize_answer
 from avl_lab.metrics.ocrbench import OCRBenchScore, ocrbench_score

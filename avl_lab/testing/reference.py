@@ -22,7 +22,7 @@ from transformers import AttentionInterface, AttentionMaskInterface, DynamicCach
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from avl_lab.engine.run import Trace
+from avl_lab.engine.generation import Trace
 from avl_lab.engine.session import attach, decoder_layers
 
 REF_ATTN = "avl_lab_masked_reference"

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from avl_lab.engine.run import PruneState, Run
+    from avl_lab.engine.generation import PruneState, Run
 
 _FAMILIES: dict[str, Family] = {}
 

@@ -23,7 +23,7 @@ from torch import Tensor
 from avl_lab.engine.families.base import Family, register_family
 
 if TYPE_CHECKING:
-    from avl_lab.engine.run import PruneState, Run
+    from avl_lab.engine.generation import PruneState, Run
 
 
 @register_family
