@@ -137,16 +137,8 @@ def _processor(cfg: TinyGemma3Config, tok: PreTrainedTokenizerFast) -> Processor
 def build(seed: int = 0, **overrides: Any) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Build a small random ``Gemma3ForConditionalGeneration`` and its ``Gemma3Processor``.
 
-    Parameters
-    ----------
-    seed : int
-        Seeds the weights; the same seed gives the same model.
-    **overrides
-        Fields of :class:`TinyGemma3Config`.
-
-    Returns
-    -------
-    (model, processor)
+    ``seed`` seeds the weights; ``overrides`` are fields of :class:`TinyGemma3Config`. Returns
+    ``(model, processor)``:
         The model in eval mode (fp32, sdpa for text and vision) and its processor (left
         padding; 16 image tokens per image whatever its size).
     """

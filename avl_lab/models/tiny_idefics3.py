@@ -173,16 +173,8 @@ def _build(
 def build_idefics3(seed: int = 0, **overrides: Any) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Build a small random ``Idefics3ForConditionalGeneration`` and its ``Idefics3Processor``.
 
-    Parameters
-    ----------
-    seed : int
-        Seeds the weights; the same seed gives the same model.
-    **overrides
-        Fields of :class:`TinyIdefics3Config`.
-
-    Returns
-    -------
-    (model, processor)
+    ``seed`` seeds the weights; ``overrides`` are fields of :class:`TinyIdefics3Config`. Returns
+    ``(model, processor)``:
         The model in eval mode (fp32, sdpa) and its processor (left padding). Pass images
         nested per prompt, ``images=[[img0], [img1]]``; a flat list is also split by the
         prompts' ``<image>`` counts.
@@ -193,16 +185,8 @@ def build_idefics3(seed: int = 0, **overrides: Any) -> tuple[PreTrainedModel, Pr
 def build_smolvlm(seed: int = 0, **overrides: Any) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Build a small random ``SmolVLMForConditionalGeneration`` and its ``SmolVLMProcessor``.
 
-    Parameters
-    ----------
-    seed : int
-        Seeds the weights; the same seed gives the same model.
-    **overrides
-        Fields of :class:`TinyIdefics3Config`.
-
-    Returns
-    -------
-    (model, processor)
+    ``seed`` seeds the weights; ``overrides`` are fields of :class:`TinyIdefics3Config`. Returns
+    ``(model, processor)``:
         The model in eval mode (fp32, sdpa) and its processor (left padding). Pass images
         nested per prompt, ``images=[[img0], [img1]]`` (a flat list is one prompt's images).
     """

@@ -149,16 +149,8 @@ def _video_processor(size: dict[str, int]) -> BaseVideoProcessor:
 def build(seed: int = 0, **overrides: Any) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Build a small random ``InternVLForConditionalGeneration`` and its ``InternVLProcessor``.
 
-    Parameters
-    ----------
-    seed : int
-        Seeds the weights; the same seed gives the same model.
-    **overrides
-        Fields of :class:`TinyInternVLConfig`.
-
-    Returns
-    -------
-    (model, processor)
+    ``seed`` seeds the weights; ``overrides`` are fields of :class:`TinyInternVLConfig`. Returns
+    ``(model, processor)``:
         The model in eval mode (fp32, sdpa for text and vision) and its processor
         (``GotOcr2ImageProcessorPil``, left padding). Pass one image per prompt as a flat list,
         ``images=[img0, img1]`` (nested ``[[img0], [img1]]`` works too).

@@ -134,16 +134,8 @@ def _processor(cfg: TinyOnevisionConfig, tok: PreTrainedTokenizerFast) -> Proces
 def build(seed: int = 0, **overrides: Any) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Build a small random ``LlavaOnevisionForConditionalGeneration`` and its processor.
 
-    Parameters
-    ----------
-    seed : int
-        Seeds the weights; the same seed gives the same model.
-    **overrides
-        Fields of :class:`TinyOnevisionConfig`.
-
-    Returns
-    -------
-    (model, processor)
+    ``seed`` seeds the weights; ``overrides`` are fields of :class:`TinyOnevisionConfig`. Returns
+    ``(model, processor)``:
         The model in eval mode (fp32, sdpa for text and vision) and its
         ``LlavaOnevisionProcessor`` (``LlavaOnevisionImageProcessorPil``, left padding). Pass one
         image per prompt as a flat list, ``images=[img0, img1]``, or nested, ``[[img0], [img1]]``.
