@@ -19,7 +19,6 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
-from avl_lab.analysis.run import ANALYSES, ENGINE_ANALYSES, HEAD_ANALYSES
 from avl_lab.cli.app import checked, run_verb
 from avl_lab.cli.args import parse_argv
 from avl_lab.cli.config_file import with_config_file
@@ -27,6 +26,7 @@ from avl_lab.cli.helptext import Section, help_text
 from avl_lab.cli.loader import load_structured, split_keys
 from avl_lab.errors import ConfigError, InputFileError
 from avl_lab.evaluation.config import EvalConfig, load_config
+from avl_lab.experiments.analysis.run import ANALYSES, ENGINE_ANALYSES, HEAD_ANALYSES
 
 __all__ = ["AnalyzeArgs", "main"]
 
@@ -93,10 +93,10 @@ def _main(argv: list[str]) -> int:
     if args.help:
         print(usage())
         return 0
-    from avl_lab.analysis.collect import collect
-    from avl_lab.analysis.heads import collect_heads
-    from avl_lab.analysis.run import tabulate
     from avl_lab.evaluation.preflight import check_model, check_out_dir
+    from avl_lab.experiments.analysis.collect import collect
+    from avl_lab.experiments.analysis.heads import collect_heads
+    from avl_lab.experiments.analysis.run import tabulate
 
     opts, names, cfg = with_config_file(configure, args.dotlist)
     decode = [n for n in names if n in DECODE]

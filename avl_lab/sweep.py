@@ -26,7 +26,7 @@ from avl_lab.errors import ConfigError
 from avl_lab.evaluation.config import EvalConfig
 
 if TYPE_CHECKING:
-    from avl_lab.study.config import StudyConfig
+    from avl_lab.experiments.study.config import StudyConfig
 
 __all__ = ["SweepArgs", "main"]
 
@@ -59,7 +59,7 @@ SET_BY_SWEEP = {"policy": "the policy is set per trial by the study (fixed parts
 
 
 def usage() -> str:
-    from avl_lab.study.config import StudyConfig, study_names
+    from avl_lab.experiments.study.config import StudyConfig, study_names
 
     return help_text(
         "python -m avl_lab sweep --study NAME [--n-trials N] [--storage URL] [--report] "
@@ -86,7 +86,7 @@ def split(dotlist: list[str]) -> tuple[SweepArgs, list[str]]:
 
 def configure(dotlist: list[str]) -> tuple[SweepArgs, StudyConfig, EvalConfig]:
     """The sweep's args, its study and the study's evaluation config with the overrides."""
-    from avl_lab.study.config import load_study
+    from avl_lab.experiments.study.config import load_study
 
     sweep, overrides = split(dotlist)
     return sweep, *load_study(sweep.study, overrides)
@@ -98,8 +98,8 @@ def _main(argv: list[str]) -> int:
         print(usage())
         return 0
     from avl_lab.evaluation.preflight import check_model, check_out_dir, preflight
-    from avl_lab.study import config as study_config
-    from avl_lab.study import driver, report
+    from avl_lab.experiments.study import config as study_config
+    from avl_lab.experiments.study import driver, report
 
     sweep, cfg, base = with_config_file(configure, args.dotlist)
     out = Path(sweep.out_dir or f"runs/sweeps/{cfg.name}")

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from avl_lab.analysis.answer_cells import answer_tokens, blank_tokens, cell_patches
-from avl_lab.analysis.head_measures import coverage, drift
-from avl_lab.analysis.heads import HeadAttention, HeadProbe
+from avl_lab.experiments.analysis.answer_cells import answer_tokens, blank_tokens, cell_patches
+from avl_lab.experiments.analysis.head_measures import coverage, drift
+from avl_lab.experiments.analysis.heads import HeadAttention, HeadProbe
 from tests.helpers import make_inputs
 
 
@@ -81,7 +81,7 @@ def test_head_probe_matches_eager_attention(llava):
 
 
 def test_coverage_without_known_answers_is_an_empty_table(tmp_path):
-    from avl_lab.analysis.run import tabulate
+    from avl_lab.experiments.analysis.run import tabulate
 
     s = HeadAttention("s", torch.rand(1, 2, 4), torch.rand(0, 1, 2, 4), None, None)
     df = tabulate("coverage", [s], tmp_path)

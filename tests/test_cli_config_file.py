@@ -49,8 +49,7 @@ def test_file_values_are_used_and_the_command_line_overrides_them(cfg_file, tmp_
 
 
 def test_every_verb_takes_a_config_file(tmp_path):
-    from avl_lab import analyze, sweep
-    from avl_lab.figures import cli as figures
+    from avl_lab import analyze, figures, sweep
     from avl_lab.train import cli as train
 
     path = tmp_path / "c.yaml"

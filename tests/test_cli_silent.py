@@ -14,8 +14,8 @@ from avl_lab.__main__ import main
 from avl_lab.cli.args import parse_argv
 from avl_lab.errors import ConfigError, UserError
 from avl_lab.evaluation.policy_spec import check_policy
-from avl_lab.study import driver
-from avl_lab.study.config import load_study
+from avl_lab.experiments.study import driver
+from avl_lab.experiments.study.config import load_study
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["model=tiny-random-llava", "data.limit=2", "generation.max_new_tokens=2", "progress=false"]
@@ -159,7 +159,7 @@ def test_a_resuming_sweep_says_what_it_waits_for(tmp_path, capsys):
 
 def test_figure_labels_say_what_ran(tmp_path, monkeypatch):
     from avl_lab.evaluation.config import load_config
-    from avl_lab.figures import Grids, fig9, run
+    from avl_lab.experiments.figures import Grids, fig9, run
 
     g = Grids(S=[20], C=[10, 50], S_core=50, K=[3])
     for p in fig9(g):

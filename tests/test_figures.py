@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from avl_lab.analysis.measures import mass_fraction
-from avl_lab.figures import Grids, fig9, fig10
+from avl_lab.experiments.analysis.measures import mass_fraction
+from avl_lab.experiments.figures import Grids, fig9, fig10
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["model=tiny-random-llava", "data.limit=2", "generation.max_new_tokens=3", "batch_size=2"]
@@ -101,7 +101,7 @@ def test_analyze_cli_all(tmp_path):
 def test_table_cli_reports_every_method_and_task_and_matches_direct_evaluation(tmp_path):
     _run("avl_lab.figures", ["table", *FAST, "tasks=[synth-ocr,easy-vqa]", f"out_dir={tmp_path}"])
     df = pd.read_csv(tmp_path / "table.csv")
-    from avl_lab.figures.table import METHODS
+    from avl_lab.experiments.figures.table import METHODS
 
     assert sorted(df["task"].unique()) == ["easy-vqa", "synth-ocr"]
     assert set(df["method"]) == set(METHODS) and len(df) == 2 * len(METHODS)

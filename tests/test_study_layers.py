@@ -14,10 +14,10 @@ import yaml
 from avl_lab import policies
 from avl_lab.errors import ConfigError
 from avl_lab.evaluation.policy_spec import check_policy
+from avl_lab.experiments.study.config import StudyConfig, check_layers, load_study
+from avl_lab.experiments.study.driver import paper_default
+from avl_lab.experiments.study.space import first_layer, suggest, to_policy
 from avl_lab.policies.scope import Scoped
-from avl_lab.study.config import StudyConfig, check_layers, load_study
-from avl_lab.study.driver import paper_default
-from avl_lab.study.space import first_layer, suggest, to_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +108,7 @@ def test_sweep_cli_refuses_bad_L_with_exit_2(tmp_path, changes, text):
 def test_front_table_shows_L_only_where_the_study_set_it():
     import pandas as pd
 
-    from avl_lab.study.report import front_table
+    from avl_lab.experiments.study.report import front_table
 
     row = {"trial": 0, "S": 10, "C": None, "K": None, "P": None, "T": None, "stored": 0.5,
            "used": 0.5, "score": 1.0, "n": 4, "front": True, "seconds": 1.0}

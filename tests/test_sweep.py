@@ -16,8 +16,8 @@ import yaml
 from optuna.trial import TrialState
 from PIL import Image
 
-from avl_lab.study.driver import storage_url
-from avl_lab.study.report import dominates
+from avl_lab.experiments.study.driver import storage_url
+from avl_lab.experiments.study.report import dominates
 from tests.postgres import find_bin, postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ from avl_lab.cli.loader import load_structured, schema_keys, split_keys
 VERBS = {
     "evaluate": "avl_lab.evaluate",
     "sweep": "avl_lab.sweep",
-    "figures": "avl_lab.figures.cli",
+    "figures": "avl_lab.figures",
     "analyze": "avl_lab.analyze",
     "train": "avl_lab.train.cli",
 }

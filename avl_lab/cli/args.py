@@ -52,6 +52,24 @@ def _key(name: str, aliases: Mapping[str, str], argv: Argv, given: str) -> str:
     return key
 
 
+def _long_option(
+    tok: str, rest: Sequence[str], bool_keys: Sequence[str], aliases: Mapping[str, str], out: Argv
+) -> tuple[str, int]:
+    """``--name``, ``--name=value`` or ``--name value`` as ``key=value``, and how many of the
+    following words it consumed (0 or 1)."""
+    name, eq, value = tok[2:].partition("=")
+    key = _key(name, aliases, out, tok)
+    if eq:
+        return f"{key}={value}", 0
+    if key in bool_keys:
+        return f"{key}=true", 0
+    if key.startswith("no_") and key[3:] in bool_keys:
+        return f"{key[3:]}=false", 0
+    if not rest or rest[0].startswith("--"):
+        raise ConfigError(f"`--{name}` needs a value (`--{name} VALUE` or `{key}=VALUE`)")
+    return f"{key}={rest[0]}", 1
+
+
 def parse_argv(
     argv: Sequence[str],
     *,
@@ -88,18 +106,9 @@ def parse_argv(
         elif tok == "--verbose" or (tok.startswith("-v") and set(tok[1:]) == {"v"}):
             out.verbosity += 1 if tok == "--verbose" else len(tok) - 1
         elif tok.startswith("--") and len(tok) > 2:
-            name, eq, value = tok[2:].partition("=")
-            key = _key(name, aliases, out, tok)
-            if not eq and key in bool_keys:
-                value = "true"
-            elif not eq and key.startswith("no_") and key[3:] in bool_keys:
-                key, value = key[3:], "false"
-            elif not eq:
-                if i >= len(items) or items[i].startswith("--"):
-                    raise ConfigError(f"`--{name}` needs a value (`--{name} VALUE` or `{key}=VALUE`)")
-                value = items[i]
-                i += 1
-            out.dotlist.append(f"{key}={value}")
+            item, used = _long_option(tok, items[i:], bool_keys, aliases, out)
+            out.dotlist.append(item)
+            i += used
         elif tok.startswith("-") and len(tok) > 1 and not tok[1].isdigit():
             raise ConfigError(f"unknown option `{tok}`; arguments are key=value (see --help)")
         elif "=" in tok:

@@ -47,6 +47,16 @@ def check_inputs(
     Hkv, N = k.shape[1], k.shape[2]
     if Hkv == 0 or Hq % Hkv != 0:
         raise ValueError(f"`q` heads ({Hq}) must be a multiple of `k` heads ({Hkv})")
+    _check_active(active, B, Hkv, N, q.device)
+    if scale is not None and not math.isfinite(scale):
+        raise ValueError(f"`scale` must be a finite float or None, got {scale!r}")
+    if not isinstance(per_head_probs, bool):
+        raise ValueError(f"`per_head_probs` must be a bool, got {per_head_probs!r}")
+
+
+
+def _check_active(active: Tensor, B: int, Hkv: int, N: int, device: torch.device) -> None:
+    """``active``: ``[B, n]`` or ``[B, Hkv, n]`` int64 row indices in ``[-1, N)`` on ``device``."""
     if not (
         (active.dim() == 2 and active.shape[0] == B)
         or (active.dim() == 3 and active.shape[:2] == (B, Hkv))
@@ -56,17 +66,12 @@ def check_inputs(
         )
     if active.dtype != torch.int64:
         raise ValueError(f"`active` must be int64 (LongTensor), got {active.dtype}")
-    if active.device != q.device:
-        raise ValueError(f"`active` is on {active.device} but `q` is on {q.device}")
+    if active.device != device:
+        raise ValueError(f"`active` is on {active.device} but `q` is on {device}")
     if active.device.type == "cpu" and active.numel() > 0:
         lo, hi = torch.aminmax(active)
         if int(lo) < -1 or int(hi) >= N:
             raise ValueError(f"`active` values must lie in [-1, {N}), got [{int(lo)}, {int(hi)}]")
-    if scale is not None and not math.isfinite(scale):
-        raise ValueError(f"`scale` must be a finite float or None, got {scale!r}")
-    if not isinstance(per_head_probs, bool):
-        raise ValueError(f"`per_head_probs` must be a bool, got {per_head_probs!r}")
-
 
 def _cuda_op(
     q: Tensor,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,13 @@ def _validate(cfg: StudyConfig, path: Path) -> None:
 
     if not cfg.name or not str(cfg.name).strip():
         raise bad("name", "is empty")
+    _check_space(cfg, bad)
+    _check_fixed(cfg, bad)
+    _check_run(cfg, bad)
+
+
+def _check_space(cfg: StudyConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    """The searched and fixed parameters: known, in range, and each with what it needs."""
     for key in cfg.space:
         if key not in PARAMS:
             raise bad(f"space.{key}", f"is not a searchable parameter; allowed: {list(PARAMS)}")
@@ -182,7 +190,10 @@ def _validate(cfg: StudyConfig, path: Path) -> None:
     if "L" in params and not params & {"S", "P", "T"}:
         where = "space.L" if "L" in cfg.space else "fixed.L"
         raise bad(where, "needs S, P or T (searched or fixed): a layer scope alone is Full")
-    _check_fixed(cfg, bad)
+
+
+def _check_run(cfg: StudyConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    """Objectives, sampler, trial count and the workers' heartbeat settings."""
     if len(cfg.objectives) < 2 or any(o not in OBJECTIVES for o in cfg.objectives):
         raise bad("objectives", f"must be two or more of {list(OBJECTIVES)}, got {cfg.objectives}")
     if len(set(cfg.objectives)) != len(cfg.objectives):

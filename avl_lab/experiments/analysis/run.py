@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from avl_lab.analysis import head_measures, measures, plots
-from avl_lab.analysis.collect import SampleAttention, collect
-from avl_lab.analysis.heads import HeadAttention, collect_heads
 from avl_lab.evaluation import EvalConfig
+from avl_lab.experiments.analysis import head_measures, measures, plots
+from avl_lab.experiments.analysis.collect import SampleAttention, collect
+from avl_lab.experiments.analysis.heads import HeadAttention, collect_heads
 
 log = logging.getLogger(__name__)
 
 #: Read through the engine's recording policy (head-averaged).
 ENGINE_ANALYSES = ("modality-attention", "sparsity", "layer-ppci", "step-ppci")
-#: Read per head from the stock model (:mod:`avl_lab.analysis.heads`).
+#: Read per head from the stock model (:mod:`avl_lab.experiments.analysis.heads`).
 HEAD_ANALYSES = ("coverage", "drift")
 ANALYSES = ENGINE_ANALYSES + HEAD_ANALYSES
 

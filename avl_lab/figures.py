@@ -18,7 +18,7 @@ from avl_lab.cli.helptext import Section, help_text
 from avl_lab.cli.loader import load_structured, split_keys
 from avl_lab.errors import ConfigError
 from avl_lab.evaluation.config import EvalConfig, load_config
-from avl_lab.figures.specs import FIGURES, Grids
+from avl_lab.experiments.figures.specs import FIGURES, Grids
 
 __all__ = ["FiguresArgs", "main"]
 
@@ -94,7 +94,7 @@ def _main(argv: list[str]) -> int:
         print(usage())
         return 0
     from avl_lab.evaluation.preflight import check_out_dir, preflight
-    from avl_lab.figures.table import TASKS
+    from avl_lab.experiments.figures.table import TASKS
 
     fig, base = with_config_file(configure, args.dotlist)
     is_table = fig.figure == "table"
@@ -105,11 +105,11 @@ def _main(argv: list[str]) -> int:
     if args.check:
         return checked("figures")
     if is_table:
-        from avl_lab.figures.table import run_table
+        from avl_lab.experiments.figures.table import run_table
 
         df = run_table(base, target, fig.tasks, progress=fig.progress)
     else:
-        from avl_lab.figures.run import run_figure
+        from avl_lab.experiments.figures.run import run_figure
 
         df = run_figure(fig.figure, base, fig.grid, target, progress=fig.progress)
     print(df.drop(columns=["out_dir"]).to_string(index=False, float_format=lambda x: f"{x:.4f}"))

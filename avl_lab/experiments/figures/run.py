@@ -11,7 +11,7 @@ from tqdm import tqdm
 from avl_lab.evaluation import EvalConfig
 from avl_lab.evaluation.cached import evaluate_policy
 from avl_lab.evaluation.plotting import pyplot, save
-from avl_lab.figures.specs import FIGURES, Grids, Point
+from avl_lab.experiments.figures.specs import FIGURES, Grids, Point
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ import torch
 from tqdm import tqdm
 
 from avl_lab import data, models
-from avl_lab.analysis.probe import AttentionProbe, image_vector
 from avl_lab.engine.layout import Modality
 from avl_lab.engine.session import attach
 from avl_lab.evaluation import EvalConfig
 from avl_lab.evaluation.prompting import prompt_and_generate
+from avl_lab.experiments.analysis.probe import AttentionProbe, image_vector
 
 SHARES = {"system": Modality.SYSTEM, "image": Modality.IMAGE, "instruction": Modality.INSTRUCTION,
           "generated": Modality.GENERATED}

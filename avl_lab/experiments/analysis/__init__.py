@@ -1,17 +1,17 @@
 """The paper's attention analyses (Figs 1, 3, 4, 5), read through the engine's hooks, and the
 per-head coverage and drift analyses, read from the stock model."""
 
-from avl_lab.analysis.collect import SampleAttention, collect
-from avl_lab.analysis.head_measures import coverage, drift
-from avl_lab.analysis.heads import HeadAttention, HeadProbe, collect_heads
-from avl_lab.analysis.measures import (
+from avl_lab.experiments.analysis.collect import SampleAttention, collect
+from avl_lab.experiments.analysis.head_measures import coverage, drift
+from avl_lab.experiments.analysis.heads import HeadAttention, HeadProbe, collect_heads
+from avl_lab.experiments.analysis.measures import (
     layer_ppci,
     mass_fraction,
     modality_attention,
     sparsity,
     step_ppci,
 )
-from avl_lab.analysis.probe import AttentionProbe
+from avl_lab.experiments.analysis.probe import AttentionProbe
 
 __all__ = [
     "AttentionProbe",

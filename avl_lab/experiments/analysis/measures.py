@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from avl_lab.analysis.collect import SHARES, SampleAttention
+from avl_lab.experiments.analysis.collect import SHARES, SampleAttention
 from avl_lab.metrics import ppci
 
 

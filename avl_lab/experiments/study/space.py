@@ -7,7 +7,7 @@ from typing import Any
 
 import optuna
 
-from avl_lab.study.config import PARAMS, StudyConfig
+from avl_lab.experiments.study.config import PARAMS, StudyConfig
 
 
 def suggest(trial: optuna.Trial, cfg: StudyConfig) -> dict[str, int]:

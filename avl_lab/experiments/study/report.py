@@ -10,8 +10,8 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from avl_lab.evaluation.plotting import pyplot, save
-from avl_lab.study.config import OBJECTIVES, PARAMS
-from avl_lab.study.space import first_layer
+from avl_lab.experiments.study.config import OBJECTIVES, PARAMS
+from avl_lab.experiments.study.space import first_layer
 
 
 def trials_frame(study: optuna.Study, objectives: list[str]) -> pd.DataFrame:

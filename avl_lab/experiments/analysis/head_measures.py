@@ -16,7 +16,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from avl_lab.analysis.heads import HeadAttention
+from avl_lab.experiments.analysis.heads import HeadAttention
 from avl_lab.metrics import ppci
 from avl_lab.policies.base import count_of
 

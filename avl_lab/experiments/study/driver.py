@@ -17,8 +17,8 @@ from avl_lab.errors import ConfigError
 from avl_lab.evaluation import EvalConfig
 from avl_lab.evaluation.cached import evaluate_policy
 from avl_lab.evaluation.config import result_key, to_dict
-from avl_lab.study.config import OBJECTIVES, PAPER_DEFAULT, StudyConfig
-from avl_lab.study.space import suggest, to_policy
+from avl_lab.experiments.study.config import OBJECTIVES, PAPER_DEFAULT, StudyConfig
+from avl_lab.experiments.study.space import suggest, to_policy
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 it, the softmax of the newest query of every head over every key (the last prompt token in
 prefill, the step's token in decode). :func:`collect_heads` runs greedy generation on a dataset
 with it and keeps, per sample, the image-token part in prompt order, with the answer's image
-tokens where the task knows them (:mod:`avl_lab.analysis.answer_cells`).
+tokens where the task knows them (:mod:`avl_lab.experiments.analysis.answer_cells`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from avl_lab import data, models
-from avl_lab.analysis.answer_cells import answer_tokens, blank_tokens
 from avl_lab.engine.families import family_of
 from avl_lab.engine.stats import steps_until_eos
 from avl_lab.evaluation import EvalConfig
 from avl_lab.evaluation.prompting import prompt_and_generate
+from avl_lab.experiments.analysis.answer_cells import answer_tokens, blank_tokens
 
 PROBE_ATTN = "avl_lab_head_probe"
 
