@@ -74,7 +74,7 @@ class StudyConfig:
 
 def sweeps_dir() -> Path:
     """The ``sweeps/`` folder: next to the package (a checkout), else the current directory."""
-    here = Path(__file__).resolve().parents[2] / "sweeps"
+    here = Path(__file__).resolve().parents[3] / "sweeps"
     return here if here.is_dir() else Path.cwd() / "sweeps"
 
 
