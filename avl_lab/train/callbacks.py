@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
 from avl_lab import data
-from avl_lab.evaluation.prompting import chat_prompt
+from avl_lab.evaluation.prompting import prompt_and_generate
 from avl_lab.metrics.cider import cider
 from avl_lab.metrics.registry import score_rows
 from avl_lab.train.config import TASKS
@@ -35,7 +34,6 @@ def eval_rows(n: int) -> dict[str, list[dict[str, Any]]]:
     return {t: list(data.load(t, "eval", limit=n, **kw.get(t, {}))) for t in TASKS}
 
 
-@torch.no_grad()
 def generate_answers(
     model: Any, processor: Any, rows: list[dict[str, Any]], max_new_tokens: int, batch: int = 8
 ) -> list[str]:
@@ -46,12 +44,9 @@ def generate_answers(
     out: list[str] = []
     for i in range(0, len(rows), batch):
         chunk = rows[i : i + batch]
-        enc = processor(images=[r["image"] for r in chunk],
-                        text=[chat_prompt(processor, r["prompt"]) for r in chunk],
-                        padding=True, return_tensors="pt")  # fmt: skip
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-        new = gen[:, enc["input_ids"].shape[1] :]
-        out += [s.strip() for s in processor.batch_decode(new, skip_special_tokens=True)]
+        out += prompt_and_generate(processor, [r["image"] for r in chunk],
+                                   [r["prompt"] for r in chunk], model.generate,
+                                   max_new_tokens=max_new_tokens).texts
     model.train(was_training)
     return out
 
