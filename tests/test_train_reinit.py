@@ -2,6 +2,7 @@
 premise variant ``synth-docvqa-2x2`` (one character over 2 x 2 image tokens)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,6 +47,9 @@ def test_config_reinit_and_tasks():
         TrainConfig(tasks=["synth-docvqa-2x2"])
     with pytest.raises(ValueError, match="`tasks`"):
         TrainConfig(tasks=["docvqa"], task_weights=[1.0])
+    shipped = TrainConfig(init_from="avl-tiny-guided", reinit_decoder=True).init_path()
+    assert shipped.parts[-2:] == ("assets", "avl-tiny-guided")
+    assert TrainConfig(init_from="some/dir").init_path() == Path("some/dir")
     cfg = load_train_config(["tasks=[synth-docvqa-2x2]", "task_weights=[1]"])
     stream = TrainStream(cfg)
     rows = [stream.sample(i) for i in range(4)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from avl_lab.models.avl_tiny import AvlTinyConfig
 
@@ -112,6 +113,16 @@ class TrainConfig:
     """Save the trained model + processor (``save_pretrained``) at the end."""
     export_only: bool = False
     """Do not train: export ``<out_dir>/checkpoints/last.ckpt`` (e.g. a run still going)."""
+
+    def init_path(self) -> Path | None:
+        """``init_from`` as a directory: a shipped model's name (``avl-tiny-guided``) is its
+        assets folder unless a directory of that name exists here."""
+        if not self.init_from:
+            return None
+        path = Path(self.init_from)
+        from avl_lab.models.loader import SHIPPED, embedded_path
+
+        return embedded_path(self.init_from) if self.init_from in SHIPPED and not path.exists() else path
 
     def __post_init__(self) -> None:
         if len(self.task_weights) != len(self.tasks) or min(self.task_weights) < 0:

@@ -75,10 +75,6 @@ def _init_from(model: torch.nn.Module, path: Path, reinit_decoder: bool = False)
     """
     from transformers import LlavaForConditionalGeneration
 
-    from avl_lab.models.loader import SHIPPED, embedded_path
-
-    if str(path) in SHIPPED and not path.exists():
-        path = embedded_path(str(path))
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"`init_from`: no saved model (config.json) in {path}")
     saved = LlavaForConditionalGeneration.from_pretrained(path).state_dict()
@@ -101,7 +97,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     ckpt_dir = out / "checkpoints"
     model, processor = build_avl_tiny(cfg.model, seed=cfg.seed)
     if cfg.init_from:
-        _init_from(model, Path(cfg.init_from), cfg.reinit_decoder)
+        _init_from(model, cfg.init_path(), cfg.reinit_decoder)
     model.train()
     blank = processor.tokenizer(" ", add_special_tokens=False)["input_ids"]
     module = AvlTinyModule(model, cfg, blank_id=blank[0] if len(blank) == 1 else None)
