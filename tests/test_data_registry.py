@@ -19,6 +19,7 @@ EXPECTED = {
     "chartqa": "relaxed_accuracy",
     "infovqa": "anls",
     "vqav2": "vqa_accuracy",
+    "synth-docvqa-2x2": "anls",
 }
 
 

@@ -38,6 +38,7 @@ flickr30k      cider             test          local copy of lmms-lab/flickr30k
 chartqa        relaxed_accuracy  test          local copy of lmms-lab/ChartQA
 infovqa        anls              validation    local copy of lmms-lab/DocVQA (config InfographicVQA)
 vqav2          vqa_accuracy      validation    local copy of lmms-lab/VQAv2
+synth-docvqa-2x2 anls            train, eval   forms whose glyphs span 2 x 2 patches (160 px)
 =============  ================  ============  =====================================================
 
 The text of the synthetic tasks is drawn on a 16 x 16 character grid (one monospace capital
@@ -56,6 +57,7 @@ a :class:`SkippedRows` for the run summary (or decode single values with
 # import order is registration order, i.e. the order of names()
 from avl_lab.data import synth_docvqa, synth_textvqa, synth_ocr, synth_caption  # isort: skip
 from avl_lab.data import easy_vqa, lmms  # isort: skip
+from avl_lab.data import synth_docvqa_2x2  # isort: skip  (the premise variant, issue 19)
 from avl_lab.data.cache_dir import cache_root
 from avl_lab.data.images import CorruptImageWarning, SkippedRows, iter_valid_rows, safe_image
 from avl_lab.data.lmms import DatasetNotAvailableError
@@ -82,6 +84,7 @@ __all__ = [
     "sample_row",
     "synth_caption",
     "synth_docvqa",
+    "synth_docvqa_2x2",
     "synth_ocr",
     "synth_textvqa",
 ]

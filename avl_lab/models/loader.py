@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 #: ``tiny-random-<kind>`` (underscores as dashes) for every family ``tiny_random`` builds.
 RANDOM_MODELS = {"tiny-random-" + kind.replace("_", "-"): kind for kind in KINDS}
 EMBEDDED = "avl-tiny"
+#: Shipped models under ``avl_lab/assets/<name>``: ``avl-tiny`` (its decoder learned from the
+#: answer loss only) and ``avl-tiny-guided`` (two heads taught where to look; a stress case).
+SHIPPED = (EMBEDDED, "avl-tiny-guided")
 KNOWN_CHECKPOINTS = (
     "llava-hf/llava-1.5-7b-hf",
     "llava-hf/llava-1.5-13b-hf",
@@ -43,9 +46,11 @@ class ModelNotAvailableError(FileNotFoundError):
     """A named model's weights are not on this machine; the message says how to provide them."""
 
 
-def embedded_path() -> Path:
-    """Where the shipped ``avl-tiny`` weights live (inside the package)."""
-    return Path(__file__).resolve().parent.parent / "assets" / EMBEDDED
+def embedded_path(name: str = EMBEDDED) -> Path:
+    """Where the shipped weights of ``name`` (one of :data:`SHIPPED`) live (in the package)."""
+    if name not in SHIPPED:
+        raise ValueError(f"{name!r} is not a shipped model; shipped: {', '.join(SHIPPED)}")
+    return Path(__file__).resolve().parent.parent / "assets" / name
 
 
 def default_model() -> str:
@@ -55,7 +60,7 @@ def default_model() -> str:
 
 def names() -> list[str]:
     """Model names ``load`` understands besides local paths."""
-    return [EMBEDDED, *RANDOM_MODELS, *KNOWN_CHECKPOINTS]
+    return [*SHIPPED, *RANDOM_MODELS, *KNOWN_CHECKPOINTS]
 
 
 def load(
@@ -66,7 +71,7 @@ def load(
     Parameters
     ----------
     name : str
-        ``avl-tiny``, ``tiny-random-llava``, ``tiny-random-llava-next``, a local checkpoint
+        ``avl-tiny``, ``avl-tiny-guided``, ``tiny-random-llava``, ``tiny-random-llava-next``, a local checkpoint
         directory, or a Hugging Face id already in the local cache.
     dtype : str
         ``float32`` | ``bfloat16`` | ``float16``.
@@ -94,12 +99,12 @@ def load(
 
 
 def _resolve(name: str) -> Path:
-    if name == EMBEDDED:
-        path = embedded_path()
+    if name in SHIPPED:
+        path = embedded_path(name)
         if not (path / "config.json").exists():
             raise ModelNotAvailableError(
-                f"the embedded model avl-tiny is not in this checkout ({path}); train it with "
-                "`python -m avl_lab.train` or use model=tiny-random-llava"
+                f"the embedded model {name} is not in this checkout ({path}); train it with "
+                "`python -m avl_lab.train` (README: avl-tiny) or use model=tiny-random-llava"
             )
         return path
     path = Path(os.path.expanduser(name))

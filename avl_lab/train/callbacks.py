@@ -28,10 +28,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def eval_rows(n: int) -> dict[str, list[dict[str, Any]]]:
-    """The first ``n`` eval rows of every task (a fixed set)."""
-    kw = {t: {"cache": False} for t in TASKS if t.startswith("synth-")}
-    return {t: list(data.load(t, "eval", limit=n, **kw.get(t, {}))) for t in TASKS}
+def eval_rows(n: int, tasks: tuple[str, ...] | list[str] = TASKS) -> dict[str, list[dict[str, Any]]]:
+    """The first ``n`` eval rows of every task in ``tasks`` (a fixed set)."""
+    kw = {t: {"cache": False} for t in tasks if t.startswith("synth-")}
+    return {t: list(data.load(t, "eval", limit=n, **kw.get(t, {}))) for t in tasks}
 
 
 def generate_answers(
@@ -107,7 +107,7 @@ class GenerationEval(L.Callback):
         self._rows: dict[str, list[dict[str, Any]]] | None = None
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        self._rows = self._rows or eval_rows(self.n)
+        self._rows = self._rows or eval_rows(self.n, pl_module.cfg.tasks)
         processor = trainer.datamodule.processor
         scores = {}
         for task, rows in self._rows.items():

@@ -44,7 +44,7 @@ def check_paths(cfg: TrainConfig) -> None:
     check_out_dir(cfg.out_dir)
     if cfg.export_dir:
         check_out_dir(cfg.export_dir, "export_dir")
-    if cfg.init_from and not (Path(cfg.init_from) / "config.json").is_file():
+    if cfg.init_from and not (cfg.init_path() / "config.json").is_file():
         raise ConfigError(f"`init_from` {cfg.init_from}: no saved model (config.json) there")
     last = Path(cfg.out_dir) / "checkpoints" / "last.ckpt"
     if cfg.export_only and not last.is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from avl_lab.models.avl_tiny import AvlTinyConfig
 
@@ -40,8 +41,11 @@ class TrainConfig:
     """AdamW weight decay (matrices only)."""
     grad_clip: float = 1.0
     """Gradient-norm clipping."""
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    """Training tasks (dataset names with a train split): :data:`TASKS` by default; e.g.
+    ``tasks=[synth-docvqa-2x2] task_weights=[1]`` for the premise variant (issue 19)."""
     task_weights: list[float] = field(default_factory=lambda: [0.3, 0.2, 0.25, 0.15, 0.1])
-    """Sampling weights of :data:`TASKS` (docvqa, textvqa, ocr, caption, easy-vqa)."""
+    """Sampling weights of ``tasks`` (default: docvqa, textvqa, ocr, caption, easy-vqa)."""
     glyph_loss_weight: float = 1.0
     """Weight of the auxiliary glyph loss: each image token (projector output), scored
     against the input embeddings, must name the character its grid cell shows (blank: the
@@ -84,7 +88,11 @@ class TrainConfig:
     glyph_blank_weight: float = 0.2
     """Weight of the blank cells' mean glyph loss relative to the character cells' mean."""
     init_from: str | None = None
-    """A saved ``avl-tiny`` directory whose weights start a fresh run (null: random init)."""
+    """A saved ``avl-tiny`` directory whose weights start a fresh run (null: random init);
+    a name the model loader knows (``avl-tiny-guided``) is its shipped assets folder."""
+    reinit_decoder: bool = False
+    """With ``init_from``: keep only its embeddings, LM head, vision tower and projector; the
+    decoder's layers and final norm start from a fresh (seeded) initialisation."""
     curriculum_steps: int = 300
     """For this many steps docvqa has fewer fields (2-4) and ocr 1-2 tokens."""
     ckpt_every_minutes: float = 5.0
@@ -108,11 +116,25 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar over the optimiser steps, with the loss (`--no-progress` hides it)."""
 
+    def init_path(self) -> Path | None:
+        """``init_from`` as a directory: a shipped model's name (``avl-tiny-guided``) is its
+        assets folder unless a directory of that name exists here."""
+        if not self.init_from:
+            return None
+        path = Path(self.init_from)
+        from avl_lab.models.loader import SHIPPED, embedded_path
+
+        return embedded_path(self.init_from) if self.init_from in SHIPPED and not path.exists() else path
+
     def __post_init__(self) -> None:
-        if len(self.task_weights) != len(TASKS) or min(self.task_weights) < 0:
+        if len(self.task_weights) != len(self.tasks) or min(self.task_weights) < 0:
             raise ValueError(
-                f"`task_weights` must be {len(TASKS)} non-negative weights for {TASKS}"
+                f"`task_weights` must be {len(self.tasks)} non-negative weights for "
+                f"{tuple(self.tasks)}"
             )
+        bad = [t for t in self.tasks if t != "easy-vqa" and not t.startswith("synth-")]
+        if bad:
+            raise ValueError(f"`tasks`: {bad} cannot be trained on (synth-* tasks and easy-vqa)")
         if sum(self.task_weights) <= 0:
             raise ValueError("`task_weights` must not all be zero")
         for name in ("batch_size", "max_steps", "num_threads", "log_every_steps"):
@@ -149,6 +171,8 @@ class TrainConfig:
             raise ValueError(
                 f"`easy_vqa_generated` must be in [0, 1], got {self.easy_vqa_generated}"
             )
+        if self.reinit_decoder and not self.init_from:
+            raise ValueError("`reinit_decoder=true` needs `init_from`")
         if self.warmup_steps < 0 or self.eval_every_steps < 0 or self.curriculum_steps < 0:
             raise ValueError("`warmup_steps`, `eval_every_steps`, `curriculum_steps` must be >= 0")
 

@@ -24,7 +24,7 @@ from avl_lab import data
 from avl_lab.data.grid import GRID
 from avl_lab.data.schema import short_answer_prompt
 from avl_lab.evaluation.prompting import chat_prompt
-from avl_lab.train.config import TASKS, TrainConfig
+from avl_lab.train.config import TrainConfig
 from avl_lab.train.easy_questions import SLOT_WORD, generate, shows
 from avl_lab.train.scene import Scene, scene_of
 
@@ -99,7 +99,7 @@ class TrainStream(IterableDataset):
 
     def sample(self, i: int) -> dict[str, Any]:
         rng = random.Random(f"avl-tiny|{self.cfg.seed}|{i}")
-        task = rng.choices(TASKS, weights=self.cfg.task_weights)[0]
+        task = rng.choices(self.cfg.tasks, weights=self.cfg.task_weights)[0]
         easy = i < self.cfg.curriculum_steps * self.cfg.batch_size
         row = training_row(task, i, easy=easy)
         target = answer_target(task, row)

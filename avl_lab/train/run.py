@@ -63,19 +63,33 @@ def _export_checkpoint(
     return summary
 
 
-def _init_from(model: torch.nn.Module, path: Path) -> None:
-    """Load the weights of a saved ``avl-tiny`` (same sizes) into ``model``."""
+#: State-dict key prefixes of the decoder that ``reinit_decoder`` leaves freshly initialised:
+#: the transformer layers and the final norm (not the embeddings, the LM head, the vision
+#: tower or the projector).
+DECODER_PREFIXES = ("model.language_model.layers.", "model.language_model.norm.")
+
+
+def _init_from(model: torch.nn.Module, path: Path, reinit_decoder: bool = False) -> None:
+    """Load the weights of a saved ``avl-tiny`` (same sizes) into ``model``.
+
+    With ``reinit_decoder`` the decoder's layers and final norm keep ``model``'s own (fresh,
+    seeded) initialisation; everything else comes from ``path``.
+    """
     from transformers import LlavaForConditionalGeneration
 
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"`init_from`: no saved model (config.json) in {path}")
     with quiet_loading():
-        saved = LlavaForConditionalGeneration.from_pretrained(path)
+        saved = LlavaForConditionalGeneration.from_pretrained(path).state_dict()
+    if reinit_decoder:
+        fresh = model.state_dict()
+        saved = {k: fresh[k] if k.startswith(DECODER_PREFIXES) and k in fresh else v
+                 for k, v in saved.items()}  # fmt: skip
     try:
-        model.load_state_dict(saved.state_dict())
+        model.load_state_dict(saved)
     except RuntimeError as err:
         raise ValueError(f"`init_from` {path} does not match the model config: {err}") from err
-    log.info("initialised from %s", path)
+    log.info("initialised from %s%s", path, " (decoder re-initialised)" if reinit_decoder else "")
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -86,7 +100,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     ckpt_dir = out / "checkpoints"
     model, processor = build_avl_tiny(cfg.model, seed=cfg.seed)
     if cfg.init_from:
-        _init_from(model, Path(cfg.init_from))
+        _init_from(model, cfg.init_path(), cfg.reinit_decoder)
     model.train()
     blank = processor.tokenizer(" ", add_special_tokens=False)["input_ids"]
     module = AvlTinyModule(model, cfg, blank_id=blank[0] if len(blank) == 1 else None)

@@ -2,7 +2,8 @@
 
 The grid tasks (synth-docvqa, synth-ocr, synth-textvqa) draw one character per cell of a
 16 x 16 grid and record it in ``meta["grid"]``; ``meta["cell"]`` is the ``[col, row]`` of the
-answer's first character, written rightwards. A model whose image tokens form a square
+answer's first character, written rightwards; ``meta["span"]`` (default 1) is the side, in
+cells, of the block one character covers (2 for ``synth-docvqa-2x2``). A model whose image tokens form a square
 ``g x g`` patch grid over the same square image sees cell ``(row, col)`` in the patches that
 overlap it (one patch per cell for ``avl-tiny``'s 16 x 16; several for LLaVA-1.5's 24 x 24).
 """
@@ -46,8 +47,10 @@ def answer_tokens(meta: Mapping[str, Any] | str | None, answer: str, n_image: in
     if cell is None or info.get("grid") is None or g is None:
         return None
     col, row = cell
+    span = int(info.get("span", 1))  # a character's cells per side (synth-docvqa-2x2: 2)
     idx = sorted({p for i, ch in enumerate(answer) if ch != " "
-                  for p in cell_patches(row, col + i, g)})  # fmt: skip
+                  for dr in range(span) for dc in range(span)
+                  for p in cell_patches(row + dr, col + span * i + dc, g)})  # fmt: skip
     return torch.tensor(idx, dtype=torch.long) if idx else None
 
 
