@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from avl_lab import data
-from avl_lab.analysis.answer_cells import answer_tokens, blank_tokens
+from avl_lab.experiments.analysis.answer_cells import answer_tokens, blank_tokens
 from avl_lab.models.avl_tiny import build_avl_tiny
 from avl_lab.train import TrainConfig, load_train_config
 from avl_lab.train.data import TrainStream

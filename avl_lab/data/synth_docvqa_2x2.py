@@ -12,7 +12,7 @@ the 8 fields are present; the question asks for one field's value.
 ``meta["grid"]`` is recorded per patch (16 x 16, each character repeated over its block, so
 the glyph loss and the blank-token analyses read it as for the other grid tasks),
 ``meta["cell"]`` is the answer's first patch ``[col, row]`` and ``meta["span"] = 2`` the
-block side (:func:`avl_lab.analysis.answer_cells.answer_tokens` reads it).
+block side (:func:`avl_lab.experiments.analysis.answer_cells.answer_tokens` reads it).
 """
 
 from __future__ import annotations

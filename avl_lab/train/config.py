@@ -146,6 +146,22 @@ class TrainConfig:
             raise ValueError(
                 f"`read_attention_weight` must be >= 0, got {self.read_attention_weight}"
             )
+        self._check_heads()
+        for name in ("glyph_loss_weight", "scene_loss_weight", "slot_attention_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.easy_vqa_generated <= 1:
+            raise ValueError(
+                f"`easy_vqa_generated` must be in [0, 1], got {self.easy_vqa_generated}"
+            )
+        if self.reinit_decoder and not self.init_from:
+            raise ValueError("`reinit_decoder=true` needs `init_from`")
+        if self.warmup_steps < 0 or self.eval_every_steps < 0 or self.curriculum_steps < 0:
+            raise ValueError("`warmup_steps`, `eval_every_steps`, `curriculum_steps` must be >= 0")
+
+
+    def _check_heads(self) -> None:
+        """The guided and slot heads exist in the model and are two different heads."""
         for kind in ("read", "slot"):
             layer, head = f"{kind}_attention_layer", f"{kind}_attention_head"
             if not 0 <= getattr(self, layer) < self.model.num_hidden_layers:
@@ -164,18 +180,6 @@ class TrainConfig:
                 "`slot_attention_head` must differ from `read_attention_head` in the same "
                 "layer: one head cannot attend to both the shape and the question's word"
             )
-        for name in ("glyph_loss_weight", "scene_loss_weight", "slot_attention_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.easy_vqa_generated <= 1:
-            raise ValueError(
-                f"`easy_vqa_generated` must be in [0, 1], got {self.easy_vqa_generated}"
-            )
-        if self.reinit_decoder and not self.init_from:
-            raise ValueError("`reinit_decoder=true` needs `init_from`")
-        if self.warmup_steps < 0 or self.eval_every_steps < 0 or self.curriculum_steps < 0:
-            raise ValueError("`warmup_steps`, `eval_every_steps`, `curriculum_steps` must be >= 0")
-
 
 def load_train_config(overrides: list[str] | None = None) -> TrainConfig:
     """:class:`TrainConfig` with ``key=value`` dotlist overrides merged and validated.
