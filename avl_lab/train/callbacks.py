@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 
 from avl_lab import data
+from avl_lab.evaluation.plotting import pyplot, save
 from avl_lab.evaluation.prompting import prompt_and_generate
 from avl_lab.metrics.cider import cider
 from avl_lab.metrics.registry import score_rows
@@ -127,13 +128,9 @@ class GenerationEval(L.Callback):
 
 def plot_curve(csv_path: Path, png_path: Path) -> None:
     """Loss and eval score vs samples seen, as a two-panel seaborn PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
-    import seaborn as sns
 
+    plt, sns = pyplot()
     df = pd.read_csv(csv_path)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     tr = df[(df.kind == "train") & (df.name == "loss")].sort_values("samples")
@@ -146,6 +143,4 @@ def plot_curve(csv_path: Path, png_path: Path) -> None:
         sns.lineplot(data=ev, x="samples", y="value", hue="name", marker="o", ax=b)
     b.set(xlabel="training samples", ylabel="score (CIDEr x1 for captions)",
           title="greedy eval (fixed eval samples)")  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
+    save(fig, png_path, dpi=110)
