@@ -27,6 +27,7 @@ from avl_lab.data.grid import GRID, CharGrid, draw_grid_text
 from avl_lab.data.render import jitter
 from avl_lab.data.schema import short_answer_prompt
 from avl_lab.data.synth import Sample, SynthConfig, SynthTask, register_task
+from avl_lab.data.synth_docvqa import Field
 
 __all__ = ["CELLS", "FIELDS", "SPAN", "VALUE_COL", "DocVQA2x2Config", "make_sample"]
 
@@ -49,15 +50,6 @@ def _code(r: random.Random) -> str:
 
 def _pair(r: random.Random) -> str:
     return "".join(r.choice(_LETTERS) for _ in range(2)) + str(r.randint(1, 99))
-
-
-@dataclass(frozen=True)
-class Field:
-    """A form field: its printed label, how the question names it, its value maker."""
-
-    label: str
-    noun: str
-    value: Callable[[random.Random], str]
 
 
 FIELDS: tuple[Field, ...] = (
