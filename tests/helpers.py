@@ -57,3 +57,19 @@ def family_inputs(processor, n: int = 3, rows: list[int] | None = None, sizes=SI
     rows = list(range(n)) if rows is None else rows
     images = [random_image(sizes[i], seed=i) for i in rows]
     return encode(processor, images, [QUESTIONS[i] for i in rows])
+
+
+def assert_batch_invariant(model, processor, spec, new_tokens: int, n: int = 3) -> None:
+    """Each row of a batch of ``n`` under policy ``spec`` gives the tokens, stored and used it
+    gives alone."""
+    import pytest
+    import torch
+
+    from avl_lab.testing import run_policy
+
+    batch, b_session = run_policy(model, make_inputs(processor, n=n), spec, new_tokens)
+    for i in range(n):
+        alone, a_session = run_policy(model, make_inputs(processor, rows=[i]), spec, new_tokens)
+        assert torch.equal(batch.tokens[i : i + 1], alone.tokens)
+        assert b_session.stats.per_sample_stored[i] == pytest.approx(a_session.stats.stored)
+        assert b_session.stats.per_sample_used[i] == pytest.approx(a_session.stats.used)

@@ -9,7 +9,7 @@ import torch
 import avl_lab
 from avl_lab.models import tiny_random
 from avl_lab.testing import masked_reference, run_policy
-from tests.helpers import family_inputs, make_inputs
+from tests.helpers import assert_batch_invariant, family_inputs, make_inputs
 
 NEW = 12
 PER_HEAD = [
@@ -57,12 +57,7 @@ def test_per_head_tiering_on_other_families(kind):
 def test_per_head_rows_are_batch_invariant(llava):
     model, processor = llava
     spec = PER_HEAD[1]
-    batch, b_session = run_policy(model, make_inputs(processor, n=3), spec, NEW)
-    for i in range(3):
-        alone, a_session = run_policy(model, make_inputs(processor, rows=[i]), spec, NEW)
-        assert torch.equal(batch.tokens[i : i + 1], alone.tokens)
-        assert b_session.stats.per_sample_stored[i] == pytest.approx(a_session.stats.stored)
-        assert b_session.stats.per_sample_used[i] == pytest.approx(a_session.stats.used)
+    assert_batch_invariant(model, processor, spec, NEW)
 
 
 def _row_bytes(layer) -> int:

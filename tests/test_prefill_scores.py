@@ -182,11 +182,10 @@ def test_colsum_per_kv_head_averages_each_group():
     _check_colsum(q, k, v, None, torch.ones(2, n, dtype=torch.bool), "fp32", 200, per_kv_head=True)
 
 
-def test_colsum_memory_is_chunked(monkeypatch):
-    """No score block larger than the chunk budget (plus one row of keys) is ever built."""
-    n, chunk = 97, 4 * 2 * 97 * 8
-    q, k, v = _qkv(n=n)
-    seen = []
+@pytest.fixture
+def matmul_sizes(monkeypatch) -> list[int]:
+    """The element counts of every ``torch.matmul`` result inside ``prefill_scores``."""
+    seen: list[int] = []
     real = torch.matmul
 
     def spy(a, b):
@@ -195,25 +194,25 @@ def test_colsum_memory_is_chunked(monkeypatch):
         return out
 
     monkeypatch.setattr(ps.torch, "matmul", spy)
+    return seen
+
+
+def test_colsum_memory_is_chunked(matmul_sizes):
+    """No score block larger than the chunk budget (plus one row of keys) is ever built."""
+    n, chunk = 97, 4 * 2 * 97 * 8
+    q, k, v = _qkv(n=n)
+    seen = matmul_sizes
     ps.colsum(q, k, 0.25, ps.CAUSAL, None, torch.ones(2, n, dtype=torch.bool), None, chunk=chunk)
     assert seen and max(seen) <= chunk + 2 * 4 * 16 * n
 
 
-def test_colsum_skips_the_causal_half(monkeypatch):
+def test_colsum_skips_the_causal_half(matmul_sizes):
     """A causal pass multiplies each query chunk by the keys up to its end only, in chunks
     small enough (at most an eighth of the queries) that this skips most of the masked half,
     however large the chunk budget: under 0.6 of the whole square of scores is computed."""
     n = 256
     q, k, v = _qkv(n=n)
-    seen = []
-    real = torch.matmul
-
-    def spy(a, b):
-        out = real(a, b)
-        seen.append(out.numel())
-        return out
-
-    monkeypatch.setattr(ps.torch, "matmul", spy)
+    seen = matmul_sizes
     ps.colsum(q, k, 0.25, ps.CAUSAL, None, torch.ones(2, n, dtype=torch.bool), None, chunk=1 << 30)
     square = q.shape[0] * q.shape[1] * n * n
     assert len(seen) > 1 and sum(seen) < 0.6 * square

@@ -13,7 +13,7 @@ import torch
 from avl_lab.engine.layout import Modality, token_layout
 from avl_lab.policies.text_h2o import TextH2O
 from avl_lab.testing import masked_reference, run_policy
-from tests.helpers import make_inputs
+from tests.helpers import assert_batch_invariant, make_inputs
 from tests.test_fidelity import _official_prefill_scores
 
 NEW = 10
@@ -57,12 +57,7 @@ def test_text_h2o_equals_masked_reference(tiny, spec):
 def test_text_h2o_is_batch_invariant(llava, per_head):
     model, processor = llava
     spec = {"name": "text_h2o", "T": 40, "per_head": per_head}
-    batch, b_session = run_policy(model, make_inputs(processor, n=3), spec, NEW)
-    for i in range(3):
-        alone, a_session = run_policy(model, make_inputs(processor, rows=[i]), spec, NEW)
-        assert torch.equal(batch.tokens[i : i + 1], alone.tokens)
-        assert b_session.stats.per_sample_stored[i] == pytest.approx(a_session.stats.stored)
-        assert b_session.stats.per_sample_used[i] == pytest.approx(a_session.stats.used)
+    assert_batch_invariant(model, processor, spec, NEW)
 
 
 def test_every_head_holds_the_official_window(llava):
