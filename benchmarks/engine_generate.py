@@ -76,15 +76,16 @@ POLICIES: dict[str, Any] = {
 #: one command, sized for a shared 2-core CPU (~4 CPU-minutes): every layout at batch 1 and 8
 #: (hidden 512, 8 heads of 64, MLP 1,024, 2 layers, pruning after layer 0 so that one of the
 #: two layers runs on the kept tokens), then whole-``generate`` decode at LLaVA-7B layer sizes
-#: (hidden 4,096, 32 heads, MLP 11,008; batch 8, LLaVA-1.5 layout, one layer: a LLaVA-NeXT
-#: prompt at batch 8 is ~10 TFLOP of prefill per 7B layer, too long for this CPU).
+#: (hidden 4,096, 32 heads, MLP 11,008; batch 8, LLaVA-1.5 layout, two layers and 12 new
+#: tokens: a LLaVA-NeXT prompt at batch 8 is ~10 TFLOP of prefill per 7B layer, too long for
+#: this CPU; ``--preset 7b`` measures that layout).
 PRESETS: dict[str, list[dict[str, Any]]] = {
     "7b": [dict(hidden=4096, heads=32, mlp=11008, layers=2, batch=[8], layouts=["llava_next"],
                 variants=["full", "avl"])],
     "targets": [
         dict(hidden=512, heads=8, mlp=1024, layers=2, prune_layer=0, new=3, rounds=3,
              batch=[1, 8], layouts=["llava15", "llava_next", "qwen2_5_vl"], variants=list(POLICIES)),
-        dict(hidden=4096, heads=32, mlp=11008, layers=1, new=6, rounds=1, no_warmup=True,
+        dict(hidden=4096, heads=32, mlp=11008, layers=2, new=12, rounds=1, no_warmup=True,
              batch=[8], layouts=["llava15"], variants=["full", "avl"], decode_7b=True),
     ],
 }  # fmt: skip

@@ -39,7 +39,7 @@ def plain_prefill():
     """Today's plain path: every mask through stock SDPA, column sums from ``colsum_ref``."""
     real_plan, real_colsum = prefill_scores.plan_mask, prefill_scores.colsum
 
-    def colsum(query, key, scale, plan, mask, valid, lse=None, per_kv_head=False, **kw):
+    def colsum(query, key, scale, plan, mask, valid, per_kv_head=False, **kw):
         n, R = query.shape[2], key.shape[2]
         if mask is None:
             vis = torch.ones(n, R, dtype=torch.bool).tril(R - n)[None] & valid[:, None, :]

@@ -56,15 +56,16 @@ def _prefill(run, layer, module, query, key, value, mask, scale, **kwargs):
     ctx = run.context(layer.layer_idx)
     causal = kwargs.get("is_causal")
     plan = prefill_scores.plan_mask(module, mask, layer.valid, query.shape[2], causal)
-    out, lse = prefill_scores.attention(
-        module, query, key, value, mask, scale, plan, want_lse=policy.needs_colsum, **kwargs
-    )
+    if policy.needs_colsum:
+        out, ctx.head_colsum = prefill_scores.attention_colsum(
+            module, query, key, value, mask, scale, plan, layer.valid, **kwargs
+        )
+        ctx.colsum = ctx.head_colsum.mean(1)
+    else:
+        out = prefill_scores.attention(module, query, key, value, mask, scale, plan, **kwargs)
     ctx.head_scores = _last_query_scores(query, key, _visible(mask, layer.valid), scale)
     ctx.scores = ctx.head_scores.mean(1)  # [B, R], paper Eq. 1
     ctx.query_probs = functools.partial(_query_probs, query, key, mask, layer.valid, scale)
-    if policy.needs_colsum:
-        ctx.head_colsum = _colsum_scores(query, key, mask, layer.valid, scale, plan, lse)
-        ctx.colsum = ctx.head_colsum.mean(1)
     if run.trace is not None:
         run.trace.prefill[layer.layer_idx] = layer.tok.masked_fill(~layer.valid, -1)
     if layer.layer_idx == policy.prune_layer:
@@ -151,12 +152,6 @@ def _rows_visible(mask: Tensor | None, valid: Tensor, at: Tensor, q_len: int) ->
         rows = mask[:, 0].to(torch.bool).expand(at.shape[0], -1, -1)
         see = rows.gather(1, at[:, :, None].expand(*at.shape, rows.shape[-1]))
     return see & valid[:, None, :]
-
-
-def _colsum_scores(query, key, mask, valid, scale, plan, lse=None) -> Tensor:
-    """``[B, Hkv, R]`` attention received by each key summed over all queries, per KV head
-    (averaged over its group; see :func:`avl_lab.engine.prefill_scores.colsum`)."""
-    return prefill_scores.colsum(query, key, scale, plan, mask, valid, lse, per_kv_head=True)
 
 
 def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> Tensor | None:
