@@ -23,12 +23,14 @@ FLOORS = {
         "synth-caption": 2.8,
         "easy-vqa": 0.9,
     },
-    # avl-tiny is still the guided model's weights until the unguided run is exported
+    # measured (the unguided retraining of issue 19, policy full, batch 16): docvqa 0.917,
+    # ocr 1.000, textvqa 1.000, caption 3.693, easy-vqa 1.000 (200 samples: 0.967 / 1.000 /
+    # 1.000 / 3.506 / 0.890)
     "avl-tiny": {
-        "synth-docvqa": 0.9,
+        "synth-docvqa": 0.85,
         "synth-ocr": 0.9,
         "synth-textvqa": 0.9,
-        "synth-caption": 2.8,
+        "synth-caption": 3.0,
         "easy-vqa": 0.9,
     },
 }
