@@ -12,7 +12,8 @@ Random models (``avl_lab.models.tiny_random``) with real token layouts:
 Decoder sizes default to the issue's (hidden 1,024, 16 heads, MLP 2,048, 4 layers);
 ``--preset 7b`` measures decode at real LLaVA-1.6-7B layer sizes (hidden 4,096, 32 heads,
 MLP 11,008; 2 layers, batch 8, LLaVA-NeXT layout); ``--preset targets`` runs the issue-18
-check in one command (:data:`PRESETS`) and ends with a table of its targets, met or missed.
+check in one command (:data:`PRESETS`, ~20 min on 2 CPU cores) and ends with a table of its
+targets, met or missed.
 Variants: stock ``model.generate``
 (sdpa, ``DynamicCache``) and ``attach(model, policy)`` for ``full``, ``avl`` (S=45 C=30),
 ``avl P T`` (S=45 C=30 K=3 P=90 T=50), ``fastv`` (keep 50% after layer 2), ``h2o``
@@ -73,12 +74,12 @@ POLICIES: dict[str, Any] = {
     "h2o": {"name": "h2o", "ratio": 0.5},
 }
 #: Named settings (flags given on the command line win). ``targets`` is the issue-18 check in
-#: one command, sized for a shared 2-core CPU (~4 CPU-minutes): every layout at batch 1 and 8
-#: (hidden 512, 8 heads of 64, MLP 1,024, 2 layers, pruning after layer 0 so that one of the
+#: one command, sized for a 2-core CPU (prefill section ~4 min, 7B decode ~16 min): every
+#: layout at batch 1 and 8 (hidden 512, 8 heads of 64, MLP 1,024, 2 layers, pruning after layer 0 so that one of the
 #: two layers runs on the kept tokens), then whole-``generate`` decode at LLaVA-7B layer sizes
-#: (hidden 4,096, 32 heads, MLP 11,008; batch 8, LLaVA-1.5 layout, two layers and 12 new
-#: tokens: a LLaVA-NeXT prompt at batch 8 is ~10 TFLOP of prefill per 7B layer, too long for
-#: this CPU; ``--preset 7b`` measures that layout).
+#: (hidden 4,096, 32 heads, MLP 11,008; batch 8, LLaVA-1.5 and LLaVA-NeXT layouts, two layers
+#: and 12 new tokens; a LLaVA-NeXT prompt at batch 8 is ~10 TFLOP of prefill per 7B layer: ~3
+#: min per variant on 2 CPU cores, ~20 min for the whole preset).
 PRESETS: dict[str, list[dict[str, Any]]] = {
     "7b": [dict(hidden=4096, heads=32, mlp=11008, layers=2, batch=[8], layouts=["llava_next"],
                 variants=["full", "avl"])],
@@ -86,7 +87,7 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
         dict(hidden=512, heads=8, mlp=1024, layers=2, prune_layer=0, new=3, rounds=3,
              batch=[1, 8], layouts=["llava15", "llava_next", "qwen2_5_vl"], variants=list(POLICIES)),
         dict(hidden=4096, heads=32, mlp=11008, layers=2, new=12, rounds=1, no_warmup=True,
-             batch=[8], layouts=["llava15"], variants=["full", "avl"], decode_7b=True),
+             batch=[8], layouts=["llava15", "llava_next"], variants=["full", "avl"], decode_7b=True),
     ],
 }  # fmt: skip
 
