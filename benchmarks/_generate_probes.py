@@ -117,3 +117,30 @@ class DecoderClock:
     def __exit__(self, *exc) -> None:
         for h in self._handles:
             h.remove()
+
+
+def linear_floor(model: torch.nn.Module, text_model: torch.nn.Module, batch: int, rounds: int = 10) -> tuple[float, float]:
+    """``(wall s, process CPU s)``: the median time of one decode step's linear layers alone —
+    every ``nn.Linear`` of the decoder and the LM head applied to a ``[batch, 1, in]`` input —
+    i.e. what a step costs with attention, caches and bookkeeping all free. No cache policy can
+    bring a step below it."""
+    p = next(model.parameters())
+    linears = [m for m in text_model.modules() if isinstance(m, torch.nn.Linear)]
+    head = model.get_output_embeddings()
+    if head is not None and all(head is not m for m in linears):
+        linears.append(head)
+    inputs = [torch.randn(batch, 1, m.in_features, dtype=p.dtype, device=p.device) for m in linears]
+    walls, cpus = [], []
+    with torch.inference_mode():
+        for _ in range(rounds + 1):  # the first round warms up
+            if p.device.type == "cuda":
+                torch.cuda.synchronize(p.device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            for m, x in zip(linears, inputs, strict=True):
+                m(x)
+            if p.device.type == "cuda":
+                torch.cuda.synchronize(p.device)
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+    walls, cpus = sorted(walls[1:]), sorted(cpus[1:])
+    return walls[len(walls) // 2], cpus[len(cpus) // 2]

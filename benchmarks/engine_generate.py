@@ -12,7 +12,7 @@ Random models (``avl_lab.models.tiny_random``) with real token layouts:
 Decoder sizes default to the issue's (hidden 1,024, 16 heads, MLP 2,048, 4 layers);
 ``--preset 7b`` measures decode at real LLaVA-1.6-7B layer sizes (hidden 4,096, 32 heads,
 MLP 11,008; 2 layers, batch 8, LLaVA-NeXT layout); ``--preset targets`` runs the issue-18
-check in one command (:data:`PRESETS`, ~20 min on 2 CPU cores) and ends with a table of its
+check in one command (:data:`PRESETS`, ~25 min on 2 CPU cores) and ends with a table of its
 targets, met or missed.
 Variants: stock ``model.generate``
 (sdpa, ``DynamicCache``) and ``attach(model, policy)`` for ``full``, ``avl`` (S=45 C=30),
@@ -56,7 +56,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _generate_probes import DecoderClock, PeakMemory, StepProbe, dynamic_cache_bytes
+from _generate_probes import DecoderClock, PeakMemory, StepProbe, dynamic_cache_bytes, linear_floor
 from _generate_report import summary, table
 from PIL import Image
 from transformers import DynamicCache, LogitsProcessorList
@@ -74,20 +74,23 @@ POLICIES: dict[str, Any] = {
     "h2o": {"name": "h2o", "ratio": 0.5},
 }
 #: Named settings (flags given on the command line win). ``targets`` is the issue-18 check in
-#: one command, sized for a 2-core CPU (prefill section ~4 min, 7B decode ~16 min): every
+#: one command, sized for a 2-core CPU (prefill section ~4 min, 7B decode ~20 min): every
 #: layout at batch 1 and 8 (hidden 512, 8 heads of 64, MLP 1,024, 2 layers, pruning after layer 0 so that one of the
 #: two layers runs on the kept tokens), then whole-``generate`` decode at LLaVA-7B layer sizes
-#: (hidden 4,096, 32 heads, MLP 11,008; batch 8, LLaVA-1.5 and LLaVA-NeXT layouts, two layers
-#: and 12 new tokens; a LLaVA-NeXT prompt at batch 8 is ~10 TFLOP of prefill per 7B layer: ~3
-#: min per variant on 2 CPU cores, ~20 min for the whole preset).
+#: (hidden 4,096, 32 heads, MLP 11,008; batch 8, two layers; LLaVA-1.5 layout, 2 rounds of 24
+#: new tokens; LLaVA-NeXT layout, one round of 12: its prompt at batch 8 is ~10 TFLOP of prefill
+#: per 7B layer, ~3 min per variant on 2 CPU cores; ~25 min for the whole preset), with the
+#: step's floor (the linear layers alone, :func:`_generate_probes.linear_floor`).
 PRESETS: dict[str, list[dict[str, Any]]] = {
     "7b": [dict(hidden=4096, heads=32, mlp=11008, layers=2, batch=[8], layouts=["llava_next"],
                 variants=["full", "avl"])],
     "targets": [
         dict(hidden=512, heads=8, mlp=1024, layers=2, prune_layer=0, new=3, rounds=3,
              batch=[1, 8], layouts=["llava15", "llava_next", "qwen2_5_vl"], variants=list(POLICIES)),
+        dict(hidden=4096, heads=32, mlp=11008, layers=2, new=24, rounds=2, no_warmup=True,
+             batch=[8], layouts=["llava15"], variants=["full", "avl"], decode_7b=True),
         dict(hidden=4096, heads=32, mlp=11008, layers=2, new=12, rounds=1, no_warmup=True,
-             batch=[8], layouts=["llava15", "llava_next"], variants=["full", "avl"], decode_7b=True),
+             batch=[8], layouts=["llava_next"], variants=["full", "avl"], decode_7b=True),
     ],
 }  # fmt: skip
 
@@ -342,9 +345,16 @@ def main(argv: list[str] | None = None) -> int:
                     rows = summarize(samples)
                 print(f"### {layout}, batch {batch}: {P} prompt tokens, {padded} rows left-padded\n")
                 print(table(rows) + "\n", flush=True)
-                report["decode_7b" if args.decode_7b else "tables"].append(
-                    {"layout": layout, "batch": batch, "prompt_tokens": P, "padded_rows": padded,
-                     "rows": rows})  # fmt: skip
+                entry = {"layout": layout, "batch": batch, "prompt_tokens": P, "padded_rows": padded,
+                         "rows": rows}  # fmt: skip
+                if args.decode_7b:  # what a step costs with attention free: no policy goes below
+                    wall, cpu = linear_floor(model, family_of(model).text_model(model), batch)
+                    entry["linear_floor"] = {"decode_x": wall / rows["stock"]["decode_s"],
+                                             "decode_cpu_x": cpu / rows["stock"]["decode_cpu"]}  # fmt: skip
+                    print(f"Linear layers alone (the floor of a decode step): {wall * 1e3:,.1f} ms, "
+                          f"{entry['linear_floor']['decode_x']:.2f}× stock's step "
+                          f"(CPU {entry['linear_floor']['decode_cpu_x']:.2f}×)\n", flush=True)
+                report["decode_7b" if args.decode_7b else "tables"].append(entry)
             del model
     if first.preset == "targets":
         print("## Targets\n")

@@ -51,3 +51,29 @@ def test_wall_clock_basis_reads_the_wall_ratios():
     t["rows"]["h2o"] = {**t["rows"]["h2o"], "prefill_x": 1.4}  # CPU 1.29 (met), wall 1.4
     assert "(miss)" not in report.summary([t], [], cpu=True)
     assert "h2o prefill 1.40" in report.summary([t], [], cpu=False)
+
+
+def test_decode_table_shows_the_linear_floor():
+    t = _table()
+    t["linear_floor"] = {"decode_x": 0.66, "decode_cpu_x": 0.71}
+    out = report.summary([], [t])
+    row = next(line for line in out.splitlines() if line.startswith("| llava15 | 1 | 604 | 0.71 |"))
+    assert "0.60" in row  # avl's decode ratio beside the floor
+
+
+def test_linear_floor_times_every_linear_layer_and_the_head(monkeypatch):
+    import torch
+    from _generate_probes import linear_floor
+
+    from avl_lab.engine.families import family_of
+    from avl_lab.models import tiny_random
+
+    model, _ = tiny_random("llava", seed=0)
+    text = family_of(model).text_model(model)
+    seen: list[torch.Size] = []
+    real = torch.nn.Linear.forward
+    monkeypatch.setattr(torch.nn.Linear, "forward", lambda self, x: seen.append(x.shape) or real(self, x))
+    wall, cpu = linear_floor(model, text, batch=3, rounds=2)
+    n = sum(isinstance(m, torch.nn.Linear) for m in text.modules()) + 1  # + the LM head
+    assert len(seen) == 3 * n and all(s[:2] == (3, 1) for s in seen)  # warm-up + 2 rounds
+    assert wall > 0 and cpu >= 0
