@@ -74,7 +74,7 @@ POLICIES: dict[str, Any] = {
     "h2o": {"name": "h2o", "ratio": 0.5},
 }
 #: Named settings (flags given on the command line win). ``targets`` is the issue-18 check in
-#: one command, sized for a 2-core CPU (prefill section ~4 min, 7B decode ~20 min): every
+#: one command, sized for a 2-core CPU (prefill section ~6 min, 7B decode ~20 min): every
 #: layout at batch 1 and 8 (hidden 512, 8 heads of 64, MLP 1,024, 2 layers, pruning after layer 0 so that one of the
 #: two layers runs on the kept tokens), then whole-``generate`` decode at LLaVA-7B layer sizes
 #: (hidden 4,096, 32 heads, MLP 11,008; batch 8, two layers; LLaVA-1.5 layout, 2 rounds of 24
@@ -85,7 +85,7 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
     "7b": [dict(hidden=4096, heads=32, mlp=11008, layers=2, batch=[8], layouts=["llava_next"],
                 variants=["full", "avl"])],
     "targets": [
-        dict(hidden=512, heads=8, mlp=1024, layers=2, prune_layer=0, new=3, rounds=3,
+        dict(hidden=512, heads=8, mlp=1024, layers=2, prune_layer=0, new=3, rounds=5,
              batch=[1, 8], layouts=["llava15", "llava_next", "qwen2_5_vl"], variants=list(POLICIES)),
         dict(hidden=4096, heads=32, mlp=11008, layers=2, new=24, rounds=2, no_warmup=True,
              batch=[8], layouts=["llava15"], variants=["full", "avl"], decode_7b=True),
