@@ -93,18 +93,34 @@ class DocVQAConfig(SynthConfig):
             )
 
 
+def pick_fields(
+    rng: random.Random, fields: tuple[Field, ...], lo: int, hi: int
+) -> tuple[list[int], list[tuple[str, str]], int]:
+    """``(chosen, rows, asked)``: which of ``fields`` a form shows (``lo``..``hi`` of them, in
+    order), their ``(label, value)`` rows, and the index (into ``chosen``) of the one asked."""
+    k = rng.randint(lo, hi)
+    chosen = sorted(rng.sample(range(len(fields)), k))
+    rows = [(fields[i].label, fields[i].value(rng)) for i in chosen]
+    return chosen, rows, rng.randrange(k)
+
+
+def blank_form(
+    rng: random.Random, size: int
+) -> tuple[tuple[int, int, int], Image.Image, ImageDraw.ImageDraw]:
+    """``(ink, image, draw)``: an ink colour and an off-white ``size`` x ``size`` page."""
+    ink = rng.choice(_INKS)
+    img = Image.new("RGB", (size, size), jitter(rng, (250, 249, 244), 5))
+    return ink, img, ImageDraw.Draw(img)
+
+
 def make_sample(rng: random.Random, cfg: DocVQAConfig) -> Sample:
     """Draw one document and its question."""
     size = cfg.image_size
-    k = rng.randint(cfg.min_fields, cfg.max_fields)
-    chosen = sorted(rng.sample(range(len(FIELDS)), k))
-    rows = [(FIELDS[i].label, FIELDS[i].value(rng)) for i in chosen]
-    asked = rng.randrange(k)
+    chosen, rows, asked = pick_fields(rng, FIELDS, cfg.min_fields, cfg.max_fields)
+    k = len(chosen)
     title = rng.choice(TITLES)
 
-    ink = rng.choice(_INKS)
-    img = Image.new("RGB", (size, size), jitter(rng, (250, 249, 244), 5))
-    draw = ImageDraw.Draw(img)
+    ink, img, draw = blank_form(rng, size)
     grid = CharGrid()
     draw_grid_text(draw, rng.randint(0, GRID - len(title)), 0, title, size, ink, grid)
     boxes = []

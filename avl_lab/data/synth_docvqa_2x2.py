@@ -21,13 +21,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw
-
 from avl_lab.data.grid import GRID, CharGrid, draw_grid_text
-from avl_lab.data.render import jitter
 from avl_lab.data.schema import short_answer_prompt
 from avl_lab.data.synth import Sample, SynthConfig, SynthTask, register_task
-from avl_lab.data.synth_docvqa import Field
+from avl_lab.data.synth_docvqa import Field, blank_form, pick_fields
 
 __all__ = ["CELLS", "FIELDS", "SPAN", "VALUE_COL", "DocVQA2x2Config", "make_sample"]
 
@@ -62,7 +59,6 @@ FIELDS: tuple[Field, ...] = (
     Field("ZIP", "zip code", _digits(1000, 9999)),
     Field("RM", "room", _code),
 )
-_INKS = ((20, 20, 20), (25, 35, 90), (60, 30, 30))
 
 
 @dataclass(frozen=True)
@@ -97,13 +93,9 @@ def _put(grid: CharGrid, col: int, row: int, text: str) -> None:
 def make_sample(rng: random.Random, cfg: DocVQA2x2Config) -> Sample:
     """Draw one form and its question."""
     size = cfg.image_size
-    k = rng.randint(cfg.min_fields, cfg.max_fields)
-    chosen = sorted(rng.sample(range(len(FIELDS)), k))
-    rows = [(FIELDS[i].label, FIELDS[i].value(rng)) for i in chosen]
-    asked = rng.randrange(k)
-    ink = rng.choice(_INKS)
-    img = Image.new("RGB", (size, size), jitter(rng, (250, 249, 244), 5))
-    draw = ImageDraw.Draw(img)
+    chosen, rows, asked = pick_fields(rng, FIELDS, cfg.min_fields, cfg.max_fields)
+    k = len(chosen)
+    ink, img, draw = blank_form(rng, size)
     grid = CharGrid()
     boxes = []
     for i, (lab, val) in zip(chosen, rows):
