@@ -203,9 +203,11 @@ def attention_colsum(
     return out.transpose(1, 2).contiguous(), tot / G
 
 
-def _causal_fused(q: Tensor, k: Tensor, v: Tensor, scale: float, chunk: int) -> tuple[Tensor, Tensor]:
+def _causal_fused(
+    q: Tensor, k: Tensor, v: Tensor | None, scale: float, chunk: int
+) -> tuple[Tensor | None, Tensor]:
     """``(out [b, Hq, n, D], tot [b, Hkv, n])``: causal attention, and its probabilities summed
-    over each KV head's queries. A chunk of queries ``[s0, e)`` sees keys ``[0, e)`` (only
+    over each KV head's queries (``out`` None, and ``P V`` skipped, when ``v`` is None). A chunk of queries ``[s0, e)`` sees keys ``[0, e)`` (only
     the diagonal block is masked), so it holds whole softmax rows: ``P = 2 ** (s - max)``
     with ``s = log2(e) * scale * q·k`` (``exp2`` runs ~2.5x faster than ``exp`` on CPU),
     ``z = rowsum(P)``, ``out = (P V) / z``, ``tot += (1/z)ᵀ P`` (a matrix-vector product
@@ -215,7 +217,7 @@ def _causal_fused(q: Tensor, k: Tensor, v: Tensor, scale: float, chunk: int) -> 
     G = Hq // Hkv
     fp32 = q.dtype == torch.float32
     q = q * (scale * _LOG2E) if fp32 else q
-    out = q.new_empty(b, Hkv, G, n, D)
+    out = None if v is None else q.new_empty(b, Hkv, G, n, D)
     tot = torch.zeros(b, Hkv, 1, n, device=k.device)
     step = _causal_step(chunk, b * Hq, n)
     for s0 in range(0, n, step):
@@ -228,10 +230,11 @@ def _causal_fused(q: Tensor, k: Tensor, v: Tensor, scale: float, chunk: int) -> 
         s.view(b, Hkv, G, c, e)[..., s0:].masked_fill_(_above(c, k.device), float("-inf"))
         p = s.sub_(s.amax(-1, keepdim=True)).exp2_()
         rz = p.sum(-1, keepdim=True).reciprocal_()  # [b, Hkv, G*c, 1]
-        o = torch.matmul(p.to(v.dtype), v[:, :, :e]) * rz.to(v.dtype)
-        out[:, :, :, s0:e] = o.view(b, Hkv, G, c, D)
+        if out is not None:
+            o = torch.matmul(p.to(v.dtype), v[:, :, :e]) * rz.to(v.dtype)
+            out[:, :, :, s0:e] = o.view(b, Hkv, G, c, D)
         tot[..., :e] += torch.matmul(rz.transpose(-1, -2), p)
-    return out.view(b, Hq, n, D), tot[:, :, 0]
+    return (None if out is None else out.view(b, Hq, n, D)), tot[:, :, 0]
 
 
 # --- scores ------------------------------------------------------------------------------------
@@ -278,34 +281,16 @@ def colsum(
     B, Hq, _, _ = query.shape
     Hkv, R = key.shape[1], key.shape[2]
     if plan.kind == "causal":
-        tot = _causal_colsum(query, key, scale, chunk)
+        tot = _causal_fused(query, key, None, scale, chunk)[1]
     elif plan.kind == "rows":
         tot = torch.zeros(B, Hkv, R, device=key.device)
         for b, s in enumerate(plan.starts):
-            tot[b : b + 1, :, s:] = _causal_colsum(query[b : b + 1, :, s:], key[b : b + 1, :, s:], scale, chunk)
+            sl = (slice(b, b + 1), slice(None), slice(s, None))
+            tot[sl] = _causal_fused(query[sl], key[sl], None, scale, chunk)[1]
     else:
         tot = _masked_colsum(query, key, mask, valid, scale, chunk)
     G = Hq // Hkv
     return tot / G if per_kv_head else tot.sum(1) / Hq
-
-
-def _causal_colsum(q: Tensor, k: Tensor, scale: float, chunk: int) -> Tensor:
-    """``[b, Hkv, n]`` probabilities summed over each KV head's queries, causal attention,
-    chunked as :func:`_causal_fused` (each chunk computes its own log-sum-exp)."""
-    b, Hq, n, D = q.shape
-    Hkv = k.shape[1]
-    G = Hq // Hkv
-    tot = torch.zeros(b, Hkv, n, device=k.device)
-    step = _causal_step(chunk, b * Hq, n)
-    for s0 in range(0, n, step):
-        e = min(n, s0 + step)
-        c = e - s0
-        qc = q[:, :, s0:e].reshape(b, Hkv, G * c, D)
-        s = torch.matmul(qc, k[:, :, :e].transpose(-1, -2)).float().view(b, Hkv, G, c, e)
-        s.mul_(scale)[..., s0:].masked_fill_(_above(c, k.device), float("-inf"))
-        s.sub_(torch.logsumexp(s, dim=-1, keepdim=True))
-        tot[..., :e] += s.exp_().sum(dim=(2, 3))
-    return tot
 
 
 def _causal_step(chunk: int, rows: int, n: int) -> int:
@@ -322,7 +307,7 @@ def _above(c: int, device) -> Tensor:
 
 
 def _masked_colsum(q, k, mask, valid, scale, chunk) -> Tensor:
-    """``[B, Hkv, R]`` like :func:`_causal_colsum` for any mask (read chunk by chunk)."""
+    """``[B, Hkv, R]`` like :func:`_causal_fused`'s sums, for any mask (read chunk by chunk)."""
     B, Hq, Q, D = q.shape
     Hkv, R = k.shape[1], k.shape[2]
     G = Hq // Hkv
