@@ -36,7 +36,7 @@ sweep: install
 	$(PY) -m avl_lab.sweep --study docvqa_pareto
 
 lint: install
-	$(PY) -m ruff check avl_lab tests benchmarks
+	$(PY) -m ruff check avl_lab tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) build *.egg-info

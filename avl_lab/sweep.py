@@ -1,4 +1,5 @@
-"""``python -m avl_lab sweep --study NAME``: search A-VL's S/C/K/P/T for Pareto fronts.
+"""``python -m avl_lab sweep --study NAME``: Pareto fronts of cache used vs quality, for A-VL's
+S/C/K/P/T or any registered policy's fields, one method or several side by side.
 
 Examples::
 
@@ -64,8 +65,10 @@ def usage() -> str:
     return help_text(
         "python -m avl_lab sweep --study NAME [--n-trials N] [--storage URL] [--report] "
         "[key=value ...]",
-        "An Optuna multi-objective study over A-VL's S/C/K/P/T (minimise cache used, maximise "
-        f"the task score); prints and saves the Pareto front. Studies: {', '.join(study_names())}.",
+        "An Optuna multi-objective study over a registered policy's fields, or several methods "
+        "each with its own space (minimise cache used, maximise the task score); prints and saves "
+        "each method's Pareto front with bootstrap intervals (pareto.csv, methods.csv, paired.csv, "
+        f"pareto.png). Studies: {', '.join(study_names())}.",
         [Section("Sweep keys (also --study, --n-trials, --storage, --out, --report, "
                  "--no-progress)", SweepArgs),
          Section("Evaluation keys (override the study's `eval`)", EvalConfig,
@@ -100,30 +103,48 @@ def _main(argv: list[str]) -> int:
     from avl_lab.evaluation.preflight import check_model, check_out_dir, preflight
     from avl_lab.experiments.study import config as study_config
     from avl_lab.experiments.study import driver, report
+    from avl_lab.experiments.study.methods import corner_policies, resolve
 
     sweep, cfg, base = with_config_file(configure, args.dotlist)
     out = Path(sweep.out_dir or f"runs/sweeps/{cfg.name}")
     check_out_dir(out)
     url = driver.storage_url(sweep.storage, out)  # checked before any evaluation runs
-    if not sweep.report:  # model files, data, the fixed layer: before the storage is written
-        preflight(base, [driver.paper_default(cfg)])
-        study_config.check_layers(cfg, check_model(base), base.model.name,
-                                  str(study_config.study_path(sweep.study)))
+    if not sweep.report:  # model files, data, the layers: before the storage is written
+        where = str(study_config.study_path(sweep.study))
+        preflight(base, [p for m in resolve(cfg, where) for p in corner_policies(m)])
+        study_config.check_layers(cfg, check_model(base), base.model.name, where)
     if args.check:
         return checked("sweep")
     if sweep.report:
-        study = driver.load_existing(cfg, url)
+        studies = driver.load_existing(cfg, url)
     else:
-        study = driver.run(cfg, base, out, sweep.storage, sweep.n_trials, progress=sweep.progress)
-    df = report.write_report(study, cfg.objectives, out)
-    full = study.user_attrs.get("full", {})
-    metric = study.user_attrs.get("metric", "score")
-    print(f"study {cfg.name}: {len(df)} completed trials; full: score={full.get('score')} "
-          f"({metric}) stored={full.get('stored')} used={full.get('used')}")
-    print("Pareto front:")
-    print(report.front_table(df))
-    print(f"wrote {out / 'pareto.csv'} and {out / 'pareto.png'}")
+        studies = driver.run(cfg, base, out, sweep.storage, sweep.n_trials, progress=sweep.progress)
+    _print(report.write_report(studies, cfg, out), studies, cfg, out)
     return 0
+
+
+def _print(rep, studies, cfg, out: Path) -> None:
+    """The report on stdout: full, each method's front, and the tables with intervals."""
+    from avl_lab.experiments.study import report
+
+    first = studies[0][1]
+    full = first.user_attrs.get("full", {})
+    metric = first.user_attrs.get("metric", "score")
+    print(f"study {cfg.name}: {len(rep.trials)} completed trials; full: score={full.get('score')} "
+          f"({metric}) stored={full.get('stored')} used={full.get('used')}")
+    print("Pareto front:" if len(studies) == 1 else "Pareto fronts:")
+    shown = rep.trials.drop(columns=["score_lo", "score_hi"]) if rep.samples is None else rep.trials
+    print(report.front_table(shown))
+    if rep.samples is not None:
+        b = cfg.bootstrap
+        print(f"intervals: {b.level:.0%} percentile bootstrap, {b.resamples} resamples of the "
+              f"{rep.samples} samples (seed {b.seed}), paired across trials and methods")
+        print(rep.methods.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        if len(rep.paired):
+            print("paired differences (method - baseline; best score with used <= budget):")
+            print(rep.paired.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    files = ["pareto.csv", "methods.csv", *(["paired.csv"] if len(rep.paired) else []), "pareto.png"]
+    print(f"wrote {', '.join(str(out / f) for f in files)}")
 
 
 def main(argv: list[str] | None = None) -> int:

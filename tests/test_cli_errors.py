@@ -175,7 +175,7 @@ CASES = [
     (["sweep", "--study", "{in}/studies/malformed.yaml"], "not valid YAML"),
     (["sweep", "--study", "{in}/studies/empty.yaml"], "is empty"),
     (["sweep", "--study", "{in}/studies/list.yaml"], "mapping"),
-    (["sweep", "--study", "{in}/studies/c200.yaml"], "`fixed.C` must be a percentage"),
+    (["sweep", "--study", "{in}/studies/c200.yaml"], "`fixed.C` is invalid for policy 'avl': `C` must be a percentage"),
     (["sweep", "--study", "{in}/studies/c60.yaml"], "`fixed.C` is 60"),
     (["sweep", "--study", "{in}/studies/space_z.yaml"], "space.Z"),
     (["sweep", "--study", "{in}/studies/sampler_nam.yaml"], "sampler.nam"),

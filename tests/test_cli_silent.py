@@ -16,6 +16,7 @@ from avl_lab.errors import ConfigError, UserError
 from avl_lab.evaluation.policy_spec import check_policy
 from avl_lab.experiments.study import driver
 from avl_lab.experiments.study.config import load_study
+from avl_lab.experiments.study.methods import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["model=tiny-random-llava", "data.limit=2", "generation.max_new_tokens=2", "progress=false"]
@@ -81,19 +82,20 @@ def _study_file(tmp_path: Path, **changes) -> Path:
 
 def test_fixed_values_are_rejected_not_clipped(tmp_path):
     space = {"S": {"low": 10, "high": 50}, "P": {"low": 50, "high": 100}}
-    with pytest.raises(ConfigError, match="`fixed.C` must be a percentage"):
+    with pytest.raises(ConfigError, match="`fixed.C` is invalid for policy 'avl': `C` must be a percentage"):
         load_study(str(_study_file(tmp_path, space=space, fixed={"C": 200})))
     with pytest.raises(ConfigError, match="`fixed.C` is 60, above every S"):
         load_study(str(_study_file(tmp_path, space=space, fixed={"C": 60})))
     with pytest.raises(ConfigError, match="`fixed.P` is 30, below every S"):
-        load_study(str(_study_file(tmp_path, space={"S": {"low": 40, "high": 50}}, fixed={"P": 30})))
+        load_study(str(_study_file(tmp_path, space={"S": {"low": 40, "high": 50}}, fixed={"P": 30},
+                                   relations=["S <= P"])))
     cfg, _ = load_study(str(_study_file(tmp_path, space=space, fixed={"C": 10})))
     assert cfg.fixed == {"C": 10}
 
 
 def _stored_study(tmp_path: Path, storage: str, settings: dict | None, full_dir: str | None):
     cfg, base = load_study(str(_study_file(tmp_path)))
-    study = driver.load(cfg, storage)
+    study = driver.load(cfg, resolve(cfg)[0], storage)
     if settings is not None:
         study.set_user_attr("settings", settings)
     if full_dir is not None:
@@ -110,7 +112,7 @@ def test_a_sweep_rerun_with_other_eval_settings_refuses(tmp_path, capsys, legacy
     if legacy:  # a study from before settings were recorded: its full baseline tells
         _stored_study(tmp_path, storage, None, driver._full_dir(base, out))
     else:
-        _stored_study(tmp_path, storage, driver.settings(cfg, base), None)
+        _stored_study(tmp_path, storage, driver.settings(cfg, resolve(cfg)[0], base), None)
     args = ["sweep", "--study", str(tmp_path / "silent.yaml"), "--out", str(out), "--no-progress"]
     before = sorted(p.name for p in out.iterdir())
     rc = main([*args, "data.limit=3"])  # the study ran with data.limit=16
@@ -137,14 +139,15 @@ def test_a_resuming_sweep_says_what_it_waits_for(tmp_path, capsys):
     """Another worker's running trial: the sweep says it waits for it, fails it when its
     heartbeat stops, and runs it again."""
     path = _study_file(tmp_path, heartbeat_interval=1, grace_period=2, n_trials=1,
-                       space={"S": {"low": 40, "high": 50}})
+                       space={"S": {"low": 40, "high": 50}}, relations=[], reference={"S": 45})
     out = tmp_path / "sweep"
     out.mkdir()
     cfg, base = load_study(str(path), TINY[:-1])
     storage = driver.make_storage(driver.default_storage(out), cfg)
-    study = driver.load(cfg, storage)
-    study.set_user_attr("settings", driver.settings(cfg, base))
-    for attr in ("full", "paper_default"):
+    method = resolve(cfg)[0]
+    study = driver.load(cfg, method, storage)
+    study.set_user_attr("settings", driver.settings(cfg, method, base))
+    for attr in ("full", "reference"):
         study.set_user_attr(attr, {"score": 1.0, "stored": 1.0, "used": 1.0, "n": 2,
                                    "out_dir": driver._full_dir(base, out), "metric": "anls"})
     trial = study.ask()  # "another worker" that is then killed

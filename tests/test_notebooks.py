@@ -14,7 +14,7 @@ OUTPUTS = {
     "fig9_vision_params": ["fig9.csv", "fig9.png"],
     "fig10_prefill_text": ["fig10.csv", "fig10.png"],
     "observations": ["sparsity.csv", "layer-ppci.png", "step-ppci.csv", "modality-attention.png"],
-    "new_policy": ["new_policy.csv", "new_policy.png"],
+    "new_policy": ["pareto.csv", "methods.csv", "paired.csv", "pareto.png"],
 }
 SMALL_GRIDS = {"S": [20, 60], "C": [10], "K": [2], "P": [60, 100], "T": [20, 100]}
 
@@ -23,7 +23,7 @@ def _inject(nb, out: Path) -> None:
     """Papermill-style: a cell after the ``parameters`` cell overrides its values."""
     idx = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     src = (f'MODEL = "tiny-random-llava"\nLIMIT = 2\nMAX_NEW_TOKENS = 4\nBATCH_SIZE = 2\n'
-           f'OUT = "{out}"\nGRIDS = {SMALL_GRIDS!r}\nBUDGETS = [30]\n')
+           f'OUT = "{out}"\nGRIDS = {SMALL_GRIDS!r}\nBUDGETS = [30]\nN_TRIALS = 3\n')
     nb.cells.insert(idx + 1, nbformat.v4.new_code_cell(src))
 
 

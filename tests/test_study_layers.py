@@ -15,8 +15,16 @@ from avl_lab import policies
 from avl_lab.errors import ConfigError
 from avl_lab.evaluation.policy_spec import check_policy
 from avl_lab.experiments.study.config import StudyConfig, check_layers, load_study
-from avl_lab.experiments.study.driver import paper_default
-from avl_lab.experiments.study.space import first_layer, suggest, to_policy
+from avl_lab.experiments.study.methods import resolve
+from avl_lab.experiments.study.space import (
+    Dim,
+    Method,
+    Relation,
+    first_layer,
+    reference_policy,
+    suggest,
+    to_policy,
+)
 from avl_lab.policies.scope import Scoped
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,15 +46,22 @@ def _write(tmp_path: Path, **changes) -> Path:
     return path
 
 
+def _avl(fixed: dict) -> Method:
+    """A-VL as docvqa_layers searches it: C ≤ S ≤ P kept by clipping, in that order."""
+    return Method("avl", "avl", (Dim("S", "int", 10, 100, 5),), fixed=fixed,
+                  relations=(Relation("S", "P"), Relation("C", "S")))
+
+
 def test_to_policy_turns_L_into_a_layer_scope():
-    policy = to_policy({"S": 60, "C": 70, "L": 2}, {"P": 50})
+    policy = to_policy({"S": 60, "C": 70, "L": 2}, _avl({"P": 50}))
     assert policy == {"name": "avl", "P": 50, "S": 50, "C": 50, "layers": "2-"}
     built = policies.build(policy)
     assert isinstance(built, Scoped)
     assert [built.covers(i) for i in range(4)] == [False, False, True, True]
     assert first_layer(policy) == 2
-    assert "layers" not in to_policy({"S": 10}, {}) and first_layer(to_policy({"S": 10}, {})) is None
-    assert to_policy({"S": 10}, {"L": 0})["layers"] == "0-"
+    none = to_policy({"S": 10}, _avl({}))
+    assert "layers" not in none and first_layer(none) is None
+    assert to_policy({"S": 10}, _avl({"L": 0}))["layers"] == "0-"
     check_policy(policy)  # an evaluation takes the scope (it is no field of the avl dataclass)
     with pytest.raises(ConfigError, match="`layers`"):
         check_policy({**policy, "layers": "3-1"})
@@ -54,15 +69,16 @@ def test_to_policy_turns_L_into_a_layer_scope():
 
 def test_suggest_draws_L_from_its_range(tmp_path):
     cfg, _ = load_study(str(_write(tmp_path)))
+    (method,) = resolve(cfg)
     study = optuna.create_study(directions=["minimize", "maximize"],
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(40):
-        raw = suggest(study.ask(), cfg)
+        raw = suggest(study.ask(), method)
         assert set(raw) == {"S", "C", "K", "P", "T", "L"}
         seen.add(raw["L"])
     assert seen == {0, 1, 2, 3}
-    assert paper_default(cfg)["layers"] == "0-"  # the paper tiers every layer
+    assert reference_policy(method)["layers"] == "0-"  # the paper tiers every layer
 
 
 @pytest.mark.parametrize(("changes", "key"), [
@@ -85,7 +101,7 @@ def test_L_must_be_a_layer_of_the_model(tmp_path):
     check_layers(cfg, 5, "m")
     with pytest.raises(ConfigError, match="`space.L` reaches layer 4, but avl-tiny has 4"):
         check_layers(cfg, 4, "avl-tiny")
-    fixed = StudyConfig(name="x", space=cfg.space, fixed={"L": 4})
+    fixed = StudyConfig(name="x", space=cfg.space, fixed={"L": 4}, relations=cfg.relations)
     fixed.space = {k: v for k, v in cfg.space.items() if k != "L"}
     with pytest.raises(ConfigError, match="`fixed.L`"):
         check_layers(fixed, 4, "avl-tiny")

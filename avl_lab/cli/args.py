@@ -5,7 +5,9 @@ flag (``--report`` = ``report=true``, ``--no-progress`` = ``progress=false``); b
 the verb's positional keys (``figures fig9`` = ``figure=fig9``); ``-v`` / ``-q`` set the
 verbosity, ``-h`` / ``--help`` asks for help and ``--check`` for a dry run (the command is
 validated — keys, values, files, the model's checkpoint and the data — and stops before it
-loads weights, runs or writes anything).
+loads weights, runs or writes anything). ``plugins=[a.py, my.module]`` (every verb) imports
+those plugins as the command line is read, so that ``--help``, ``--check`` and every check
+after see the policies, tasks and metrics they register (:mod:`avl_lab.plugins`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class Argv:
     """``--check`` was given: validate the command, then stop before running it."""
     deprecated: list[str] = field(default_factory=list)
     """Old spellings that were used (``out=``), for one warning."""
+    plugins: list[str] = field(default_factory=list)
+    """``plugins=...`` given on the command line (imported by :func:`parse_argv`)."""
 
     def keys(self) -> list[str]:
         return [item.partition("=")[0] for item in self.dotlist]
@@ -122,4 +126,13 @@ def parse_argv(
             raise ConfigError(f"unexpected argument {tok!r}; arguments are key=value (see --help)")
     for note in dict.fromkeys(out.deprecated):
         log.warning(note)
+    _take_plugins(out)
     return out
+
+
+def _take_plugins(out: Argv) -> None:
+    """Move ``plugins=`` items out of the dotlist and import them (one error if one fails)."""
+    from avl_lab import plugins
+
+    out.plugins, out.dotlist = plugins.take(out.dotlist)
+    plugins.load(out.plugins)

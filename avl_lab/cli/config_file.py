@@ -3,7 +3,8 @@
 Every verb takes ``config=FILE`` (or ``--config FILE``). The file holds the same keys as the
 command line, nested or dotted (``data: {name: synth-ocr, limit: 8}`` or ``data.limit: 8``;
 ``model: avl-tiny`` is ``model.name``), and its values come first: ``key=value`` arguments
-override them. The file is read by :func:`avl_lab.cli.loader.load_yaml` and its keys go
+override them; its ``plugins`` (paths relative to the file's folder) are imported first.
+The file is read by :func:`avl_lab.cli.loader.load_yaml` and its keys go
 through the verb's own loading, so unknown keys, wrong types and invalid values are the same
 errors as on the command line; an error about a key that only the file sets names the file.
 """
@@ -83,8 +84,11 @@ def with_config_file(load: Callable[[list[str]], T], dotlist: Sequence[str]) -> 
     ConfigError
         ``config`` given twice or empty; the file's own errors (see :func:`file_items`).
     """
+    from avl_lab import plugins
+
     paths = [item.partition("=")[2] for item in dotlist if item.partition("=")[0] == CONFIG_KEY]
-    rest = [item for item in dotlist if item.partition("=")[0] != CONFIG_KEY]
+    specs, rest = plugins.take([item for item in dotlist if item.partition("=")[0] != CONFIG_KEY])
+    plugins.load(specs)
     if not paths:
         return load(rest)
     if len(paths) > 1:
@@ -92,7 +96,11 @@ def with_config_file(load: Callable[[list[str]], T], dotlist: Sequence[str]) -> 
                           "give one file and key=value overrides on top")
     if not paths[0]:
         raise ConfigError(f"`{CONFIG_KEY}` needs a file name (config=FILE)")
-    items = file_items(paths[0])
+    specs, items = plugins.take(file_items(paths[0]))
+    try:
+        plugins.load(specs, base=Path(paths[0]).expanduser().resolve().parent)
+    except plugins.PluginError as err:
+        raise plugins.PluginError(f"config file {paths[0]}: {err}") from None
     try:
         return load([*items, *rest])
     except ConfigError as err:

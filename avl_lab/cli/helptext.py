@@ -79,7 +79,7 @@ def _lines(schema: type, prefix: str = "", skip: Sequence[str] = ()) -> list[str
 def registries() -> list[str]:
     """The registered models, tasks and policies (with their fields), for ``--help``."""
     from avl_lab import data, models, policies
-    from avl_lab.policies.registry import _REGISTRY
+    from avl_lab.policies.registry import fields
 
     lines = ["Models (model=NAME, or a local checkpoint directory):"]
     lines += textwrap.wrap(", ".join(models.names()), 96, initial_indent="  ",
@@ -91,10 +91,7 @@ def registries() -> list[str]:
         lines.append(f"  {name:<14} {spec.metric:<17} {splits}")
     lines.append("Policies (policy=NAME policy.FIELD=VALUE):")
     for name in policies.names():
-        cls = _REGISTRY[name]
-        fields = ([f.name for f in dataclasses.fields(cls) if f.init]
-                  if dataclasses.is_dataclass(cls) else [])
-        lines.append(f"  {name:<14} {', '.join(fields) or '-'}")
+        lines.append(f"  {name:<14} {', '.join(fields(name)) or '-'}")
     return lines
 
 
@@ -114,8 +111,12 @@ def help_text(
         lines += [*textwrap.wrap(note, 100, break_on_hyphens=False), ""]
     lines += [*textwrap.wrap("Common options: config=FILE (a YAML file of these keys, nested or "
                              "dotted; key=value arguments override it), --check (validate the command: keys, "
-                             "values, files, checkpoint and data; run and write nothing), -h/--help, "
-                             "-v/--verbose (more output), -q/--quiet.", 100, break_on_hyphens=False), ""]
+                             "values, files, checkpoint and data; run and write nothing), "
+                             "plugins=[my_policy.py, my.module] (import policies, tasks and metrics "
+                             "from outside the package first; installed packages' entry points "
+                             "in the groups avl_lab.policies, avl_lab.tasks, avl_lab.metrics load "
+                             "by themselves), -h/--help, -v/--verbose (more output), -q/--quiet.",
+                             100, break_on_hyphens=False), ""]
     if with_registries:
         lines += registries()
     return "\n".join(lines).rstrip() + "\n"

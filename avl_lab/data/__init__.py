@@ -61,7 +61,7 @@ from avl_lab.data import synth_docvqa_2x2  # isort: skip  (the premise variant, 
 from avl_lab.data.cache_dir import cache_root
 from avl_lab.data.images import CorruptImageWarning, SkippedRows, iter_valid_rows, safe_image
 from avl_lab.data.lmms import DatasetNotAvailableError
-from avl_lab.data.registry import TaskSpec, get, load, metric_for, names
+from avl_lab.data.registry import TaskSpec, get, load, metric_for, names, register
 from avl_lab.data.schema import COLUMNS, row_features
 from avl_lab.data.synth import sample_row
 
@@ -79,6 +79,7 @@ __all__ = [
     "load",
     "metric_for",
     "names",
+    "register",
     "row_features",
     "safe_image",
     "sample_row",

@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset
 
-from avl_lab.data.schema import METRICS
-
 __all__ = ["TaskSpec", "get", "load", "metric_for", "names", "register"]
 
 Loader = Callable[..., Dataset]
@@ -23,7 +21,7 @@ class TaskSpec:
     name : str
         Registry name, e.g. ``"synth-docvqa"``.
     metric : str
-        The metric of its rows (one of :data:`avl_lab.data.schema.METRICS`).
+        The metric of its rows (a registered metric: :func:`avl_lab.metrics.metric_names`).
     splits : tuple of str
         Canonical split names.
     aliases : dict
@@ -67,27 +65,39 @@ def register(
     aliases: dict[str, str] | None = None,
 ) -> Callable[[Loader], Loader]:
     """Decorator registering ``loader(split, limit, **kwargs)`` under ``name``."""
-    if metric not in METRICS:
-        raise ValueError(f"`metric` must be one of {METRICS}, got {metric!r}")
+    from avl_lab.metrics.registry import registered
+
+    if metric not in registered():
+        raise ValueError(f"task {name!r}: `metric` must be a registered metric "
+                         f"({', '.join(registered())}), got {metric!r}")
 
     def deco(loader: Loader) -> Loader:
         if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} is already registered")
+            raise ValueError(f"task name {name!r} is already registered by "
+                             f"{_REGISTRY[name].loader.__module__}")
         _REGISTRY[name] = TaskSpec(name, metric, splits, kind, description, loader, aliases or {})
         return loader
 
     return deco
 
 
+def _installed() -> dict[str, TaskSpec]:
+    """The registry, with the tasks of installed plugins (entry points) loaded."""
+    from avl_lab.plugins import load_installed
+
+    load_installed()
+    return _REGISTRY
+
+
 def names() -> list[str]:
-    """Registered dataset names, in registration order."""
-    return list(_REGISTRY)
+    """Registered dataset names, in registration order (built-in, then plugins)."""
+    return list(_installed())
 
 
 def get(name: str) -> TaskSpec:
     """The :class:`TaskSpec` of ``name``; ``ValueError`` listing the names otherwise."""
     try:
-        return _REGISTRY[name]
+        return _installed()[name]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(names())}") from None
 

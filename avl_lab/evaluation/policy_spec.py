@@ -13,7 +13,7 @@ from typing import Any
 
 from avl_lab.errors import ConfigError
 
-__all__ = ["check_policy"]
+__all__ = ["check_policy", "type_error", "type_options"]
 
 _WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -32,18 +32,30 @@ def _ok(value: Any, tp: Any) -> bool:
     return True  # containers and classes: the policy checks them itself
 
 
-def _check_field(key: str, value: Any, tp: Any) -> None:
+def type_options(tp: Any) -> tuple[list[Any], bool]:
+    """``(the types a field declared as tp takes, whether it takes null)``."""
     args = typing.get_args(tp)
     union = typing.get_origin(tp) in (typing.Union, types.UnionType)
     options = [a for a in args if a is not type(None)] if union else [tp]
+    return options, union and type(None) in args
+
+
+def type_error(value: Any, tp: Any) -> str | None:
+    """Why ``value`` does not fit a field of type ``tp`` ("must be an integer, got 1.5"), or
+    None when it fits (containers and classes are left to the policy)."""
+    options, nullable = type_options(tp)
     if value is None:
-        if union and type(None) in args:
-            return
-        raise ConfigError(f"`policy.{key}` must not be null")
+        return None if nullable else "must not be null"
     if not any(_ok(value, t) for t in options):
         want = " or ".join(_WORDS.get(t, getattr(t, "__name__", str(t))) for t in options)
-        null = " (or null)" if union and type(None) in args else ""
-        raise ConfigError(f"`policy.{key}` must be {want}{null}, got {value!r}")
+        return f"must be {want}{' (or null)' if nullable else ''}, got {value!r}"
+    return None
+
+
+def _check_field(key: str, value: Any, tp: Any) -> None:
+    why = type_error(value, tp)
+    if why is not None:
+        raise ConfigError(f"`policy.{key}` {why}")
 
 
 def check_policy(spec: Mapping[str, Any]) -> None:
@@ -56,20 +68,21 @@ def check_policy(spec: Mapping[str, Any]) -> None:
         the wrong type or out of range; the message names ``policy.<field>``.
     """
     from avl_lab import policies
-    from avl_lab.policies.registry import _REGISTRY
+    from avl_lab.policies import registry
 
     if not isinstance(spec, Mapping):
         raise ConfigError(f"`policy` must be a mapping such as {{name: avl, S: 45}}, got {spec!r}")
     name = spec.get("name")
     if name is None:
         raise ConfigError(f"`policy.name` is required; registered policies: {', '.join(policies.names())}")
-    if not isinstance(name, str) or name not in _REGISTRY:
+    if not isinstance(name, str) or name not in policies.names():
         raise ConfigError(f"`policy.name`: unknown policy {name!r}; registered policies: "
-                          f"{', '.join(policies.names())}")
-    cls = _REGISTRY[name]
+                          f"{', '.join(policies.names())} (a policy from outside avl_lab needs "
+                          "plugins=FILE.py or an installed plugin package)")
+    cls = registry.get(name)
     if dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls)
-        fields = {f.name for f in dataclasses.fields(cls) if f.init}
+        fields = set(registry.fields(name))
         for key, value in spec.items():
             if key in ("name", "layers"):  # `layers`: any policy's scope, checked by build
                 continue

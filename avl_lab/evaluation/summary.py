@@ -39,7 +39,9 @@ def versions() -> dict[str, str]:
     import transformers
 
     import avl_lab
+    from avl_lab import plugins
 
+    loaded = "; ".join(f"{p.module} ({p.source})" for p in plugins.loaded())
     return {
         "avl_lab": avl_lab.__version__,
         "torch": torch.__version__,
@@ -47,7 +49,21 @@ def versions() -> dict[str, str]:
         "lightning": lightning.__version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        **({"plugins": loaded} if loaded else {}),
     }
+
+
+def sample_scores(metric: str, records: list[dict[str, Any]]) -> tuple[list[float], dict[str, Any]]:
+    """Each record's score (in record order) and what the scoring used: per-sample metrics as
+    recorded (scored with the row's meta), CIDEr-D per image with the idf of all ``records``
+    (whose mean is the corpus score)."""
+    if metric == "cider":
+        res = cider_score({r["id"]: r["prediction"] for r in records},
+                          {r["id"]: r["references"] for r in records})
+        return [float(res.per_image[r["id"]]) for r in records], {"cider_tokenizer": res.tokenizer}
+    return [r["score"] if r.get("score") is not None
+            else sample_score(metric, r["prediction"], r["references"], r.get("meta"))
+            for r in records], {}
 
 
 def task_score(metric: str, records: list[dict[str, Any]]) -> tuple[float, dict[str, Any]]:
@@ -58,10 +74,8 @@ def task_score(metric: str, records: list[dict[str, Any]]) -> tuple[float, dict[
         res = cider_score({r["id"]: r["prediction"] for r in records},
                           {r["id"]: r["references"] for r in records})
         return float(res.score), {"cider_tokenizer": res.tokenizer}
-    scores = [r["score"] if r.get("score") is not None  # scored with the row's meta
-              else sample_score(metric, r["prediction"], r["references"], r.get("meta"))
-              for r in records]
-    return sum(scores) / len(scores), {}
+    scores, extra = sample_scores(metric, records)
+    return sum(scores) / len(scores), extra
 
 
 def summarize(

@@ -21,6 +21,7 @@ cider             ``cider(predictions, references)``         :class:`CIDEr`
 every caller), and :class:`ScoreMean` streams the mean of those scores.
 """
 
+from avl_lab.metrics import registry
 from avl_lab.metrics._base import ScoreMean
 from avl_lab.metrics.accuracy import Accuracy, accuracy
 from avl_lab.metrics.anls import ANLS, anls
@@ -30,7 +31,13 @@ from avl_lab.metrics.normalize import normalize_answer
 from avl_lab.metrics.ocrbench import OCRBenchScore, ocrbench_score
 from avl_lab.metrics.ppci import PPCI, ppci, ppci_rows
 from avl_lab.metrics.ptb import java_available, tokenize_captions
-from avl_lab.metrics.registry import build_metric, metric_names, sample_score, score_rows
+from avl_lab.metrics.registry import (
+    build_metric,
+    metric_names,
+    register_metric,
+    sample_score,
+    score_rows,
+)
 from avl_lab.metrics.relaxed_accuracy import RelaxedAccuracy, relaxed_accuracy
 from avl_lab.metrics.vqa_accuracy import VQAAccuracy, vqa_accuracy
 
@@ -53,10 +60,12 @@ __all__ = [
     "cider_d",
     "cider_score",
     "java_available",
+    "metric_names",
     "normalize_answer",
     "ocrbench_score",
     "ppci",
     "ppci_rows",
+    "register_metric",
     "relaxed_accuracy",
     "sample_score",
     "score_rows",
@@ -64,5 +73,6 @@ __all__ = [
     "vqa_accuracy",
 ]
 
-#: The registered metric names (each metric file registers its class with ``@register_metric``).
-METRIC_NAMES: tuple[str, ...] = metric_names()
+#: The built-in metric names (each metric file registers its class with ``@register_metric``);
+#: :func:`metric_names` adds those of plugins.
+METRIC_NAMES: tuple[str, ...] = registry.registered()

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 from torchmetrics import Metric
 
-__all__ = ["SAMPLE_SCORERS", "build_metric", "metric_names", "register_metric", "sample_score",
-           "score_rows"]
+__all__ = ["SAMPLE_SCORERS", "build_metric", "metric_names", "register_metric", "registered",
+           "sample_score", "score_rows"]
 
 M = TypeVar("M", bound=type[Metric])
 
@@ -24,7 +24,9 @@ def register_metric(name: str, sample: Callable[..., float] | None = None) -> Ca
 
     def deco(cls: M) -> M:
         if name in _BUILDERS:
-            raise ValueError(f"metric {name!r} is already registered")
+            old = _BUILDERS[name]
+            raise ValueError(f"metric name {name!r} is already registered by "
+                             f"{old.__module__}.{old.__qualname__}")
         _BUILDERS[name] = cls
         if sample is not None:
             SAMPLE_SCORERS[name] = sample
@@ -33,11 +35,21 @@ def register_metric(name: str, sample: Callable[..., float] | None = None) -> Ca
     return deco
 
 
-def metric_names() -> tuple[str, ...]:
-    """The registered metric names, in registration order (the order of ``metrics/__init__``)."""
-    import avl_lab.metrics  # noqa: F401  (each metric module registers itself)
+def registered() -> tuple[str, ...]:
+    """The metric names registered so far: the built-in ones (each metric module registers
+    itself) and those of plugins already imported; entry points are not loaded here."""
+    import avl_lab.metrics  # noqa: F401
 
     return tuple(_BUILDERS)
+
+
+def metric_names() -> tuple[str, ...]:
+    """The registered metric names, in registration order (the built-in ones in the order of
+    ``metrics/__init__``, then those of plugins, installed entry points included)."""
+    from avl_lab.plugins import load_installed
+
+    load_installed()
+    return registered()
 
 
 def _check(name: str) -> None:

@@ -24,7 +24,8 @@ def register(name: str, example: Mapping[str, Any] | None = None) -> Callable:
         redefined = old is not None and (old.__module__, old.__qualname__) == (
             obj.__module__, obj.__qualname__)  # e.g. a notebook cell run twice
         if old is not None and old is not obj and not redefined:
-            raise ValueError(f"policy name {name!r} is already registered by {old.__qualname__}")
+            raise ValueError(f"policy name {name!r} is already registered by "
+                             f"{old.__module__}.{old.__qualname__}")
         _REGISTRY[name] = obj
         _EXAMPLES[name] = dict(example or {})
         if isinstance(obj, type):
@@ -34,9 +35,30 @@ def register(name: str, example: Mapping[str, Any] | None = None) -> Callable:
     return wrap
 
 
+def _installed() -> dict[str, Callable[..., Policy]]:
+    """The registry, with the policies of installed plugins (entry points) loaded."""
+    from avl_lab.plugins import load_installed
+
+    load_installed()
+    return _REGISTRY
+
+
 def names() -> list[str]:
-    """Registered policy names, sorted."""
-    return sorted(_REGISTRY)
+    """Registered policy names (built-in and plugins), sorted."""
+    return sorted(_installed())
+
+
+def get(name: str) -> Callable[..., Policy]:
+    """The class (or factory) registered as ``name``; ``ValueError`` listing the names."""
+    return _REGISTRY[_check_name(name)]
+
+
+def fields(name: str) -> dict[str, dataclasses.Field]:
+    """The init fields of policy ``name``'s dataclass (empty for a factory)."""
+    cls = get(name)
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        return {}
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
 
 
 def example(name: str) -> dict[str, Any]:
@@ -45,16 +67,16 @@ def example(name: str) -> dict[str, Any]:
 
 
 def _check_name(name: str) -> str:
-    if name not in _REGISTRY:
+    if name not in _installed():
         raise ValueError(f"unknown policy {name!r}; registered policies: {', '.join(names())}")
     return name
 
 
 def create(name: str, params: Mapping[str, Any]) -> Policy:
     """Instantiate policy ``name`` with ``params``; unknown fields raise ``ValueError``."""
-    factory = _REGISTRY[_check_name(name)]
+    factory = get(name)
     if isinstance(factory, type) and dataclasses.is_dataclass(factory):
-        allowed = {f.name for f in dataclasses.fields(factory) if f.init}
+        allowed = set(fields(name))
         unknown = sorted(set(params) - allowed)
         if unknown:
             raise ValueError(

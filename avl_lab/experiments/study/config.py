@@ -1,4 +1,10 @@
-"""Study definitions (``sweeps/*.yaml``), validated against a dataclass schema."""
+"""Study definitions (``sweeps/*.yaml``), validated against a dataclass schema.
+
+A study searches one registered policy (``policy`` + ``space``, the fields it searches, and
+``fixed``, those it holds) or several (``methods``: one entry per method, each with its own
+policy, space and trial budget); :mod:`avl_lab.experiments.study.methods` checks each space
+against its policy's dataclass fields.
+"""
 
 from __future__ import annotations
 
@@ -12,23 +18,44 @@ from omegaconf import MISSING
 from avl_lab.errors import ConfigError
 from avl_lab.evaluation.config import EvalConfig, load_config
 
-PARAMS = ("S", "C", "K", "P", "T", "L")
 OBJECTIVES = {"used": "minimize", "stored": "minimize", "score": "maximize"}
 SAMPLERS = ("nsga2", "tpe", "random")
-#: The paper's default configuration (Table 3), marked on the Pareto plot (L=0: every layer).
-PAPER_DEFAULT = {"S": 45, "C": 30, "K": 3, "P": 90, "T": 50, "L": 0}
-#: Parameters that are not percentages: their smallest allowed value.
-_NOT_PERCENT = {"K": 1, "L": 0}
 
 
 @dataclass
-class RangeConfig:
-    low: int = MISSING
-    """Smallest value (percent for S/C/P/T, steps for K, a decoder layer for L)."""
-    high: int = MISSING
+class DimConfig:
+    """One searched field: a range (``low``, ``high``, ``step``, ``log``) or ``choices``."""
+
+    low: Any = None
+    """Smallest value. Integer low, high and step search integers; any float searches floats."""
+    high: Any = None
     """Largest value."""
-    step: int = 1
-    """Grid step."""
+    step: Any = None
+    """Grid step (integers: 1 by default; floats: continuous by default)."""
+    log: bool = False
+    """Sample on a log scale (low > 0, no step)."""
+    choices: list[Any] | None = None
+    """The values of a categorical dimension (instead of a range)."""
+    type: str | None = None
+    """int | float | categorical; inferred from the values when unset."""
+
+
+@dataclass
+class MethodConfig:
+    """One method of a multi-method study (an entry of ``methods``)."""
+
+    policy: str = MISSING
+    """The registered policy searched (plugins included)."""
+    space: dict[str, DimConfig] = field(default_factory=dict)
+    """Searched fields of the policy (and `L`, the first decoder layer it acts in)."""
+    fixed: dict[str, Any] = field(default_factory=dict)
+    """Fields held fixed."""
+    relations: list[str] = field(default_factory=list)
+    """Clipping relations such as "C <= S", applied in order."""
+    reference: dict[str, Any] | None = None
+    """A point marked on the plot (e.g. the method's paper default)."""
+    n_trials: int | None = None
+    """Completed trials of this method (default: the study's `n_trials`)."""
 
 
 @dataclass
@@ -42,28 +69,57 @@ class SamplerConfig:
 
 
 @dataclass
+class BootstrapConfig:
+    """Intervals of the report: resampling the evaluated samples, jointly across trials."""
+
+    resamples: int = 1000
+    """Bootstrap resamples (0: no intervals)."""
+    seed: int = 0
+    """Seed of the resampling."""
+    level: float = 0.95
+    """Coverage of the percentile intervals."""
+    budgets: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    """Cache-used budgets at which methods are compared (best score with used ≤ budget)."""
+    baseline: str | None = None
+    """The method the others are compared with (default: the first)."""
+
+
+@dataclass
 class StudyConfig:
-    """An Optuna study over A-VL's parameters."""
+    """An Optuna study over the fields of one registered policy, or of several (`methods`)."""
 
     name: str = MISSING
     """Study name (also the Optuna study name)."""
     description: str = ""
     """One line on what the study measures."""
+    plugins: list[str] = field(default_factory=list)
+    """Plugins to import first (module names or .py paths, relative to this file's folder)."""
     eval: dict[str, Any] = field(default_factory=dict)
     """Evaluation settings with the keys of `python -m avl_lab.evaluate` (model, data, ...)."""
+    policy: str | None = None
+    """The registered policy searched (default avl); not with `methods`."""
     fixed: dict[str, Any] = field(default_factory=dict)
-    """Policy parts held fixed, e.g. {K: 3}."""
-    space: dict[str, RangeConfig] = field(default_factory=dict)
-    """Searched parameters among S, C, K, P, T and L (the first decoder layer the policy acts
-    in: ``layers: "L-"``; earlier layers keep and use every row); C ≤ S ≤ P is kept by clipping
-    a searched S to P and a searched C to S (fixed values are never clipped: out-of-range ones
-    are rejected)."""
+    """Policy fields held fixed, e.g. {K: 3}."""
+    space: dict[str, DimConfig] = field(default_factory=dict)
+    """Searched policy fields: {low, high, step, log} or {choices}; `L` is the first decoder layer
+    the policy acts in (`layers: "L-"`; earlier layers keep and use every row)."""
+    relations: list[str] = field(default_factory=list)
+    """Clipping relations between fields, in order: "S <= P" clips a trial's S to its P (A-VL's
+    studies keep C ≤ S ≤ P with [S <= P, C <= S]); a fixed value that every trial would clip is
+    an error."""
+    reference: dict[str, Any] | None = None
+    """A point marked on the plot, e.g. the paper's default {S: 45, C: 30, K: 3, P: 90, T: 50}."""
+    methods: dict[str, MethodConfig] = field(default_factory=dict)
+    """Several methods, each with its own policy, space and trial budget (one Optuna study each,
+    named <study>/<method>); the report draws one front per method."""
     objectives: list[str] = field(default_factory=lambda: ["used", "score"])
     """Two or more of used (minimised), stored (minimised), score (maximised)."""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    """The Optuna sampler."""
+    """The Optuna sampler (one per method)."""
     n_trials: int = 24
-    """Completed trials the study should hold in total."""
+    """Completed trials the study (each method) should hold in total."""
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    """Intervals of the report (paired across trials and methods)."""
     heartbeat_interval: int = 10
     """Seconds between a running trial's heartbeats."""
     grace_period: int = 30
@@ -97,21 +153,29 @@ def study_path(name: str) -> Path:
 
 
 def load_study(name: str, overrides: list[str] | None = None) -> tuple[StudyConfig, EvalConfig]:
-    """Load and validate a study; ``overrides`` use the evaluate CLI's keys.
+    """Load and validate a study (its plugins imported first); ``overrides`` use the evaluate
+    CLI's keys.
 
     Returns the study and its base evaluation config (policy and out_dir are set per trial).
 
     Raises
     ------
     ConfigError, InputFileError
-        The study file is malformed or a value is out of range (the message names the file
-        and the key), or an override is invalid.
+        The study file is malformed, a plugin fails, or a value is out of range (the message
+        names the file and the key), or an override is invalid.
     """
+    from avl_lab import plugins
     from avl_lab.cli.loader import load_structured, load_yaml
+    from avl_lab.experiments.study.methods import resolve
 
     path = study_path(name)
     cfg = load_structured(StudyConfig, base=load_yaml(path, "study file"), where=str(path))
+    try:
+        plugins.load(cfg.plugins, base=path.resolve().parent)
+    except plugins.PluginError as err:
+        raise plugins.PluginError(f"{path}: {err}") from None
     _validate(cfg, path)
+    resolve(cfg, str(path))
     for key in ("policy", "out_dir"):
         if key in cfg.eval:
             raise ConfigError(f"{path}: `eval.{key}` is set by the sweep per trial; remove it "
@@ -123,77 +187,17 @@ def load_study(name: str, overrides: list[str] | None = None) -> tuple[StudyConf
     return cfg, load_config(list(overrides or []), base=base) if overrides else base
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_fixed(cfg: StudyConfig, bad) -> None:
-    """Fixed values in range, and never clipped by the searched ones (C ≤ S ≤ P for every trial)."""
-    for key, value in cfg.fixed.items():
-        if key in ("S", "C", "P", "T") and not (_number(value) and 0 < value <= 100):
-            raise bad(f"fixed.{key}", f"must be a percentage in (0, 100], got {value!r}")
-        if key in _NOT_PERCENT and not (isinstance(value, int) and not isinstance(value, bool)
-                                        and value >= _NOT_PERCENT[key]):
-            raise bad(f"fixed.{key}", f"must be an integer ≥ {_NOT_PERCENT[key]}, got {value!r}")
-        if key == "layer" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-            raise bad("fixed.layer", f"must be an integer ≥ 0, got {value!r}")
-
-    def lowest(k: str) -> float | None:
-        return cfg.fixed[k] if k in cfg.fixed else cfg.space[k].low if k in cfg.space else None
-
-    def highest(k: str) -> float | None:
-        return cfg.fixed[k] if k in cfg.fixed else cfg.space[k].high if k in cfg.space else None
-
-    for small, big in (("C", "S"), ("S", "P")):
-        if small in cfg.fixed and highest(big) is not None and cfg.fixed[small] > highest(big):
-            raise bad(f"fixed.{small}", f"is {cfg.fixed[small]}, above every {big} the study can "
-                      f"use (at most {highest(big)}); {small} ≤ {big} is required")
-        if big in cfg.fixed and lowest(small) is not None and lowest(small) > cfg.fixed[big]:
-            raise bad(f"fixed.{big}", f"is {cfg.fixed[big]}, below every {small} the study can "
-                      f"use (at least {lowest(small)}); {small} ≤ {big} is required")
-
-
 def _validate(cfg: StudyConfig, path: Path) -> None:
     def bad(key: str, msg: str) -> ConfigError:
         return ConfigError(f"{path}: `{key}` {msg}")
 
     if not cfg.name or not str(cfg.name).strip():
         raise bad("name", "is empty")
-    _check_space(cfg, bad)
-    _check_fixed(cfg, bad)
     _check_run(cfg, bad)
 
 
-def _check_space(cfg: StudyConfig, bad: Callable[[str, str], ConfigError]) -> None:
-    """The searched and fixed parameters: known, in range, and each with what it needs."""
-    for key in cfg.space:
-        if key not in PARAMS:
-            raise bad(f"space.{key}", f"is not a searchable parameter; allowed: {list(PARAMS)}")
-        if key in cfg.fixed:
-            raise bad(f"space.{key}", "is also in `fixed`")
-        r = cfg.space[key]
-        lo, hi = (_NOT_PERCENT[key], 10**6) if key in _NOT_PERCENT else (1, 100)
-        if not lo <= r.low <= r.high <= hi:
-            raise bad(f"space.{key}", f"needs {lo} ≤ low ≤ high ≤ {hi}, got low={r.low} high={r.high}")
-        if r.step < 1:
-            raise bad(f"space.{key}.step", f"must be ≥ 1, got {r.step}")
-    for key in cfg.fixed:
-        if key not in (*PARAMS, "layer"):
-            raise bad(f"fixed.{key}", f"is not an A-VL parameter; allowed: {[*PARAMS, 'layer']}")
-    params = set(cfg.space) | set(cfg.fixed)
-    if not cfg.space:
-        raise bad("space", "is empty: nothing to search")
-    if "C" in params and "S" not in params:
-        raise bad("space.C", "needs S (searched or fixed)")
-    if "K" in params and "C" not in params:
-        raise bad("space.K", "needs C (searched or fixed)")
-    if "L" in params and not params & {"S", "P", "T"}:
-        where = "space.L" if "L" in cfg.space else "fixed.L"
-        raise bad(where, "needs S, P or T (searched or fixed): a layer scope alone is Full")
-
-
 def _check_run(cfg: StudyConfig, bad: Callable[[str, str], ConfigError]) -> None:
-    """Objectives, sampler, trial count and the workers' heartbeat settings."""
+    """Objectives, sampler, trial count, intervals and the workers' heartbeat settings."""
     if len(cfg.objectives) < 2 or any(o not in OBJECTIVES for o in cfg.objectives):
         raise bad("objectives", f"must be two or more of {list(OBJECTIVES)}, got {cfg.objectives}")
     if len(set(cfg.objectives)) != len(cfg.objectives):
@@ -211,20 +215,33 @@ def _check_run(cfg: StudyConfig, bad: Callable[[str, str], ConfigError]) -> None
                   f"got {cfg.grace_period}")
     if cfg.max_retry < 0:
         raise bad("max_retry", f"must be ≥ 0, got {cfg.max_retry}")
+    b = cfg.bootstrap
+    if b.resamples < 0:
+        raise bad("bootstrap.resamples", f"must be ≥ 0 (0: no intervals), got {b.resamples}")
+    if not 0 < b.level < 1:
+        raise bad("bootstrap.level", f"must be in (0, 1), e.g. 0.95; got {b.level}")
+    if any(not 0 < u <= 1 for u in b.budgets):
+        raise bad("bootstrap.budgets", f"must be cache-used fractions in (0, 1], got {b.budgets}")
 
 
 def check_layers(cfg: StudyConfig, num_layers: int | None, model: str, path: str = "study") -> None:
-    """The first tiered layer ``L`` (searched or fixed) is a decoder layer of the model
-    (``num_layers`` None: not known before the model is built; checked when it runs).
+    """The first tiered layer ``L`` (searched or fixed, in every method) is a decoder layer of
+    the model (``num_layers`` None: not known before the model is built; checked when it runs).
 
     Raises
     ------
     ConfigError
         ``L`` can reach a layer the model does not have (the message names the key).
     """
+    from avl_lab.experiments.study.methods import resolve
+    from avl_lab.experiments.study.space import SCOPE
+
     if num_layers is None:
         return
-    key, top = ("space.L", cfg.space["L"].high) if "L" in cfg.space else ("fixed.L", cfg.fixed.get("L"))
-    if top is not None and top >= num_layers:
-        raise ConfigError(f"{path}: `{key}` reaches layer {top}, but {model} has {num_layers} "
-                          f"decoder layers (0..{num_layers - 1})")
+    for m, prefix in resolve(cfg, path, with_prefix=True):
+        dim = next((d for d in m.space if d.name == SCOPE), None)
+        key, top = ((f"{prefix}space.L", max(dim.values())) if dim is not None
+                    else (f"{prefix}fixed.L", m.fixed.get(SCOPE)))
+        if top is not None and top >= num_layers:
+            raise ConfigError(f"{path}: `{key}` reaches layer {top}, but {model} has {num_layers} "
+                              f"decoder layers (0..{num_layers - 1})")

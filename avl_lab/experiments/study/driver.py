@@ -1,4 +1,9 @@
-"""Running a study: Optuna storage with heartbeats and retries, workers, cached evaluations."""
+"""Running a study: Optuna storage with heartbeats and retries, workers, cached evaluations.
+
+Each method of a study is one Optuna study in the storage (the study's own name for a
+single-policy study, ``<study>/<method>`` for each of several), with its own sampler and trial
+budget; the ``full`` baseline is evaluated once (the evaluation cache serves it to every method).
+"""
 
 from __future__ import annotations
 
@@ -17,8 +22,9 @@ from avl_lab.errors import ConfigError
 from avl_lab.evaluation import EvalConfig
 from avl_lab.evaluation.cached import evaluate_policy
 from avl_lab.evaluation.config import result_key, to_dict
-from avl_lab.experiments.study.config import OBJECTIVES, PAPER_DEFAULT, StudyConfig
-from avl_lab.experiments.study.space import suggest, to_policy
+from avl_lab.experiments.study.config import OBJECTIVES, StudyConfig
+from avl_lab.experiments.study.methods import resolve
+from avl_lab.experiments.study.space import Method, reference_policy, suggest, to_policy
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +119,15 @@ def make_storage(url: str, cfg: StudyConfig, attempts: int = 6) -> RDBStorage:
     raise AssertionError("unreachable")
 
 
-def load_existing(cfg: StudyConfig, url: str) -> optuna.Study:
-    """The study as stored, for ``--report``; a clear error when there is nothing to report.
+def load_existing(cfg: StudyConfig, url: str) -> list[tuple[Method, optuna.Study]]:
+    """Each method's study as stored, for ``--report``; a clear error when there is nothing to
+    report.
 
     Raises
     ------
     ConfigError
-        No such study in the storage (an SQLite file is not created to find out), or it has
-        no completed trial yet.
+        A method's study is not in the storage (an SQLite file is not created to find out),
+        or has no completed trial yet.
     """
     from sqlalchemy.engine import make_url
 
@@ -130,25 +137,31 @@ def load_existing(cfg: StudyConfig, url: str) -> optuna.Study:
         raise ConfigError(f"no study {cfg.name!r} to report: {parsed.database} does not exist; {hint}")
     storage = make_storage(url, cfg)
     names = optuna.get_all_study_names(storage=storage)
-    if cfg.name not in names:
-        raise ConfigError(f"no study {cfg.name!r} in {_shown(url)} (it holds: "
-                          f"{', '.join(names) or 'none'}); {hint}")
-    study = optuna.load_study(study_name=cfg.name, storage=storage)
-    if not _count(study, TrialState.COMPLETE):
-        raise ConfigError(f"study {cfg.name!r} in {_shown(url)} has no completed trial yet; {hint}")
-    return study
+    out = []
+    for method in resolve(cfg):
+        if method.study_name not in names:
+            raise ConfigError(f"no study {method.study_name!r} in {_shown(url)} (it holds: "
+                              f"{', '.join(names) or 'none'}); {hint}")
+        study = optuna.load_study(study_name=method.study_name, storage=storage)
+        if not _count(study, TrialState.COMPLETE):
+            raise ConfigError(f"study {method.study_name!r} in {_shown(url)} has no completed trial "
+                              f"yet; {hint}")
+        out.append((method, study))
+    return out
 
 
-def settings(cfg: StudyConfig, base: EvalConfig) -> dict[str, Any]:
-    """What the study's results depend on: the evaluation (less where and how it runs), the
-    fixed parts, the space and the objectives. Stored with the study; a re-run must match."""
+def settings(cfg: StudyConfig, method: Method, base: EvalConfig) -> dict[str, Any]:
+    """What a method's results depend on: the evaluation (less where and how it runs), the
+    policy, its fixed fields, space and relations, and the objectives. Stored with the study;
+    a re-run must match."""
     d = to_dict(base)
     for k in ("out_dir", "accelerator", "devices", "strategy", "progress", "batch_size", "policy"):
         d.pop(k, None)
-    space = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else dict(v)
-             for k, v in cfg.space.items()}
-    return json.loads(json.dumps({"eval": d, "fixed": dict(cfg.fixed), "space": space,
-                                  "objectives": list(cfg.objectives)}, default=str))
+    return json.loads(json.dumps({
+        "eval": d, "policy": method.policy, "fixed": dict(method.fixed),
+        "space": {dim.name: dim.describe() for dim in method.space},
+        "relations": [str(r) for r in method.relations], "objectives": list(cfg.objectives),
+    }, default=str))
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -191,14 +204,14 @@ def make_sampler(cfg: StudyConfig, offset: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def load(cfg: StudyConfig, storage: str | RDBStorage, offset: int = 0) -> optuna.Study:
+def load(cfg: StudyConfig, method: Method, storage: str | RDBStorage, offset: int = 0) -> optuna.Study:
     try:
         study = optuna.create_study(
-            study_name=cfg.name, storage=storage, load_if_exists=True,
+            study_name=method.study_name, storage=storage, load_if_exists=True,
             directions=[OBJECTIVES[o] for o in cfg.objectives], sampler=make_sampler(cfg, offset),
         )
     except ValueError as err:  # e.g. other directions than the stored study's
-        raise ConfigError(f"study {cfg.name!r}: {err}") from None
+        raise ConfigError(f"study {method.study_name!r}: {err}") from None
     study.set_metric_names(list(cfg.objectives))
     return study
 
@@ -208,34 +221,56 @@ def _count(study: optuna.Study, *states: TrialState) -> int:
 
 
 def run(cfg: StudyConfig, base: EvalConfig, out: Path, storage: str | None,
-        n_trials: int | None = None, progress: bool = True) -> optuna.Study:
-    """Run trials until the study holds ``n_trials`` completed ones (several workers may share
-    the ``storage`` URL; default SQLite in ``out``). The ``full`` baseline and the paper's
-    default point are evaluated once and stored as study attributes.
+        n_trials: int | None = None, progress: bool = True) -> list[tuple[Method, optuna.Study]]:
+    """Run each method's trials until it holds its number of completed ones (``n_trials``, when
+    given, for every method; several workers may share the ``storage`` URL; default SQLite in
+    ``out``). The ``full`` baseline and each method's reference point are evaluated once and
+    stored as study attributes.
 
     Raises
     ------
     ConfigError
-        A bad storage URL, or the stored study was run with other settings.
+        A bad storage URL, or a stored study was run with other settings.
     """
     url = storage_url(storage, out)
     if storage is None:  # the SQLite file goes there
         out.mkdir(parents=True, exist_ok=True)
-    target = cfg.n_trials if n_trials is None else n_trials
-    study = load(cfg, make_storage(url, cfg))
+    rdb = make_storage(url, cfg)
     out.mkdir(parents=True, exist_ok=True)
-    check_settings(study, settings(cfg, base), url, _full_dir(base, out))
+    methods = resolve(cfg)
+    studies = [load(cfg, method, rdb) for method in methods]
+    for method, study in zip(methods, studies):  # every refusal before any evaluation
+        check_settings(study, settings(cfg, method, base), url, _full_dir(base, out))
+    full: dict[str, Any] | None = None
+    for method, study in zip(methods, studies):
+        if full is None and "full" not in study.user_attrs:
+            log.info("study %s: evaluating the full point", cfg.name)
+        full = full or study.user_attrs.get("full") or {
+            "policy": {"name": "full"}, **evaluate_policy(base, {"name": "full"}, out)}
+        _run_method(cfg, method, study, base, out, n_trials or method.n_trials, progress, full)
+    return list(zip(methods, studies))
+
+
+def _reference_points(study: optuna.Study, method: Method, base: EvalConfig, out: Path,
+                      full: dict[str, Any]) -> None:
+    """``full`` and the method's reference point (evaluated once) as study attributes."""
+    if "full" not in study.user_attrs:
+        study.set_user_attr("full", full)
+        study.set_user_attr("metric", full["metric"])
+    ref = reference_policy(method)
+    if ref is not None and "reference" not in study.user_attrs:
+        log.info("study %s: evaluating the reference point (%s)", study.study_name,
+                 " ".join(f"{k}={v}" for k, v in ref.items()))
+        study.set_user_attr("reference", {"policy": ref, **evaluate_policy(base, ref, out)})
+
+
+def _run_method(cfg: StudyConfig, method: Method, study: optuna.Study, base: EvalConfig, out: Path,
+                target: int, progress: bool, full: dict[str, Any]) -> None:
     done = _count(study, TrialState.COMPLETE)
     if done:
-        log.info("resuming study %s: %d of %d trials complete", cfg.name, done, target)
+        log.info("resuming study %s: %d of %d trials complete", study.study_name, done, target)
     study.sampler = make_sampler(cfg, offset=len(study.trials))
-    for attr, policy in (("full", {"name": "full"}), ("paper_default", paper_default(cfg))):
-        if attr not in study.user_attrs:
-            log.info("study %s: evaluating the %s reference point (%s)", cfg.name,
-                     attr.replace("_", " "), " ".join(f"{k}={v}" for k, v in policy.items()))
-            point = evaluate_policy(base, policy, out)
-            study.set_user_attr(attr, {"policy": policy, **point})
-            study.set_user_attr("metric", point["metric"])
+    _reference_points(study, method, base, out, full)
 
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
         states = (TrialState.COMPLETE, TrialState.RUNNING)
@@ -244,7 +279,7 @@ def run(cfg: StudyConfig, base: EvalConfig, out: Path, storage: str | None,
         if len(earlier) >= target:  # another worker got there first: don't overshoot
             study.stop()
             raise optuna.TrialPruned(f"the study already has {target} trials")
-        policy = to_policy(suggest(trial, cfg), cfg.fixed)
+        policy = to_policy(suggest(trial, method), method)
         res = evaluate_policy(base, policy, out)
         trial.set_user_attr("policy", policy)
         for key in ("score", "stored", "used", "n", "out_dir"):
@@ -258,24 +293,19 @@ def run(cfg: StudyConfig, base: EvalConfig, out: Path, storage: str | None,
         if todo <= 0:  # other workers are on the rest; wait for them (or for their retries)
             numbers = sorted(t.number for t in running)
             if numbers != waiting:
-                log.info("waiting for %d trial(s) running elsewhere (#%s) to reach %d complete; "
-                         "one without a heartbeat for %ds is failed and retried", len(numbers),
-                         ", #".join(map(str, numbers)), target, cfg.grace_period)
+                log.info("waiting for %d trial(s) running elsewhere (#%s) to reach %d complete "
+                         "in %s; one without a heartbeat for %ds is failed and retried",
+                         len(numbers), ", #".join(map(str, numbers)), target, study.study_name,
+                         cfg.grace_period)
                 waiting = numbers
             fail_stale_trials(study)  # a killed worker's trial is failed, then retried
             time.sleep(min(5, cfg.heartbeat_interval))
             continue
         waiting = None
         study.optimize(objective, n_trials=todo, show_progress_bar=progress, gc_after_trial=True)
-    return study
 
 
 def _full_dir(base: EvalConfig, out: Path) -> str:
     """Where the ``full`` baseline of ``base`` is cached (its name hashes the settings)."""
     cfg = dataclasses.replace(base, policy={"name": "full"}, progress=False)
     return str(Path(out) / "evals" / result_key(cfg))
-
-
-def paper_default(cfg: StudyConfig) -> dict[str, Any]:
-    params = {k: v for k, v in PAPER_DEFAULT.items() if k in cfg.space or k in cfg.fixed}
-    return to_policy({k: v for k, v in params.items() if k not in cfg.fixed}, cfg.fixed)

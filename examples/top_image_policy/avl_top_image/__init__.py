@@ -1,0 +1,1 @@
+"""Example avl_lab plugin package (see ``top_image.py``)."""
