@@ -14,7 +14,7 @@ from avl_lab.cli import VERBS
 
 SUMMARIES = {
     "evaluate": "one model on one task under one KV-cache policy (samples.jsonl, summary.json)",
-    "sweep": "an Optuna study of A-VL's S/C/K/P/T: the Pareto front of cache used vs score",
+    "sweep": "an Optuna study of any policy's fields, one method or several: Pareto fronts",
     "figures": "the paper's Figure 9 / Figure 10 parameter studies and Table 2/3",
     "analyze": "the paper's attention observations (Figs 1, 3, 4, 5)",
     "train": "train and export the embedded avl-tiny model",

@@ -27,7 +27,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-NOT_RUN_HERE = ("make", "pip", "hf", "export")
+NOT_RUN_HERE = ("make", "pip", "hf", "export",
+                "optuna-dashboard")  # a server: tests/test_study_methods.py starts it
 
 
 def blocks(lang: str) -> list[str]:
@@ -67,6 +68,7 @@ def stand_ins(tmp_path_factory) -> dict[str, str]:
     random_image((320, 240), seed=0).save(root / "receipt.png")
     (root / "run.yaml").write_text("model: tiny-random-llava\ndata: {name: synth-ocr}\n"
                                    "generation.max_new_tokens: 4\n")
+    (root / "examples").symlink_to(ROOT / "examples")  # commands name examples/... from the checkout
     paths["cwd"] = str(root)
     return paths
 

@@ -208,7 +208,8 @@ def load(cfg: StudyConfig, method: Method, storage: str | RDBStorage, offset: in
     try:
         study = optuna.create_study(
             study_name=method.study_name, storage=storage, load_if_exists=True,
-            directions=[OBJECTIVES[o] for o in cfg.objectives], sampler=make_sampler(cfg, offset),
+            directions=[OBJECTIVES[o] for o in cfg.objectives],
+            sampler=make_sampler(cfg, method.seed_offset + offset),
         )
     except ValueError as err:  # e.g. other directions than the stored study's
         raise ConfigError(f"study {method.study_name!r}: {err}") from None
@@ -269,7 +270,7 @@ def _run_method(cfg: StudyConfig, method: Method, study: optuna.Study, base: Eva
     done = _count(study, TrialState.COMPLETE)
     if done:
         log.info("resuming study %s: %d of %d trials complete", study.study_name, done, target)
-    study.sampler = make_sampler(cfg, offset=len(study.trials))
+    study.sampler = make_sampler(cfg, offset=method.seed_offset + len(study.trials))
     _reference_points(study, method, base, out, full)
 
     def objective(trial: optuna.Trial) -> tuple[float, ...]:

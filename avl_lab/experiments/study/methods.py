@@ -11,8 +11,10 @@ an error before any trial runs.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import typing
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -65,7 +67,8 @@ def resolve(cfg: StudyConfig, where: str = "study",
             if not _NAME.match(str(name)):
                 raise bad(f"methods.{name}", "is not a method name (letters, digits, _ . -)")
             prefix = f"methods.{name}."
-            out.append((_method(str(name), m, prefix, f"{cfg.name}/{name}", cfg.n_trials, bad),
+            method = _method(str(name), m, prefix, f"{cfg.name}/{name}", cfg.n_trials, bad)
+            out.append((dataclasses.replace(method, seed_offset=zlib.crc32(str(name).encode()) % 10**6),
                         prefix))
     baseline = cfg.bootstrap.baseline
     if baseline is not None and baseline not in [m.name for m, _ in out]:

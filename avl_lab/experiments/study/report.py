@@ -73,6 +73,20 @@ def _param_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c not in fixed]
 
 
+def _tidy(df: pd.DataFrame) -> pd.DataFrame:
+    """Columns in reading order (method, trial, fields, results, where), and integer fields
+    shown as integers (a column that other methods leave empty is float in pandas)."""
+    params = _param_columns(df)
+    head = ["method", "trial", *params, "stored", "used", "score"]
+    cols = [c for c in [*head, "score_lo", "score_hi", "n", "front", "seconds", "out_dir"] if c in df]
+    df = df[cols].copy()
+    for c in params:
+        vals = df[c].dropna()
+        if len(vals) and pd.api.types.is_float_dtype(df[c]) and (vals == vals.round()).all():
+            df[c] = df[c].astype("Int64")
+    return df
+
+
 def front_table(df: pd.DataFrame) -> str:
     """The front, one row per distinct configuration (samplers may propose one twice; the
     evaluation cache makes the repeat free, and ``pareto.csv`` keeps every trial); with
@@ -144,8 +158,8 @@ def write_report(studies: list[tuple[Method, optuna.Study]], cfg: StudyConfig, o
     frames = [trials_frame(study, cfg.objectives, method) for method, study in studies]
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     metric = studies[0][1].user_attrs.get("metric", "score")
-    res = resampled(df, metric, cfg.bootstrap)
-    df = trial_intervals(df, res)
+    res = resampled(df, metric, cfg.bootstrap, out)
+    df = _tidy(trial_intervals(df, res))
     methods, paired = method_table(df, res), paired_table(df, res, cfg.bootstrap)
     df.to_csv(out / "pareto.csv", index=False)
     methods.assign(resamples=cfg.bootstrap.resamples if res else 0, seed=cfg.bootstrap.seed,

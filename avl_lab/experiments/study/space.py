@@ -93,6 +93,7 @@ class Method:
     reference : a point marked on the plot (e.g. the paper's default), or None.
     n_trials : completed trials this method should hold.
     study_name : its Optuna study (the study's name, or ``<study>/<method>``).
+    seed_offset : added to the sampler's seed (see the field).
     """
 
     name: str
@@ -103,6 +104,9 @@ class Method:
     reference: dict[str, Any] | None = None
     n_trials: int = 24
     study_name: str = ""
+    seed_offset: int = 0
+    """Added to the sampler's seed: 0 for a single-policy study, a hash of the method's name in
+    a multi-method study (so that methods with alike spaces do not draw the same values)."""
 
     def params(self) -> list[str]:
         """The fields a trial sets, searched first, then fixed (``L`` last)."""

@@ -41,26 +41,32 @@ class Resampled:
     cfg: BootstrapConfig
 
 
-def _per_sample(out_dir: str, metric: str) -> dict[str, tuple[float, float]] | None:
+def _per_sample(out_dir: str, metric: str, root: Path | None) -> dict[str, tuple[float, float]] | None:
+    """``id -> (score, used)`` of one trial's evaluation; the evaluation is looked for where the
+    trial recorded it, then under ``root/evals/`` (a study folder moved, or reported from
+    another working directory)."""
     from avl_lab.evaluation.records import RecordLog
     from avl_lab.evaluation.summary import sample_scores
 
-    path = Path(out_dir) / "samples.jsonl"
-    if not path.is_file():
+    places = [Path(out_dir)] + ([root / "evals" / Path(out_dir).name] if root is not None else [])
+    path = next((p / "samples.jsonl" for p in places if (p / "samples.jsonl").is_file()), None)
+    if path is None:
         return None
     records = sorted(RecordLog(path).read(), key=lambda r: r["id"])
     scores, _ = sample_scores(metric, records)
     return {r["id"]: (s, r["used"]) for r, s in zip(records, scores)}
 
 
-def resampled(df: pd.DataFrame, metric: str, cfg: BootstrapConfig) -> Resampled | None:
-    """Resample the trials of ``df`` (a trials frame with ``out_dir``); None (with a warning)
-    when intervals are off or a trial's samples are not on this machine."""
+def resampled(df: pd.DataFrame, metric: str, cfg: BootstrapConfig,
+              root: Path | None = None) -> Resampled | None:
+    """Resample the trials of ``df`` (a trials frame with ``out_dir``; ``root`` the study's
+    folder); None (with a warning) when intervals are off or a trial's samples are not on this
+    machine."""
     if cfg.resamples == 0 or df.empty:
         return None
     tables = []
     for out_dir in df["out_dir"]:
-        table = _per_sample(str(out_dir), metric) if isinstance(out_dir, str) else None
+        table = _per_sample(out_dir, metric, root) if isinstance(out_dir, str) else None
         if table is None:
             log.warning("no samples.jsonl in %s (trial run on another machine?): the report has "
                         "no intervals", out_dir)
