@@ -12,6 +12,8 @@ Notation: ``T`` trials, ``n`` samples, ``B`` draws.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 __all__ = ["best_within", "draws", "hypervolume", "interval", "resample"]
@@ -33,7 +35,8 @@ def interval(values: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.nd
     """The percentile interval of ``values`` along the last axis (the draws); NaN draws (a
     method without a trial under some budget) are ignored."""
     tail = (1.0 - level) / 2.0
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # all-NaN draws: the interval is NaN, said by the table
+        warnings.simplefilter("ignore", RuntimeWarning)
         lo, hi = np.nanquantile(values, [tail, 1.0 - tail], axis=-1)
     return lo, hi
 
