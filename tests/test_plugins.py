@@ -21,6 +21,24 @@ PLUGIN_FILE = EXAMPLE / "avl_top_image" / "top_image.py"
 FAST = ["model=tiny-random-llava", "data.limit=2", "generation.max_new_tokens=3", "batch_size=2"]
 
 
+@pytest.fixture
+def isolated(monkeypatch):
+    """Plugins loaded in this process are forgotten afterwards: the registries, the plugin
+    records and ``sys.modules`` are restored (so the policy matrix never sees a test plugin)."""
+    from avl_lab.data import registry as tasks
+    from avl_lab.metrics import registry as metrics
+    from avl_lab.policies import registry as policies
+
+    for module, names in ((policies, ("_REGISTRY", "_EXAMPLES")), (tasks, ("_REGISTRY",)),
+                          (metrics, ("_BUILDERS", "SAMPLE_SCORERS")), (plugins, ("_LOADED",))):
+        for name in names:
+            monkeypatch.setattr(module, name, dict(getattr(module, name)))
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
 def _run(args: list[str], cwd: Path = ROOT, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ}
     if pythonpath is not None:
@@ -109,13 +127,14 @@ def load(split, limit, **kwargs):
 '''
 
 
-def test_a_task_and_a_metric_from_a_plugin(tmp_path):
+def test_a_task_and_a_metric_from_a_plugin(tmp_path, isolated, capsys):
     plugin = tmp_path / "my_task.py"
     plugin.write_text(TASK_AND_METRIC)
-    listing = _ok(_run(["evaluate", f"plugins={plugin}", "--help"]))
+    listing = _ok(_in_process(["evaluate", f"plugins={plugin}", "--help"], capsys))
     assert "docvqa-first-letter" in listing
     out = tmp_path / "eval"
-    _ok(_run(["evaluate", f"plugins={plugin}", *FAST, "data=docvqa-first-letter", f"out_dir={out}"]))
+    _ok(_in_process(["evaluate", f"plugins={plugin}", *FAST, "data=docvqa-first-letter",
+                     f"out_dir={out}", "progress=false"], capsys))
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert summary["metric"] == "first_letter" and len(records) == 2
@@ -200,23 +219,23 @@ def test_a_broken_installed_entry_point_is_one_error(tmp_path, monkeypatch, caps
                "ModuleNotFoundError", "not_a_real_dependency_xyz")
 
 
-def test_plugins_in_config_and_study_files_resolve_next_to_the_file(tmp_path):
+def test_plugins_in_config_and_study_files_resolve_next_to_the_file(tmp_path, isolated, capsys):
     """A relative path in a YAML file is found next to that file, wherever the command runs."""
     folder = tmp_path / "cfg"
     folder.mkdir()
     (folder / "top_image.py").write_text(PLUGIN_FILE.read_text())
     (folder / "run.yaml").write_text("plugins: [top_image.py]\npolicy: {name: top_image, keep: 20}\n")
-    _ok(_run(["evaluate", f"config={folder / 'run.yaml'}", *FAST, "--check"], cwd=ROOT))
+    _ok(_in_process(["evaluate", f"config={folder / 'run.yaml'}", *FAST, "--check"], capsys))
     study = (EXAMPLE / "study.yaml").read_text().replace("methods:", "plugins: [top_image.py]\nmethods:")
     (folder / "study.yaml").write_text(study)
-    out = _ok(_run(["sweep", "--study", str(folder / "study.yaml"), *FAST, "--check"], cwd=ROOT))
+    out = _ok(_in_process(["sweep", "--study", str(folder / "study.yaml"), *FAST, "--check"], capsys))
     assert out.startswith("ok:")
     (folder / "run.yaml").write_text("plugins: [nope.py]\n")
-    _one_error(_run(["evaluate", f"config={folder / 'run.yaml'}", "--check"]),
+    _one_error(_in_process(["evaluate", f"config={folder / 'run.yaml'}", "--check"], capsys),
                f"config file {folder / 'run.yaml'}", "no plugin file nope.py")
 
 
-def test_load_imports_a_file_once_and_records_it(tmp_path, monkeypatch):
+def test_load_imports_a_file_once_and_records_it(tmp_path, monkeypatch, isolated):
     path = tmp_path / "counted_plugin_once.py"
     path.write_text("import builtins\nbuiltins.counted_plugin_loads = "
                     "getattr(builtins, 'counted_plugin_loads', 0) + 1\n")
