@@ -38,6 +38,8 @@ class FiguresArgs:
     """fig9 / fig10: the parameter grids."""
     tasks: list[str] | None = None
     """table: the task columns (default: the embedded tasks)."""
+    methods: list[str] | None = None
+    """table: the rows to run, by label (default: every row; see the table's methods)."""
     progress: bool = True
     """Show a progress bar over the points."""
 
@@ -72,8 +74,16 @@ def configure(dotlist: list[str]) -> tuple[FiguresArgs, EvalConfig]:
     if is_table and any(k in ("data", "data.name", "data.path") for k in keys):
         raise ConfigError("`data` is not taken by table: it runs every task in `tasks`; give "
                           "tasks=[synth-docvqa,...] (data.limit and data.split still apply)")
-    if not is_table and "tasks" in keys:
-        raise ConfigError(f"`tasks` is only taken by table; {fig.figure} runs one task (data=...)")
+    for key in ("tasks", "methods"):
+        if not is_table and (key in keys or any(k.startswith(f"{key}.") for k in keys)):
+            raise ConfigError(f"`{key}` is only taken by table; {fig.figure} runs one task (data=...)")
+    if fig.methods is not None:
+        from avl_lab.experiments.figures.table import METHODS
+
+        unknown = [m for m in fig.methods if m not in METHODS]
+        if not fig.methods or unknown:
+            raise ConfigError(f"`methods` must list rows of the table, got {unknown or '[]'}; "
+                              f"rows: {', '.join(METHODS)}")
     from avl_lab import data
     from avl_lab.models import default_model
 
@@ -107,7 +117,7 @@ def _main(argv: list[str]) -> int:
     if is_table:
         from avl_lab.experiments.figures.table import run_table
 
-        df = run_table(base, target, fig.tasks, progress=fig.progress)
+        df = run_table(base, target, fig.tasks, progress=fig.progress, methods=fig.methods)
     else:
         from avl_lab.experiments.figures.run import run_figure
 

@@ -17,7 +17,8 @@ targets, met or missed.
 Variants: stock ``model.generate``
 (sdpa, ``DynamicCache``) and ``attach(model, policy)`` for ``full``, ``avl`` (S=45 C=30),
 ``avl P T`` (S=45 C=30 K=3 P=90 T=50), ``fastv`` (keep 50% after layer 2), ``h2o``
-(ratio 0.5). Each sample is one ``generate`` of ``--new`` tokens; a logits processor stamps
+(ratio 0.5), and the in-LLM token methods ``pyramiddrop``, ``sparsevlm``, ``dart`` (their
+papers' keep settings, stages placed on 4 layers; ``--preset methods``). Each sample is one ``generate`` of ``--new`` tokens; a logits processor stamps
 the time after every forward: prefill = start → first logits (vision encoder included),
 decode = the median (p10–p90) of the time per later token, every step of every round pooled.
 ``CPU ×stock``: the same ratios in process CPU time (``time.process_time``, all threads), which
@@ -72,7 +73,16 @@ POLICIES: dict[str, Any] = {
     "avl P T": {"name": "avl", "S": 45, "C": 30, "K": 3, "P": 90, "T": 50},
     "fastv": {"name": "fastv", "keep": 50, "layer": 2},
     "h2o": {"name": "h2o", "ratio": 0.5},
+    # The in-LLM token methods (issue 27) at their papers' keep settings, stages placed on a
+    # 4-layer decoder as on 32 (PyramidDrop [8, 16, 24] → [1, 2, 3]; SparseVLM [2, 6, 15] →
+    # [0, 1, 2]; DART before layer 2 → 1); positions kept (renumbering costs the same and is
+    # not defined on Qwen's M-RoPE).
+    "pyramiddrop": {"name": "pyramiddrop", "stages": [1, 2, 3], "lam": 0.5, "positions": "keep"},
+    "sparsevlm": {"name": "sparsevlm", "stages": [0, 1, 2], "tokens": 192, "positions": "keep"},
+    "dart": {"name": "dart", "layer": 1, "keep": 22.2},
 }
+#: What runs without ``--variants`` or a preset: the engine's own policies (issue 18).
+DEFAULT_VARIANTS = ["full", "avl", "avl P T", "fastv", "h2o"]
 #: Named settings (flags given on the command line win). ``targets`` is the issue-18 check in
 #: one command, sized for a 2-core CPU (prefill section ~6 min, 7B decode ~20 min): every
 #: layout at batch 1 and 8 (hidden 512, 8 heads of 64, MLP 1,024, 2 layers, pruning after layer 0 so that one of the
@@ -86,12 +96,16 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
                 variants=["full", "avl"])],
     "targets": [
         dict(hidden=512, heads=8, mlp=1024, layers=2, prune_layer=0, new=3, rounds=5,
-             batch=[1, 8], layouts=["llava15", "llava_next", "qwen2_5_vl"], variants=list(POLICIES)),
+             batch=[1, 8], layouts=["llava15", "llava_next", "qwen2_5_vl"], variants=DEFAULT_VARIANTS),
         dict(hidden=4096, heads=32, mlp=11008, layers=2, new=24, rounds=2, no_warmup=True,
              batch=[8], layouts=["llava15"], variants=["full", "avl"], decode_7b=True),
         dict(hidden=4096, heads=32, mlp=11008, layers=2, new=12, rounds=1, no_warmup=True,
              batch=[8], layouts=["llava_next"], variants=["full", "avl"], decode_7b=True),
     ],
+    # Issue 27: the in-LLM token methods' prefill saving beside FastV, LLaVA-1.5 and Qwen2.5-VL
+    # layouts, 4 layers of hidden 1,024 (~8 min on 2 CPU cores).
+    "methods": [dict(layers=4, new=3, rounds=3, batch=[1, 8], layouts=["llava15", "qwen2_5_vl"],
+                     variants=["full", "fastv", "pyramiddrop", "sparsevlm", "dart"])],
 }  # fmt: skip
 
 
@@ -197,13 +211,12 @@ def run_once(model, inputs, policy, new: int, device) -> dict[str, Any]:
 
 
 def kept_work(session) -> float:
-    """Prefill decoder token-layers run / those Full runs (< 1 only with prefill pruning)."""
+    """Prefill decoder token-layers run / those Full runs (< 1 only with prefill pruning; each
+    layer counts the tokens of the stage in effect there, padded to the batch's longest row)."""
     run = session.last_run
     L, P = run.num_layers, run.layout.length
-    if run.prune is None:
-        return 1.0
-    after = L - run.prune.layer - 1
-    return ((L - after) * P + after * run.prune.index.shape[1]) / (L * P)
+    tokens = [P if run.stage(i) is None else run.stage(i).index.shape[1] for i in range(L)]
+    return sum(tokens) / (L * P)
 
 
 # --- one table -------------------------------------------------------------------------------
@@ -269,7 +282,7 @@ def parse(argv: list[str] | None) -> list[argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--layouts", nargs="+", default=["llava15", "llava_next", "qwen2_5_vl"])
     p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
-    p.add_argument("--variants", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(POLICIES))
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--heads", type=int, default=16)
@@ -284,7 +297,8 @@ def parse(argv: list[str] | None) -> list[argparse.Namespace]:
                         "gets an untimed warm-up round)")
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="7b: LLaVA-1.6-7B layer sizes, 2 layers, batch 8, llava_next, stock/full/avl;\n"
-                        "targets: the issue-18 targets in one command (see PRESETS)")
+                        "targets: the issue-18 targets in one command (see PRESETS);\n"
+                        "methods: the in-LLM token methods' prefill beside FastV (issue 27)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default=None, choices=list(DTYPES), help="fp32 CPU, bf16 CUDA")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")

@@ -18,8 +18,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from avl_lab import ext
 from avl_lab.engine import prefill_scores
 from avl_lab.engine.cache import AVLLayer
-from avl_lab.engine.generation import PruneState, Run
-from avl_lab.policies.base import both, heads
+from avl_lab.engine.generation import Run
+from avl_lab.policies.base import both, heads, rows_to_index
 
 ATTN_NAME = "avl_lab"
 
@@ -41,8 +41,12 @@ def avl_attention(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
-    layer = run.cache.layers[module.layer_idx]
     scale = module.scaling if scaling is None else scaling
+    if run.preview is not None:  # a layer's attention previewed before the layer runs
+        run.preview.update(query=query, key=key, mask=attention_mask, scale=scale)
+        B, Hq, q, D = query.shape
+        return query.new_zeros(B, q, Hq, D), None
+    layer = run.cache.layers[module.layer_idx]
     if run.step == 0:
         return _prefill(run, layer, module, query, key, value, attention_mask, scale, **kwargs)
     return _decode(run, layer, query, key, value, scale, kwargs.get("sliding_window"))
@@ -63,12 +67,15 @@ def _prefill(run, layer, module, query, key, value, mask, scale, **kwargs):
         ctx.colsum = ctx.head_colsum.mean(1)
     else:
         out = prefill_scores.attention(module, query, key, value, mask, scale, plan, **kwargs)
-    ctx.head_scores = _last_query_scores(query, key, _visible(mask, layer.valid), scale)
+    ctx.head_scores = last_query_scores(query, key, visible(mask, layer.valid), scale)
     ctx.scores = ctx.head_scores.mean(1)  # [B, R], paper Eq. 1
-    ctx.query_probs = functools.partial(_query_probs, query, key, mask, layer.valid, scale)
+    ctx.query_probs = functools.partial(query_probs, query, key, mask, layer.valid, scale)
     if run.trace is not None:
         run.trace.prefill[layer.layer_idx] = layer.tok.masked_fill(~layer.valid, -1)
-    if layer.layer_idx == policy.prune_layer:
+    if policy.needs_prev_keys and layer.layer_idx + 1 in run.before_layers:
+        run.last_keys = key.clone()  # the next layer's prune_before reads them (DART); evictions
+        # of this layer's rows must not reach them
+    if layer.layer_idx in policy.prune_layers:
         keep_tok = policy.prune_tokens(layer, ctx)
         if keep_tok is not None:
             order = _start_prune(run, layer, keep_tok)
@@ -99,12 +106,12 @@ def _in_window(layer: AVLLayer, query_tok: int, window: int, rows: Tensor | None
     return both(layer.tok > query_tok - window, layer.valid if rows is None else rows)
 
 
-def _visible(mask: Tensor | None, valid: Tensor) -> Tensor:
+def visible(mask: Tensor | None, valid: Tensor) -> Tensor:
     """``[B, R]`` which keys the last query sees (the library mask's last row, or all when None)."""
     return prefill_scores.last_query_visible(mask, valid)
 
 
-def _last_query_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float) -> Tensor:
+def last_query_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float) -> Tensor:
     """``[B, Hkv, R]`` attention of the last query per KV head (averaged over its group of
     query heads; their mean over heads is paper Eq. 1); 0 where masked."""
     B, Hq, _, D = query.shape
@@ -115,7 +122,7 @@ def _last_query_scores(query: Tensor, key: Tensor, visible: Tensor, scale: float
     return torch.softmax(s, dim=-1).nan_to_num(0.0).mean(dim=2)
 
 
-def _query_probs(
+def query_probs(
     query: Tensor,
     key: Tensor,
     mask: Tensor | None,
@@ -155,7 +162,7 @@ def _rows_visible(mask: Tensor | None, valid: Tensor, at: Tensor, q_len: int) ->
 
 
 def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> Tensor | None:
-    """Prune the prompt after this layer: later layers see only the kept tokens.
+    """A stage after this layer: later layers see only the kept tokens.
 
     This layer and the earlier ones keep the rows they computed, as the official code does
     (it cuts only the hidden states, modeling_llama.py l.1817-1851), unless the policy's
@@ -165,20 +172,17 @@ def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> Tensor | None:
     P = run.layout.length
     keep_tok = torch.zeros(keep_rows.shape[0], P, dtype=torch.bool, device=keep_rows.device)
     keep_tok.scatter_(1, layer.tok, keep_rows & layer.valid)
-    keep_tok[:, -1] = True  # the last prompt token produces the next-token logits
-    counts = keep_tok.sum(1)
-    m = int(counts.max())
-    # Ascending stable sort: dropped first, kept last in order; take the last m (kept right-aligned).
-    index = torch.sort(keep_tok.to(torch.int8), dim=1, stable=True).indices[:, P - m :]
-    valid = torch.arange(m, device=counts.device)[None, :] >= (m - counts)[:, None]
-    run.prune = PruneState(
-        layer=layer.layer_idx, keep=keep_tok, index=index.masked_fill(~valid, 0), valid=valid
-    )
+    stage = run.add_stage(keep_tok, layer.layer_idx + 1)
     if not run.policy.prune_drops_earlier:
         return None
-    for earlier in run.cache.layers[: layer.layer_idx]:
+    evict_earlier(run, stage.keep, layer.layer_idx)
+    return layer.evict(_rows_of(stage.keep, layer.tok))
+
+
+def evict_earlier(run: Run, keep_tok: Tensor, before: int) -> None:
+    """``drop_early``: layers ``0..before-1`` evict the rows of the tokens a stage dropped."""
+    for earlier in run.cache.layers[:before]:
         earlier.evict(_rows_of(keep_tok, earlier.tok))
-    return layer.evict(_rows_of(keep_tok, layer.tok))
 
 
 def _rows_of(keep_tok: Tensor, tok: Tensor) -> Tensor:
@@ -247,12 +251,3 @@ def _set_probs(run: Run, layer: AVLLayer, ctx, idx: Tensor, probs: Tensor) -> No
     tok = layer.tok.masked_fill(~valid, T).flatten(1)  # [B, Hkv * R], T = a dump column
     by_token = per_head.new_zeros(B, T + 1).scatter_add_(1, tok, per_head.flatten(1)) / H
     ctx.probs = by_token.gather(1, tok).view_as(per_head).masked_fill(~valid, 0.0)
-
-
-def rows_to_index(rows: Tensor) -> Tensor:
-    """``[B, (Hkv,) R]`` bool → ``[B, (Hkv,) n]`` int64 row indices in order, ``-1``-padded,
-    n = the largest count."""
-    counts = rows.sum(-1)
-    n = int(counts.max())
-    order = torch.sort((~rows).to(torch.int8), dim=-1, stable=True).indices[..., :n]
-    return order.masked_fill(torch.arange(n, device=rows.device) >= counts[..., None], -1)

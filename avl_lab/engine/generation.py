@@ -10,24 +10,9 @@ from torch import Tensor
 
 from avl_lab.engine.cache import AVLCache
 from avl_lab.engine.layout import Layout, Modality
+from avl_lab.engine.stages import PruneState, TokenRows, make_stage
 from avl_lab.engine.stats import CacheStats, StatsRecorder
 from avl_lab.policies.base import Context, Policy
-
-
-@dataclass
-class PruneState:
-    """Prefill pruning decided after layer ``layer``: later layers see only the kept tokens.
-
-    ``keep`` ``[B, P]`` marks the prompt tokens that stay; ``index`` ``[B, m]`` gathers them
-    (right-aligned, in order; filler on the left gathers position 0); ``valid`` ``[B, m]`` is
-    False on filler.
-    """
-
-    layer: int
-    keep: Tensor
-    index: Tensor
-    valid: Tensor
-    layer_kwargs: dict = field(default_factory=dict)  # gathered decoder-layer kwargs, per input set
 
 
 @dataclass
@@ -82,8 +67,12 @@ class Run:
         self.cache = AVLCache(num_layers, self)
         self.step = 0  # 0 = prefill, then 1, 2, ...
         self.update = False
-        self.prune: PruneState | None = None
+        self.prunes: list[PruneState] = []  # the stages of prefill pruning, in layer order
         self.extras: dict = {}  # per-forward extras a family captures for prefill pruning
+        self.inputs_embeds: Tensor | None = None  # prefill: the text model's input embeddings
+        self.last_keys: Tensor | None = None  # prefill: the keys of the last layer run
+        self.preview: dict | None = None  # set while a layer's attention is previewed
+        self.before_layers = frozenset(policy.prune_before_layers)  # read by every pre-hook
         self.decode_stats = StatsRecorder(num_layers)
         self.prefill_stats = StatsRecorder(num_layers)
         self.trace = Trace() if record else None
@@ -162,12 +151,28 @@ class Run:
         lay = self.layout
         tok = torch.arange(lay.length, device=lay.pos.device).expand(lay.batch_size, -1)
         rows = {"valid": lay.valid, "pos": lay.pos, "tok": tok, "mod": lay.modality}
-        if self.prune is not None and layer_idx > self.prune.layer:
-            idx = self.prune.index
-            rows = {k: t.gather(1, idx) for k, t in rows.items()}
-            rows["valid"] = rows["valid"] & self.prune.valid
+        stage = self.stage(layer_idx)
+        if stage is not None:
+            rows = {k: t.gather(1, stage.index) for k, t in rows.items()}
+            rows["valid"] = rows["valid"] & stage.valid
             rows["mod"] = rows["mod"].masked_fill(~rows["valid"], int(Modality.PAD))
         return rows
+
+    # --- prefill pruning stages ----------------------------------------------------------------
+    def stage(self, layer_idx: int) -> PruneState | None:
+        """The stage in effect at decoder layer ``layer_idx`` (None: every prompt token)."""
+        return next((s for s in reversed(self.prunes) if s.first <= layer_idx), None)
+
+    def add_stage(self, keep_tok: Tensor, first: int) -> PruneState:
+        """A new stage keeping ``keep_tok`` ``[B, P]`` from layer ``first`` on."""
+        stage = make_stage(self.layout, self.stage(first - 1), keep_tok, first,
+                           self.policy.prune_positions)
+        self.prunes.append(stage)
+        return stage
+
+    def token_rows(self, layer_idx: int) -> TokenRows:
+        """The rows layer ``layer_idx`` is about to hold in prefill, for ``prune_before``."""
+        return TokenRows(layer_idx=layer_idx, **self._prompt_rows(layer_idx))
 
     # --- called by the attention function ------------------------------------------------------
     def context(self, layer_idx: int) -> Context:
@@ -181,6 +186,8 @@ class Run:
             n_text=self.n_text,
             max_new_tokens=self.max_new_tokens,
             generator=self.generator,
+            inputs_embeds=self.inputs_embeds if self.step == 0 else None,
+            prompt_mod=self.layout.modality if self.step == 0 else None,
         )
 
     def full_rows(self) -> Tensor:

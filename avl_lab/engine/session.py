@@ -120,6 +120,7 @@ def attach(
     """
     policy = build(policy)
     family = family_of(model)
+    family.check_policy(policy)
     layers = family.decoder_layers(model)
     register_attention()
     old_impl = {

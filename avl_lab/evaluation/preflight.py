@@ -40,13 +40,18 @@ def check_model(cfg: EvalConfig) -> int | None:
 
 
 def check_policy_fits(policy: dict[str, Any], num_layers: int | None, model: str) -> None:
-    """A prefill-pruning ``layer`` must be one of the model's decoder layers."""
+    """Every prefill-pruning layer (``layer``, ``stages``) must be one of the model's decoder
+    layers."""
     from avl_lab import policies
 
-    layer = policies.build(dict(policy)).prune_layer
-    if num_layers is not None and layer is not None and not 0 <= layer < num_layers:
-        raise ConfigError(f"`policy.layer` {layer} is not a decoder layer of {model} "
-                          f"(it has {num_layers}: 0..{num_layers - 1})")
+    built = policies.build(dict(policy))
+    if num_layers is None:
+        return
+    for layer in (*built.prune_layers, *built.prune_before_layers):
+        if not 0 <= layer < num_layers:
+            key = "policy.layer" if built.prune_layer is not None else "policy.stages"
+            raise ConfigError(f"`{key}` {layer} is not a decoder layer of {model} "
+                              f"(it has {num_layers}: 0..{num_layers - 1})")
 
 
 def check_accelerator(cfg: EvalConfig) -> None:

@@ -10,11 +10,9 @@ from dataclasses import dataclass, field
 
 from avl_lab.policies.base import Policy, check_percent
 from avl_lab.policies.compose import Compose
+from avl_lab.policies.decode_tiering import check_tiering, text_part, vision_parts
 from avl_lab.policies.prefill_prune import PrefillPrune
 from avl_lab.policies.registry import register
-from avl_lab.policies.text_h2o import TextH2O
-from avl_lab.policies.update_schedule import UpdateSchedule
-from avl_lab.policies.vision_tiering import VisionTiering
 
 
 @register("avl", example={"S": 45, "C": 30, "K": 3, "P": 90, "T": 50})
@@ -39,23 +37,13 @@ class AVL(Compose):
     parts: list[Policy] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("S", "C", "P", "T"):
-            check_percent(name, getattr(self, name))
-        if self.C is not None and self.S is None:
-            raise ValueError("`C` needs `S` (core tokens are a subset of the secondary ones)")
-        if self.K is not None and self.C is None:
-            raise ValueError("`K` needs `C`: update steps re-choose the core set")
+        check_tiering(self.S, self.C, self.K, self.T)
+        check_percent("P", self.P)
         if self.S is not None and self.P is not None and self.S > self.P:
             raise ValueError(f"`S` ({self.S}) must not exceed `P` ({self.P})")
-        parts: list[Policy] = []
-        if self.S is not None:
-            parts.append(VisionTiering(S=self.S, C=self.C))
-        if self.K is not None:
-            parts.append(UpdateSchedule(K=self.K))
+        parts: list[Policy] = vision_parts(self.S, self.C, self.K)
         if self.P is not None:
             parts.append(PrefillPrune(P=self.P, layer=self.layer, drop_early=self.drop_early))
-        if self.T is not None:
-            parts.append(TextH2O(T=self.T, variant=self.text_variant, min_window=self.text_min_window,
-                                 per_head=self.text_per_head))
+        parts += text_part(self.T, self.text_variant, self.text_min_window, self.text_per_head)
         self.parts = parts
         super().__post_init__()

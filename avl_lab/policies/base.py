@@ -8,8 +8,11 @@ Masks are ``[B, R]`` booleans over the rows of one layer's cache (see
 Hooks, in the order the engine calls them:
 
 - :meth:`Policy.setup` once per ``generate`` call, before prefill (register row state),
-- :meth:`Policy.prune_tokens` after layer :attr:`Policy.prune_layer` in prefill: which prompt
-  tokens stay in the hidden states of later layers (prefill pruning),
+- :meth:`Policy.prune_before` before each layer of :attr:`Policy.prune_before_layers` in
+  prefill (in the layer's pre-hook): which tokens that layer and the later ones see,
+- :meth:`Policy.prune_tokens` after each layer of :attr:`Policy.prune_layers` in prefill: which
+  prompt tokens stay in the hidden states of later layers (prefill pruning, one stage per
+  layer; stages shrink the token set in turn),
 - :meth:`Policy.prefill_keep` after each layer's prefill attention: which rows to keep,
 - per decode step: :meth:`Policy.is_update_step`, then for each layer
   :meth:`Policy.decode_active` (rows to compute over) and, after attention,
@@ -117,6 +120,24 @@ class Context:
         the head-averaged attention of the queries at those rows (in row order; m = the
         largest count, all-zero padding after a row's own count); ``query_probs(rows,
         per_head=True)`` returns it per KV head, ``[B, Hkv, m, R]``. Computed on demand, fp32.
+    inputs_embeds : Tensor or None
+        Prefill: ``[B, P, D]`` the text model's input embeddings (projected image features
+        and word embeddings), in prompt order (padded columns included).
+    prompt_mod : Tensor or None
+        Prefill: ``[B, P]`` int8 :class:`~avl_lab.engine.layout.Modality` of every prompt column
+        (before any pruning; a row's ``tok`` indexes it).
+    hidden : Tensor or None
+        In :meth:`Policy.prune_before`: ``[B, R, D]`` the hidden states entering the layer,
+        aligned with its rows.
+    final_norm : callable or None
+        In :meth:`Policy.prune_before`: the text model's final norm (DART's similarity space).
+    prev_keys : Tensor or None
+        In :meth:`Policy.prune_before`: ``[B, Hkv, R, Dh]`` the previous layer's keys (RoPE
+        applied), aligned with the rows.
+
+    In :meth:`Policy.prune_before`, ``scores`` / ``head_scores`` / ``query_probs`` are those of
+    a preview of the layer's own attention over its incoming tokens (its norm, q/k projections
+    and RoPE), when the policy sets :attr:`Policy.needs_preview`.
     """
 
     layer_idx: int
@@ -135,6 +156,11 @@ class Context:
     head_colsum: Tensor | None = None
     head_probs: Tensor | None = None
     query_probs: Callable[[Tensor], Tensor] | None = None
+    inputs_embeds: Tensor | None = None
+    prompt_mod: Tensor | None = None
+    hidden: Tensor | None = None
+    final_norm: Callable[[Tensor], Tensor] | None = None
+    prev_keys: Tensor | None = None
 
 
 class Policy:
@@ -144,24 +170,49 @@ class Policy:
     needs_colsum: ClassVar[bool] = False
     needs_probs: ClassVar[bool] = False
     needs_head_probs: ClassVar[bool] = False
+    needs_preview: ClassVar[bool] = False
+    needs_prev_keys: ClassVar[bool] = False
 
     @property
     def prune_layer(self) -> int | None:
-        """The layer after which :meth:`prune_tokens` runs in prefill (None: never)."""
+        """The one layer after which :meth:`prune_tokens` runs (a single-stage policy's
+        shorthand for :attr:`prune_layers`; None: never)."""
         return None
 
     @property
+    def prune_layers(self) -> tuple[int, ...]:
+        """The layers after which :meth:`prune_tokens` runs in prefill, each a stage."""
+        return () if self.prune_layer is None else (self.prune_layer,)
+
+    @property
+    def prune_before_layers(self) -> tuple[int, ...]:
+        """The layers (≥ 1) before which :meth:`prune_before` runs in prefill, each a stage."""
+        return ()
+
+    @property
+    def prune_positions(self) -> str:
+        """``keep``: kept tokens keep their positions; ``renumber``: they are renumbered 0, 1, ...
+        and decode positions continue each layer's compact numbering (1-D RoPE families)."""
+        return "keep"
+
+    @property
     def prune_drops_earlier(self) -> bool:
-        """Whether prefill pruning also evicts the dropped tokens' rows from layers
-        ``0..prune_layer`` (False: those layers keep every row they computed, as the
-        official A-VL code does)."""
+        """Whether prefill pruning also evicts the dropped tokens' rows from the layers before
+        the stage (False: those layers keep every row they computed, as the official A-VL code
+        and the token-pruning methods' code do)."""
         return False
 
     def setup(self, cache: CacheState, ctx: Context) -> None:
         """Register per-row state with ``cache.register_state``; called once per run."""
 
     def prune_tokens(self, layer: Rows, ctx: Context) -> Tensor | None:
-        """``[B, R]`` prompt rows of layer :attr:`prune_layer` that stay in later layers."""
+        """``[B, R]`` prompt rows of a layer of :attr:`prune_layers` that stay in later layers."""
+        return None
+
+    def prune_before(self, layer: Rows, ctx: Context) -> Tensor | None:
+        """``[B, R]`` the incoming tokens that a layer of :attr:`prune_before_layers` and the later
+        layers see (``layer``: the rows it is about to hold; ``ctx.hidden``, ``ctx.prev_keys``,
+        and with :attr:`needs_preview` the preview's ``scores``)."""
         return None
 
     def prefill_keep(self, layer: Rows, ctx: Context) -> Tensor | None:
@@ -233,6 +284,15 @@ def top_rows(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
     rank = torch.empty_like(order)
     rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
     return candidates & (rank < _per_row(k, candidates))
+
+
+def rows_to_index(rows: Tensor) -> Tensor:
+    """``[B, (Hkv,) R]`` bool → ``[B, (Hkv,) n]`` int64 row indices in order, ``-1``-padded,
+    n = the largest count."""
+    counts = rows.sum(-1)
+    n = int(counts.max())
+    order = torch.sort((~rows).to(torch.int8), dim=-1, stable=True).indices[..., :n]
+    return order.masked_fill(torch.arange(n, device=rows.device) >= counts[..., None], -1)
 
 
 def _per_row(k: Tensor | int, like: Tensor) -> Tensor:

@@ -22,7 +22,8 @@ class Compose(Policy):
     """Run several policies together.
 
     keep = every part keeps; active = every part marks active; a decode step is an update
-    step if any part says so; at most one prefill-pruning layer.
+    step if any part says so; prefill pruning stages are the union of the parts' (a token stays
+    at a stage if every part pruning there keeps it); the pruning parts agree on positions.
     """
 
     parts: Sequence[Policy] = field(default_factory=list)
@@ -32,9 +33,11 @@ class Compose(Policy):
         for p in self.parts:
             if not isinstance(p, Policy):
                 raise ValueError(f"`parts` must hold Policy objects, got {type(p).__name__}")
-        layers = {p.prune_layer for p in self.parts} - {None}
-        if len(layers) > 1:
-            raise ValueError(f"`parts` prune the prefill at several layers {sorted(layers)}")
+        pruning = [p for p in self.parts if p.prune_layers or p.prune_before_layers]
+        modes = {p.prune_positions for p in pruning}
+        if len(modes) > 1:
+            raise ValueError(f"`parts` prune the prefill with different positions {sorted(modes)}: "
+                             "give every pruning part the same `positions`")
 
     @property
     def needs_colsum(self) -> bool:  # type: ignore[override]
@@ -49,8 +52,25 @@ class Compose(Policy):
         return any(p.needs_head_probs for p in self.parts)
 
     @property
-    def prune_layer(self) -> int | None:
-        return next((p.prune_layer for p in self.parts if p.prune_layer is not None), None)
+    def needs_prev_keys(self) -> bool:  # type: ignore[override]
+        return any(p.needs_prev_keys for p in self.parts)
+
+    @property
+    def needs_preview(self) -> bool:  # type: ignore[override]
+        return any(p.needs_preview for p in self.parts)
+
+    @property
+    def prune_layers(self) -> tuple[int, ...]:
+        return tuple(sorted({i for p in self.parts for i in p.prune_layers}))
+
+    @property
+    def prune_before_layers(self) -> tuple[int, ...]:
+        return tuple(sorted({i for p in self.parts for i in p.prune_before_layers}))
+
+    @property
+    def prune_positions(self) -> str:
+        return next((p.prune_positions for p in self.parts
+                     if p.prune_layers or p.prune_before_layers), "keep")
 
     @property
     def prune_drops_earlier(self) -> bool:
@@ -61,7 +81,12 @@ class Compose(Policy):
             p.setup(cache, ctx)
 
     def prune_tokens(self, layer, ctx: Context) -> Tensor | None:
-        return _all([p.prune_tokens(layer, ctx) for p in self.parts if p.prune_layer is not None])
+        return _all([p.prune_tokens(layer, ctx) for p in self.parts
+                     if ctx.layer_idx in p.prune_layers])
+
+    def prune_before(self, layer, ctx: Context) -> Tensor | None:
+        return _all([p.prune_before(layer, ctx) for p in self.parts
+                     if ctx.layer_idx in p.prune_before_layers])
 
     def prefill_keep(self, layer, ctx: Context) -> Tensor | None:
         return _all([p.prefill_keep(layer, ctx) for p in self.parts])

@@ -82,9 +82,28 @@ class Scoped(Policy):
         return self.policy.needs_head_probs
 
     @property
-    def prune_layer(self) -> int | None:
-        layer = self.policy.prune_layer
-        return layer if layer is not None and self.covers(layer) else None
+    def needs_prev_keys(self) -> bool:  # type: ignore[override]
+        return self.policy.needs_prev_keys
+
+    @property
+    def needs_preview(self) -> bool:  # type: ignore[override]
+        return self.policy.needs_preview
+
+    @property
+    def prune_layers(self) -> tuple[int, ...]:
+        return tuple(i for i in self.policy.prune_layers if self.covers(i))
+
+    @property
+    def prune_before_layers(self) -> tuple[int, ...]:
+        return tuple(i for i in self.policy.prune_before_layers if self.covers(i))
+
+    @property
+    def prune_positions(self) -> str:
+        return self.policy.prune_positions
+
+    @property
+    def prune_drops_earlier(self) -> bool:
+        return self.policy.prune_drops_earlier
 
     def setup(self, cache, ctx: Context) -> None:
         top = max(b if b is not None else a for a, b in self._ranges)
@@ -96,6 +115,9 @@ class Scoped(Policy):
 
     def prune_tokens(self, layer, ctx: Context) -> Tensor | None:
         return self.policy.prune_tokens(layer, ctx) if self.covers(ctx.layer_idx) else None
+
+    def prune_before(self, layer, ctx: Context) -> Tensor | None:
+        return self.policy.prune_before(layer, ctx) if self.covers(ctx.layer_idx) else None
 
     def prefill_keep(self, layer, ctx: Context) -> Tensor | None:
         return self.policy.prefill_keep(layer, ctx) if self.covers(ctx.layer_idx) else None

@@ -8,7 +8,9 @@ between VLM families:
   ``model.model.text_model`` for Idefics3 / SmolVLM),
 - which token ids are vision tokens (image and video placeholders),
 - which per-forward extras prefill pruning must gather with the hidden states (Qwen3-VL's
-  DeepStack embeddings).
+  DeepStack embeddings),
+- whether kept tokens may be renumbered after prefill pruning (1-D RoPE without sliding
+  windows), and how a layer's RoPE embeddings are formed for other positions.
 
 Positions need no family code: the engine records 1-D token order for its bookkeeping only
 (keys arrive with RoPE applied), prefill pruning gathers whatever ``position_ids`` /
@@ -26,7 +28,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from avl_lab.engine.generation import PruneState, Run
+    from avl_lab.engine.generation import Run
+    from avl_lab.engine.stages import PruneState
 
 _FAMILIES: dict[str, Family] = {}
 
@@ -70,9 +73,37 @@ class Family:
     def capture_extras(self, run: Run, text_kwargs: dict[str, Any]) -> None:
         """Prefill: keep what prefill pruning must gather from the text model's kwargs."""
 
-    def gather_extras(self, run: Run, prune: PruneState, keep_tok: Tensor) -> None:
-        """First layer after the prune: cut the captured extras to the kept tokens
-        (``keep_tok`` ``[B, P]`` bool over the prompt)."""
+    def gather_extras(self, run: Run, stage: PruneState) -> None:
+        """A stage's first layer: cut the captured extras to its tokens (``stage.rel``
+        ``[B, m]`` gathers them from the previous stage's)."""
+
+    #: Whether prefill pruning may renumber the kept tokens' positions: 1-D RoPE, and no
+    #: sliding-window mask measured in the original positions.
+    renumbers_positions: ClassVar[bool] = True
+
+    def check_policy(self, policy: Any) -> None:
+        """A clear error for a policy this family cannot run (renumbered positions).
+
+        Raises
+        ------
+        ValueError
+            Naming the family and the policy.
+        """
+        if policy.prune_positions == "renumber" and not self.renumbers_positions:
+            raise ValueError(
+                f"policy {getattr(policy, 'name', '') or type(policy).__name__!r} renumbers the "
+                f"kept tokens' positions, which {self.name} does not allow ({self.why_not_renumber}); "
+                "use positions=keep (each kept token keeps its original position)")
+
+    why_not_renumber: ClassVar[str] = ""
+
+    def final_norm(self, text_model: nn.Module) -> nn.Module:
+        """The text decoder's final norm (before the LM head)."""
+        return text_model.norm
+
+    def rope(self, text_model: nn.Module, hidden: Tensor, position_ids: Tensor, layer_idx: int):
+        """The RoPE embeddings ``(cos, sin)`` layer ``layer_idx`` gets for ``position_ids``."""
+        return text_model.rotary_emb(hidden, position_ids)
 
 
 def register_family(cls: type[Family]) -> type[Family]:

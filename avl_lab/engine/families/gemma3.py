@@ -22,3 +22,6 @@ class Gemma3(Family):
     name = "Gemma 3"
     model_types = ("gemma3",)
     classes = ("Gemma3ForConditionalGeneration",)
+    renumbers_positions = False
+    why_not_renumber = ("its sliding windows and image blocks are masks over the original "
+                        "positions")

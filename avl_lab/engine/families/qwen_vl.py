@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
+import torch
 
 from avl_lab.engine.families.base import Family, register_family
 
 if TYPE_CHECKING:
-    from avl_lab.engine.generation import PruneState, Run
+    from avl_lab.engine.generation import Run
+    from avl_lab.engine.stages import PruneState
 
 
 @register_family
@@ -32,6 +33,9 @@ class Qwen2VL(Family):
     model_types = ("qwen2_vl", "qwen2_5_vl")
     classes = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
     vision_token_attrs = ("image_token_id", "video_token_id")
+    renumbers_positions = False
+    why_not_renumber = ("3-D M-RoPE: a token's (t, h, w) position is what places it in the "
+                        "image; renumbering is not defined")
 
 
 @register_family
@@ -45,13 +49,17 @@ class Qwen3VL(Qwen2VL):
         if embeds is not None:
             run.extras["deepstack"] = (text_kwargs["visual_pos_masks"], embeds)
 
-    def gather_extras(self, run: Run, prune: PruneState, keep_tok: Tensor) -> None:
-        captured = run.extras.pop("deepstack", None)
+    def gather_extras(self, run: Run, stage: PruneState) -> None:
+        captured = run.extras.get("deepstack")
         if captured is None:
             return
-        mask, embeds = captured  # [B, P] bool, list of [n_visual, D]
-        kept_visual = keep_tok[mask]  # [n_visual] in the row-major order of ``embeds``' rows
+        mask, embeds = captured  # [B, m_prev] bool, list of [n_visual, D]
+        B, m_prev = mask.shape  # which of the previous stage's tokens this stage keeps:
+        stays = torch.zeros(B, m_prev + 1, dtype=torch.bool, device=mask.device)
+        stays.scatter_(1, stage.rel.masked_fill(~stage.valid, m_prev), True)
+        stays = stays[:, :m_prev]
+        kept_visual = stays[mask]  # [n_visual] in the row-major order of ``embeds``' rows
         for i, e in enumerate(embeds):  # the decoder loop indexes this very list
             embeds[i] = e[kept_visual]
-        # The loop holds this tensor object: reshape it in place to the kept tokens [B, m].
-        mask.set_(mask.gather(1, prune.index) & prune.valid)
+        # The loop holds this tensor object: reshape it in place to the stage's tokens [B, m].
+        mask.set_(mask.gather(1, stage.rel) & stage.valid)

@@ -1,5 +1,6 @@
-"""The paper's Table 2/3 on one model: score / stored / used of full, FastV, H2O, A-VL and the
-head-wise baselines (SnapKV, PyramidKV, AdaKV) per task.
+"""The paper's Table 2/3 on one model: score / stored / used of full, FastV, H2O, A-VL, the
+head-wise baselines (SnapKV, PyramidKV, AdaKV) and the in-LLM token methods (PyramidDrop,
+SparseVLM, DART) per task.
 
 Each cell is one cached, resumable evaluation (:func:`avl_lab.evaluation.cached.evaluate_policy`);
 the rows are :data:`METHODS` (about 50% stored cache for the compressed ones), the columns
@@ -9,6 +10,7 @@ the tasks. Writes ``table.csv`` (tidy) and ``table.md`` (the README's layout).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,29 @@ from avl_lab.evaluation.cached import evaluate_policy
 
 __all__ = ["METHODS", "TASKS", "markdown", "run_table"]
 
+def at_depth(layers: list[int], depth: int, paper_depth: int = 32, first: int = 0) -> list[int]:
+    """Layers a method places in a ``paper_depth``-layer decoder (LLaVA-1.5-7B's 32), moved to a
+    ``depth``-layer one: proportionally, rounded, kept increasing and ≥ ``first``
+    (PyramidDrop's [8, 16, 24] → [1, 2, 3] on 4 layers; SparseVLM's [2, 6, 15] → [0, 1, 2])."""
+    out: list[int] = []
+    for layer in layers:
+        at = max(first, round(layer * depth / paper_depth), out[-1] + 1 if out else first)
+        out.append(min(at, depth - 1))
+    return out
+
+
+Spec = dict[str, Any] | Callable[[int], dict[str, Any]]
+
 #: Row label -> policy: the paper's Table 2 (Full, FastV, H2O, A-VL = S=45 C=30 K=3) and the
 #: settings of its Table 3 (S=40; + P=90; + T=50), then the head-wise baselines at ~50% stored
 #: (ratio 0.5 of the prompt per KV head; decode keeps every new row). Baselines as the official
 #: code runs them: H2O and the text window T per KV head; "(shared)" rows keep one set of rows
-#: for all heads, scored by the head-averaged attention (avl_lab's earlier baselines).
-METHODS: dict[str, dict[str, Any]] = {
+#: for all heads, scored by the head-averaged attention (avl_lab's earlier baselines). The
+#: in-LLM token methods at their papers' keep settings (PyramidDrop λ = 0.5; SparseVLM's 192-
+#: and 64-token tables, without recycling; DART's 128 of 576 tokens), their layers placed for
+#: the model's depth (:func:`at_depth`; a row given as a function of the depth), and at about
+#: 50% stored.
+METHODS: dict[str, Spec] = {
     "Full": {"name": "full"},
     "FastV keep=50": {"name": "fastv", "keep": 50},
     "H2O ratio=0.5 (per head)": {"name": "h2o", "ratio": 0.5},
@@ -39,7 +58,35 @@ METHODS: dict[str, dict[str, Any]] = {
     "SnapKV ratio=0.5": {"name": "snapkv", "ratio": 0.5},
     "PyramidKV ratio=0.5": {"name": "pyramidkv", "ratio": 0.5},
     "AdaKV ratio=0.5": {"name": "adakv", "ratio": 0.5},
+    "PyramidDrop λ=0.5": lambda L: {"name": "pyramiddrop", "stages": at_depth([8, 16, 24], L, first=1),
+                                    "lam": 0.5},
+    "SparseVLM 192": lambda L: {"name": "sparsevlm", "stages": at_depth([2, 6, 15], L), "tokens": 192},
+    "SparseVLM 64": lambda L: {"name": "sparsevlm", "stages": at_depth([2, 6, 15], L), "tokens": 64},
+    "DART 128/576": lambda L: {"name": "dart", "layer": at_depth([2], L, first=1)[0], "keep": 22.2},
+    "PyramidDrop λ=0.6 (~50%)": lambda L: {"name": "pyramiddrop", "lam": 0.6,
+                                           "stages": at_depth([8, 16, 24], L, first=1)},
+    "DART 33% (~50%)": lambda L: {"name": "dart", "layer": at_depth([2], L, first=1)[0], "keep": 33.0},
 }
+
+
+def spec_of(method: str, depth: int) -> dict[str, Any]:
+    """The policy of row ``method`` on a decoder of ``depth`` layers."""
+    spec = METHODS[method]
+    return spec(depth) if callable(spec) else spec
+
+
+def model_depth(cfg: EvalConfig) -> int:
+    """The decoder layers of ``cfg``'s model (from its config; a random model is built)."""
+    from avl_lab.evaluation.preflight import check_model
+
+    layers = check_model(cfg)
+    if layers is None:
+        from avl_lab.engine.families import family_of
+        from avl_lab.models import load
+
+        model, _ = load(cfg.model.name, seed=cfg.model.seed)
+        layers = len(family_of(model).decoder_layers(model))
+    return layers
 #: Default columns: the embedded tasks.
 TASKS = ["synth-docvqa", "synth-textvqa", "synth-ocr", "synth-caption", "easy-vqa"]
 
@@ -55,10 +102,11 @@ def run_table(base: EvalConfig, out: Path, tasks: list[str] | None = None,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
+    depth = model_depth(base)
     cells = [(t, m) for t in (tasks or TASKS) for m in (methods or METHODS)]
     for task, method in tqdm(cells, desc="table", unit="cell", disable=not progress):
         cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, name=task))
-        res = evaluate_policy(cfg, METHODS[method], out)
+        res = evaluate_policy(cfg, spec_of(method, depth), out)
         rows.append({"task": task, "method": method, **res})
     df = pd.DataFrame(rows)
     df.to_csv(out / "table.csv", index=False)
