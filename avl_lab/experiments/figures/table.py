@@ -63,6 +63,11 @@ METHODS: dict[str, Spec] = {
     "SparseVLM 192": lambda L: {"name": "sparsevlm", "stages": at_depth([2, 6, 15], L), "tokens": 192},
     "SparseVLM 64": lambda L: {"name": "sparsevlm", "stages": at_depth([2, 6, 15], L), "tokens": 64},
     "DART 128/576": lambda L: {"name": "dart", "layer": at_depth([2], L, first=1)[0], "keep": 22.2},
+    "PyramidDrop λ=0.5, positions kept": lambda L: {
+        "name": "pyramiddrop", "stages": at_depth([8, 16, 24], L, first=1), "lam": 0.5,
+        "positions": "keep"},
+    "SparseVLM 192, positions kept": lambda L: {
+        "name": "sparsevlm", "stages": at_depth([2, 6, 15], L), "tokens": 192, "positions": "keep"},
     "PyramidDrop λ=0.6 (~50%)": lambda L: {"name": "pyramiddrop", "lam": 0.6,
                                            "stages": at_depth([8, 16, 24], L, first=1)},
     "DART 33% (~50%)": lambda L: {"name": "dart", "layer": at_depth([2], L, first=1)[0], "keep": 33.0},
