@@ -324,3 +324,19 @@ def test_bad_fields_name_the_field(spec, needle):
     with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[").replace("]", r"\]")):
         policies.build(spec)
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["model=tiny-random-qwen2-5-vl", "policy=pyramiddrop", "policy.stages=[1,2]"],
+     "Qwen2-VL / Qwen2.5-VL does not allow"),
+    (["model=avl-tiny", "policy=pyramiddrop"], "`policy.stages` 8 is not a decoder layer of avl-tiny"),
+    (["model=avl-tiny", "policy=dart", "policy.layer=5"], "`policy.layer` 5 is not a decoder layer"),
+])
+def test_check_refuses_what_the_run_would(tmp_path, capsys, args, needle):
+    """``--check`` runs the run's own family and layer checks: one error, nothing written."""
+    from avl_lab.__main__ import main
+
+    rc = main(["evaluate", *args, "data.limit=2", f"out_dir={tmp_path / 'o'}", "--check"])
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert rc == 2 and len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "o").exists()

@@ -32,6 +32,8 @@ STUDY = {
         "avl": {"policy": "avl", "space": {"S": {"low": 10, "high": 90, "step": 10},
                                            "C": {"low": 5, "high": 90, "step": 5}},
                 "relations": ["C <= S"], "reference": {"S": 45, "C": 30}, "n_trials": 3},
+        "pdrop": {"policy": "pyramiddrop", "fixed": {"stages": [1, 2, 3]}, "n_trials": 2,
+                  "space": {"positions": {"choices": ["renumber", "keep"]}}},
         "snapkv": {"policy": "snapkv", "space": {"ratio": {"low": 0.1, "high": 0.9},
                                                  "window": {"low": 2, "high": 16, "log": True},
                                                  "kernel": {"choices": [3, 5]}},
@@ -61,7 +63,8 @@ def finished(tmp_path_factory):
 def test_each_method_is_its_own_optuna_study(finished):
     path, out = finished
     storage = f"sqlite:///{out / 'study.db'}"
-    assert sorted(optuna.get_all_study_names(storage)) == ["two_methods/avl", "two_methods/snapkv"]
+    assert sorted(optuna.get_all_study_names(storage)) == ["two_methods/avl", "two_methods/pdrop",
+                                                           "two_methods/snapkv"]
     snap = optuna.load_study(study_name="two_methods/snapkv", storage=storage)
     assert snap.metric_names == ["used", "score"]
     dists = snap.trials[0].distributions
@@ -86,7 +89,8 @@ def _hv_by_grid(used: np.ndarray, score: np.ndarray) -> float:
 def test_report_tables_against_an_independent_computation(finished):
     path, out = finished
     df = pd.read_csv(out / "pareto.csv")
-    assert df.groupby("method").size().to_dict() == {"avl": 3, "snapkv": 3}
+    assert df.groupby("method").size().to_dict() == {"avl": 3, "pdrop": 2, "snapkv": 3}
+    assert set(df.loc[df["method"] == "pdrop", "stages"]) == {"[1, 2, 3]"}  # a list, as text
     assert (df["score_lo"] <= df["score"] + 1e-12).all() and (df["score"] <= df["score_hi"] + 1e-12).all()
     methods = pd.read_csv(out / "methods.csv").set_index("method")
     for name, part in df.groupby("method"):
@@ -109,7 +113,7 @@ def test_report_tables_against_an_independent_computation(finished):
     for _, row in paired[paired["budget"] != "hypervolume"].iterrows():
         u = float(row["budget"])
         best = {m: part.loc[part["used"] <= u, "score"].max() for m, part in df.groupby("method")}
-        want = best["snapkv"] - best["avl"]
+        want = best[row["method"]] - best["avl"]
         assert (np.isnan(row["difference"]) and np.isnan(want)) or row["difference"] == pytest.approx(want)
     assert (out / "pareto.png").stat().st_size > 10_000
 
@@ -118,7 +122,8 @@ def test_report_rerun_prints_every_front(finished, capsys):
     path, out = finished
     assert main(["sweep", "--study", str(path), "--out", str(out), "--report", *FAST]) == 0
     text = capsys.readouterr().out
-    assert "[avl]" in text and "[snapkv]" in text and "500 resamples of the 4 samples (seed 3)" in text
+    assert "[avl]" in text and "[snapkv]" in text and "[pdrop]" in text
+    assert "500 resamples of the 4 samples (seed 3)" in text
     assert "paired differences" in text
 
 
@@ -155,7 +160,7 @@ def test_optuna_dashboard_reads_the_study(finished):
                 assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
                 time.sleep(0.3)
         names = {s["study_name"]: s["study_id"] for s in summaries}
-        assert set(names) == {"two_methods/avl", "two_methods/snapkv"}
+        assert set(names) == {"two_methods/avl", "two_methods/pdrop", "two_methods/snapkv"}
         detail = _get(f"http://127.0.0.1:{port}/api/studies/{names['two_methods/snapkv']}")
         assert len(detail["trials"]) == 3 and detail["objective_names"] == ["used", "score"]
         assert {p["name"] for p in detail["trials"][0]["params"]} == {"ratio", "window", "kernel"}

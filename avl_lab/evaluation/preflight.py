@@ -39,17 +39,36 @@ def check_model(cfg: EvalConfig) -> int | None:
     return decoder_layers(check_checkpoint(_resolve(cfg.model.name)))
 
 
-def check_policy_fits(policy: dict[str, Any], num_layers: int | None, model: str) -> None:
+def model_type(cfg: EvalConfig) -> str | None:
+    """The model's ``model_type`` (its family), read from its config without loading weights."""
+    from avl_lab.models.checks import check_checkpoint
+    from avl_lab.models.loader import RANDOM_MODELS, _resolve
+
+    if cfg.model.name in RANDOM_MODELS:
+        return RANDOM_MODELS[cfg.model.name]
+    return check_checkpoint(_resolve(cfg.model.name)).get("model_type")
+
+
+def check_policy_fits(policy: dict[str, Any], num_layers: int | None, model: str,
+                      kind: str | None = None) -> None:
     """Every prefill-pruning layer (``layer``, ``stages``) must be one of the model's decoder
-    layers."""
+    layers, and the model's family must allow the policy (renumbered positions)."""
     from avl_lab import policies
+    from avl_lab.engine.families import family_for_type
 
     built = policies.build(dict(policy))
+    family = family_for_type(kind) if kind is not None else None
+    if family is not None:
+        try:
+            family.check_policy(built)
+        except ValueError as err:
+            raise ConfigError(f"`policy` ({policy.get('name')}) on {model}: {err}") from None
     if num_layers is None:
         return
     for layer in (*built.prune_layers, *built.prune_before_layers):
         if not 0 <= layer < num_layers:
-            key = "policy.layer" if built.prune_layer is not None else "policy.stages"
+            key = "policy.stages" if "stages" in policies.registry.fields(policy["name"]) \
+                else "policy.layer"
             raise ConfigError(f"`{key}` {layer} is not a decoder layer of {model} "
                               f"(it has {num_layers}: 0..{num_layers - 1})")
 
@@ -95,8 +114,9 @@ def preflight(cfg: EvalConfig, policies: list[dict[str, Any]] | None = None) -> 
 
     check_accelerator(cfg)
     layers = check_model(cfg)
+    kind = model_type(cfg)
     for policy in policies or [cfg.policy]:
-        check_policy_fits(policy, layers, cfg.model.name)
+        check_policy_fits(policy, layers, cfg.model.name, kind)
     ids = list(EvalDataModule(cfg.data, cfg.batch_size, set()).load()["id"])
     check_rows(ids, cfg)
     return ids

@@ -18,7 +18,7 @@ from avl_lab.policies.scope import Scoped
 
 __all__ = ["Compose", "Context", "Policy", "Scoped", "build", "example", "names", "register"]
 
-_NOT_POLICIES = {"base", "registry", "compose", "scope", "scorer"}
+_NOT_POLICIES = {"base", "registry", "compose", "scope", "scorer", "staged", "decode_tiering"}
 
 
 def _load_builtin() -> None:

@@ -31,59 +31,25 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from avl_lab.policies.base import Context, Policy, Rows, check_percent, count_of
+from avl_lab.policies.base import Context, Policy, Rows, count_of
 from avl_lab.policies.decode_tiering import WithTiering
 from avl_lab.policies.prefill_prune import keep_top_images
 from avl_lab.policies.registry import register
-
-POSITIONS = ("renumber", "keep")
-
-
-def check_stages(stages: list[int], first: int = 0) -> None:
-    """``ValueError`` unless ``stages`` is a non-empty increasing list of layers ≥ ``first``."""
-    ok = (isinstance(stages, (list, tuple)) and stages
-          and all(isinstance(x, int) and not isinstance(x, bool) and x >= first for x in stages)
-          and all(a < b for a, b in zip(stages, stages[1:])))
-    if not ok:
-        raise ValueError(f"`stages` must be an increasing list of decoder layers ≥ {first}, "
-                         f"got {stages!r}")
-
-
-def check_positions(positions: str) -> None:
-    if positions not in POSITIONS:
-        raise ValueError(f"`positions` must be one of {', '.join(POSITIONS)}, got {positions!r}")
-
-
-def check_fits(stages: list[int], ctx: Context) -> None:
-    """The stages are layers of the model (checked when a run starts)."""
-    if max(stages) >= ctx.num_layers:
-        raise ValueError(f"`stages` {list(stages)} name layers this model lacks (it has "
-                         f"{ctx.num_layers}: 0..{ctx.num_layers - 1})")
+from avl_lab.policies.staged import Staged, check_positions, check_shares, check_stages
 
 
 @dataclass
-class PyramidDropStages(Policy):
+class PyramidDropStages(Staged):
     """The method: before each layer of ``stages``, keep ``keep[s]``% of the image tokens."""
 
-    stages: tuple[int, ...]
-    keep: tuple[float, ...]
-    positions: str = "renumber"
     needs_preview = True
 
     @property
     def prune_before_layers(self) -> tuple[int, ...]:
         return tuple(self.stages)
 
-    @property
-    def prune_positions(self) -> str:
-        return self.positions
-
-    def setup(self, cache, ctx: Context) -> None:
-        check_fits(self.stages, ctx)
-
     def prune_before(self, layer: Rows, ctx: Context) -> Tensor:
-        share = self.keep[self.stages.index(ctx.layer_idx)]
-        return keep_top_images(layer, ctx, count_of(share, ctx.n_image))
+        return keep_top_images(layer, ctx, count_of(self.share(ctx), ctx.n_image))
 
 
 @register("pyramiddrop", example={"stages": [1, 2, 3], "lam": 0.5, "positions": "keep"})
@@ -114,9 +80,6 @@ class PyramidDrop(WithTiering):
             raise ValueError(f"`lam` must be in (0, 1], got {self.lam!r}")
         shares = self.keep if self.keep is not None else [
             100.0 * self.lam ** (s + 1) for s in range(len(self.stages))]
-        if not isinstance(shares, (list, tuple)) or len(shares) != len(self.stages):
-            raise ValueError(f"`keep` must hold one share per stage ({len(self.stages)}), got {shares!r}")
-        for share in shares:
-            check_percent("keep", share, allow_none=False)
+        check_shares(shares, self.stages)
         check_positions(self.positions)
         return PyramidDropStages(tuple(self.stages), tuple(float(x) for x in shares), self.positions)

@@ -37,10 +37,10 @@ import torch
 from torch import Tensor
 
 from avl_lab.engine.layout import Modality
-from avl_lab.policies.base import Context, Policy, Rows, check_percent, count_of, is_image, top_rows
+from avl_lab.policies.base import Context, Policy, Rows, count_of, is_image, top_rows
 from avl_lab.policies.decode_tiering import WithTiering
-from avl_lab.policies.pyramiddrop import check_fits, check_positions, check_stages
 from avl_lab.policies.registry import register
+from avl_lab.policies.staged import Staged, check_positions, check_shares, check_stages
 
 #: The reference's per-stage image-token counts for 576 image tokens (``score.py`` l.11-14, v1.5).
 TABLES = {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)}
@@ -74,24 +74,13 @@ def text_raters(embeds: Tensor, valid: Tensor, image: Tensor) -> Tensor:
 
 
 @dataclass
-class SparseVLMStages(Policy):
+class SparseVLMStages(Staged):
     """The method: after each layer of ``stages``, keep ``keep[s]``% of the image tokens (at most
     all but one of those left), ranked by the raters' attention."""
-
-    stages: tuple[int, ...]
-    keep: tuple[float, ...]
-    positions: str = "renumber"
 
     @property
     def prune_layers(self) -> tuple[int, ...]:
         return tuple(self.stages)
-
-    @property
-    def prune_positions(self) -> str:
-        return self.positions
-
-    def setup(self, cache, ctx: Context) -> None:
-        check_fits(self.stages, ctx)
 
     def prune_tokens(self, layer: Rows, ctx: Context) -> Tensor:
         if ctx.inputs_embeds is None or ctx.prompt_mod is None:
@@ -103,8 +92,7 @@ class SparseVLMStages(Policy):
         probs = ctx.query_probs(raters)  # [B, m, R], zero on padding queries
         relevance = probs.sum(1) / raters.sum(1, keepdim=True).clamp(min=1)  # [B, R]
         img = is_image(layer)
-        share = self.keep[self.stages.index(ctx.layer_idx)]
-        k = torch.minimum(count_of(share, ctx.n_image), (img.sum(1) - 1).clamp(min=0))
+        k = torch.minimum(count_of(self.share(ctx), ctx.n_image), (img.sum(1) - 1).clamp(min=0))
         return ~img | top_rows(relevance, img, k)
 
 
@@ -142,10 +130,6 @@ class SparseVLM(WithTiering):
             shares = [100.0 * c / REFERENCE_N for c in table]
         else:
             shares = self.keep
-            if not isinstance(shares, (list, tuple)) or len(shares) != len(self.stages):
-                raise ValueError(f"`keep` must hold one share per stage ({len(self.stages)}), "
-                                 f"got {shares!r}")
-            for share in shares:
-                check_percent("keep", share, allow_none=False)
+            check_shares(shares, self.stages)
         check_positions(self.positions)
         return SparseVLMStages(tuple(self.stages), tuple(float(x) for x in shares), self.positions)

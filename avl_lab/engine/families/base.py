@@ -124,6 +124,12 @@ def families() -> list[Family]:
     return seen
 
 
+def family_for_type(model_type: str | None) -> Family | None:
+    """The family registered for a ``config.model_type`` (None when none is)."""
+    _load()
+    return _FAMILIES.get(model_type)
+
+
 def family_of(model: nn.Module) -> Family:
     """The family of ``model``; ``TypeError`` listing the supported families otherwise."""
     _load()

@@ -5,6 +5,7 @@ a seaborn ``pareto.png`` with one front per method."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,11 @@ class Report:
     """Samples resampled for the intervals (None: no intervals)."""
 
 
+def _cell(value: Any) -> Any:
+    """A field's value as a table cell: lists and mappings (e.g. fixed ``stages``) as text."""
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else value
+
+
 def trials_frame(study: optuna.Study, objectives: list[str], method: Method | None = None) -> pd.DataFrame:
     """One row per completed trial: the method, its fields, stored, used, score, on the front."""
     front = {t.number for t in study.best_trials}
@@ -46,7 +52,7 @@ def trials_frame(study: optuna.Study, objectives: list[str], method: Method | No
         policy = t.user_attrs.get("policy", {})
         row: dict[str, Any] = {"method": method.name if method else policy.get("name"),
                                "trial": t.number}
-        row.update({p: policy.get(p) for p in params if p != SCOPE})
+        row.update({p: _cell(policy.get(p)) for p in params if p != SCOPE})
         if SCOPE in params:
             row[SCOPE] = first_layer(policy)
         row.update({k: t.user_attrs.get(k) for k in ("stored", "used", "score", "n")})
