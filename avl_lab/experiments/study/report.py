@@ -130,7 +130,8 @@ def plot(df: pd.DataFrame, studies: list[tuple[Method, optuna.Study]], objective
     plt, sns = pyplot()
     x, y = objectives[0], "score" if "score" in objectives else objectives[1]
     methods = list(dict.fromkeys(df["method"]))
-    colors = dict(zip(methods, sns.color_palette("tab10", max(len(methods), 3))))
+    palette = "tab10" if len(methods) <= 10 else "tab20"
+    colors = dict(zip(methods, sns.color_palette(palette, max(len(methods), 3))))
     fig, ax = plt.subplots(figsize=(9.5, 5.5) if len(methods) > 1 else (7, 5))
     sns.scatterplot(data=df[~df["front"]], x=x, y=y, hue="method", palette=colors, s=30, alpha=0.35,
                     ax=ax, legend=False, zorder=3)
