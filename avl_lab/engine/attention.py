@@ -169,10 +169,7 @@ def _start_prune(run: Run, layer: AVLLayer, keep_rows: Tensor) -> Tensor | None:
     ``prune_drops_earlier`` asks to evict the dropped tokens there too. Returns this layer's
     eviction order (see ``AVLLayer.evict``), None when its rows did not move.
     """
-    P = run.layout.length
-    keep_tok = torch.zeros(keep_rows.shape[0], P, dtype=torch.bool, device=keep_rows.device)
-    keep_tok.scatter_(1, layer.tok, keep_rows & layer.valid)
-    stage = run.add_stage(keep_tok, layer.layer_idx + 1)
+    stage = run.add_stage(keep_rows & layer.valid, layer.tok, layer.layer_idx + 1)
     if not run.policy.prune_drops_earlier:
         return None
     evict_earlier(run, stage.keep, layer.layer_idx)

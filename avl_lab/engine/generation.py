@@ -73,6 +73,7 @@ class Run:
         self.last_keys: Tensor | None = None  # prefill: the keys of the last layer run
         self.preview: dict | None = None  # set while a layer's attention is previewed
         self.before_layers = frozenset(policy.prune_before_layers)  # read by every pre-hook
+        self.renumber = policy.prune_positions == "renumber"  # decode pre-hooks move positions
         self.decode_stats = StatsRecorder(num_layers)
         self.prefill_stats = StatsRecorder(num_layers)
         self.trace = Trace() if record else None
@@ -163,9 +164,10 @@ class Run:
         """The stage in effect at decoder layer ``layer_idx`` (None: every prompt token)."""
         return next((s for s in reversed(self.prunes) if s.first <= layer_idx), None)
 
-    def add_stage(self, keep_tok: Tensor, first: int) -> PruneState:
-        """A new stage keeping ``keep_tok`` ``[B, P]`` from layer ``first`` on."""
-        stage = make_stage(self.layout, self.stage(first - 1), keep_tok, first,
+    def add_stage(self, keep_rows: Tensor, tok: Tensor, first: int) -> PruneState:
+        """A new stage keeping the rows ``keep_rows`` ``[B, R]`` (prompt columns ``tok``) from
+        layer ``first`` on."""
+        stage = make_stage(self.layout, self.stage(first - 1), keep_rows, tok, first,
                            self.policy.prune_positions)
         self.prunes.append(stage)
         return stage

@@ -66,10 +66,12 @@ def make_pre_hook(session: Session, layer_idx: int):
 
     def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
         run = session.run
-        if run is None or not run.prunes and layer_idx not in run.before_layers:
+        if run is None:
             return None
-        if run.step != 0:
-            return _decode_positions(session, run, layer_idx, args, kwargs)
+        if run.step != 0:  # decode: only renumbered stages move positions
+            return _decode_positions(session, run, layer_idx, args, kwargs) if run.renumber else None
+        if not run.prunes and layer_idx not in run.before_layers:
+            return None
         hidden = args[0] if args else kwargs.pop("hidden_states")
         if layer_idx in run.before_layers:
             _prune_before(session, run, module, layer_idx, hidden, kwargs)
@@ -114,10 +116,7 @@ def _prune_before(session: Session, run: Run, layer: nn.Module, layer_idx: int, 
     keep_rows = run.policy.prune_before(rows, ctx)
     if keep_rows is None:
         return
-    P = run.layout.length
-    keep_tok = torch.zeros(keep_rows.shape[0], P, dtype=torch.bool, device=keep_rows.device)
-    keep_tok.scatter_(1, rows.tok, keep_rows & rows.valid)
-    new = run.add_stage(keep_tok, layer_idx)
+    new = run.add_stage(keep_rows & rows.valid, rows.tok, layer_idx)
     if run.policy.prune_drops_earlier:
         from avl_lab.engine.attention import evict_earlier
 
@@ -156,7 +155,7 @@ def _decode_positions(session: Session, run: Run, layer_idx: int, args: tuple,
         hidden = args[0] if args else kwargs["hidden_states"]
         text_model = session.family.text_model(session.model)
         new = {"position_ids": moved,
-               "position_embeddings": session.family.rope(text_model, hidden, moved, layer_idx)}
+               "position_embeddings": session.family.rope(text_model, hidden, moved)}
         stage.decode_kwargs = {run.step: new}  # one step kept: the previous one is done
     return args, {**kwargs, **new}
 
@@ -182,7 +181,7 @@ def _gather_kwargs(kwargs: dict[str, Any], stage: PruneState) -> dict[str, Any]:
         out["position_embeddings"] = tuple(_gather_seq(t, stage.pos_index, -2) for t in pe)
     pid = kwargs.get("position_ids")
     if pid is not None:
-        out["position_ids"] = (_gather_seq(pid, stage.index, -1) if stage.shift is None
+        out["position_ids"] = (_gather_seq(pid, stage.index, -1) if stage.position_ids is None
                                else stage.position_ids)
     out["attention_mask"] = _gather_mask(kwargs.get("attention_mask"), stage.index, stage.valid,
                                          stage.keep.shape[1])

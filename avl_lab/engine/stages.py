@@ -41,9 +41,10 @@ class PruneState:
         states of the layer before ``first`` are gathered with it).
     pos_index : ``[B, m]`` the prompt columns whose position embeddings the tokens take (their
         own, or those of the renumbered positions).
-    position_ids : ``[B, m]`` the tokens' 1-D position ids.
-    shift : ``[B]`` how far decode positions move down in this stage's layers (renumbered
-        stages), None when positions are kept.
+    position_ids : ``[B, m]`` renumbered stages: the tokens' new 1-D position ids (None: the
+        layers' own ``position_ids`` are gathered with ``index``).
+    shift : ``[B]`` renumbered stages: how far decode positions move down in this stage's
+        layers (None when positions are kept).
     """
 
     first: int
@@ -52,7 +53,7 @@ class PruneState:
     valid: Tensor
     rel: Tensor
     pos_index: Tensor
-    position_ids: Tensor
+    position_ids: Tensor | None = None
     shift: Tensor | None = None
     layer_kwargs: dict = field(default_factory=dict)  # gathered decoder-layer kwargs, per input set
     decode_kwargs: dict = field(default_factory=dict)  # decode step's shifted position embeddings
@@ -85,15 +86,17 @@ def _right_aligned(keep_tok: Tensor) -> tuple[Tensor, Tensor]:
     return index.masked_fill(~valid, 0), valid
 
 
-def make_stage(layout: Layout, prev: PruneState | None, keep_tok: Tensor, first: int,
-               positions: str = "keep") -> PruneState:
-    """The stage that keeps ``keep_tok`` ``[B, P]`` (intersected with ``prev``'s tokens; the
-    last prompt token always stays: it produces the next-token logits) from layer ``first`` on.
-    """
+def make_stage(layout: Layout, prev: PruneState | None, keep_rows: Tensor, tok: Tensor,
+               first: int, positions: str = "keep") -> PruneState:
+    """The stage that keeps the rows ``keep_rows`` ``[B, R]`` (prompt columns ``tok``) of a
+    layer, intersected with ``prev``'s tokens (the last prompt token always stays: it produces
+    the next-token logits), from layer ``first`` on."""
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
-    B, P = keep_tok.shape
-    keep_tok = keep_tok & layout.valid
+    B, P = layout.valid.shape
+    keep_tok = torch.zeros(B, P, dtype=torch.bool, device=keep_rows.device)
+    keep_tok.scatter_(1, tok, keep_rows)
+    keep_tok &= layout.valid
     if prev is not None:
         keep_tok = keep_tok & prev.keep
     keep_tok[:, -1] = True
@@ -106,9 +109,8 @@ def make_stage(layout: Layout, prev: PruneState | None, keep_tok: Tensor, first:
         where.scatter_(1, prev.index.masked_fill(~prev.valid, P - 1), slots.masked_fill(~prev.valid, 0))
         where[:, -1] = prev.index.shape[1] - 1  # the last prompt token is the last slot of every stage
         rel = where.gather(1, index).masked_fill(~valid, 0)
-    original = layout.pos.gather(1, index)
     if positions == "keep":
-        return PruneState(first, keep_tok, index, valid, rel, pos_index=index, position_ids=original)
+        return PruneState(first, keep_tok, index, valid, rel, pos_index=index)
     rank = (valid.long().cumsum(1) - 1).clamp(min=0)  # renumbered 0, 1, ... over the kept tokens
     first_col = (~layout.valid).sum(1, keepdim=True)  # left padding: the first real column
     pos_index = (first_col + rank).clamp(max=P - 1).masked_fill(~valid, 0)

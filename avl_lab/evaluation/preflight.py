@@ -11,7 +11,7 @@ from avl_lab.errors import ConfigError, InputFileError
 from avl_lab.evaluation.config import EvalConfig, parse_devices
 
 __all__ = ["check_accelerator", "check_model", "check_out_dir", "check_policy_fits", "check_rows",
-           "preflight"]
+           "model_facts", "preflight"]
 
 
 def check_out_dir(path: str | Path, key: str = "out_dir") -> None:
@@ -31,22 +31,19 @@ def check_out_dir(path: str | Path, key: str = "out_dir") -> None:
 def check_model(cfg: EvalConfig) -> int | None:
     """Find the checkpoint and check its files, without reading weights; the number of decoder
     layers its config declares (None for the random models, which are built in memory)."""
+    return model_facts(cfg)[0]
+
+
+def model_facts(cfg: EvalConfig) -> tuple[int | None, str | None]:
+    """:func:`check_model`'s layer count and the model's ``model_type`` (its family), from one
+    check of the checkpoint."""
     from avl_lab.models.checks import check_checkpoint, decoder_layers
     from avl_lab.models.loader import RANDOM_MODELS, _resolve
 
     if cfg.model.name in RANDOM_MODELS:
-        return None
-    return decoder_layers(check_checkpoint(_resolve(cfg.model.name)))
-
-
-def model_type(cfg: EvalConfig) -> str | None:
-    """The model's ``model_type`` (its family), read from its config without loading weights."""
-    from avl_lab.models.checks import check_checkpoint
-    from avl_lab.models.loader import RANDOM_MODELS, _resolve
-
-    if cfg.model.name in RANDOM_MODELS:
-        return RANDOM_MODELS[cfg.model.name]
-    return check_checkpoint(_resolve(cfg.model.name)).get("model_type")
+        return None, RANDOM_MODELS[cfg.model.name]
+    config = check_checkpoint(_resolve(cfg.model.name))
+    return decoder_layers(config), config.get("model_type")
 
 
 def check_policy_fits(policy: dict[str, Any], num_layers: int | None, model: str,
@@ -113,8 +110,7 @@ def preflight(cfg: EvalConfig, policies: list[dict[str, Any]] | None = None) -> 
     from avl_lab.evaluation.datamodule import EvalDataModule
 
     check_accelerator(cfg)
-    layers = check_model(cfg)
-    kind = model_type(cfg)
+    layers, kind = model_facts(cfg)
     for policy in policies or [cfg.policy]:
         check_policy_fits(policy, layers, cfg.model.name, kind)
     ids = list(EvalDataModule(cfg.data, cfg.batch_size, set()).load()["id"])

@@ -29,10 +29,10 @@ from avl_lab.evaluation.datamodule import EvalDataModule
 from avl_lab.evaluation.module import EvalModule
 from avl_lab.evaluation.preflight import (
     check_accelerator,
-    check_model,
     check_out_dir,
     check_policy_fits,
     check_rows,
+    model_facts,
 )
 from avl_lab.evaluation.records import RecordLog
 from avl_lab.evaluation.summary import Summary, summarize
@@ -153,7 +153,8 @@ def evaluate(cfg: EvalConfig | dict | str | Path | list[str] | None = None, **ov
     out = Path(cfg.out_dir).expanduser()
     check_out_dir(out)
     check_accelerator(cfg)
-    check_policy_fits(cfg.policy, check_model(cfg), cfg.model.name)
+    layers, kind = model_facts(cfg)
+    check_policy_fits(cfg.policy, layers, cfg.model.name, kind)
     dm = EvalDataModule(cfg.data, cfg.batch_size, set())
     ids = list(dm.load()["id"])
     check_rows(ids, cfg)

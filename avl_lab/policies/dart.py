@@ -131,11 +131,10 @@ class DART(WithTiering):
             raise ValueError(f"`layer` must be an integer ≥ 1 (pivots come from layer - 1), "
                              f"got {self.layer!r}")
         check_percent("keep", self.keep, allow_none=False)
-        for name in ("tokens", "pivot_image", "pivot_text"):
+        checks = [("pivot_image", 1), ("pivot_text", 0)] + ([("tokens", 1)] if self.tokens is not None
+                                                             else [])
+        for name, least in checks:
             value = getattr(self, name)
-            least = 0 if name == "pivot_text" else 1
-            if value is None and name == "tokens":
-                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"`{name}` must be an integer ≥ {least}, got {value!r}")
         return DARTSelect(self.layer, self.keep, self.tokens, self.pivot_image, self.pivot_text)

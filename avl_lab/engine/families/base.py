@@ -101,8 +101,9 @@ class Family:
         """The text decoder's final norm (before the LM head)."""
         return text_model.norm
 
-    def rope(self, text_model: nn.Module, hidden: Tensor, position_ids: Tensor, layer_idx: int):
-        """The RoPE embeddings ``(cos, sin)`` layer ``layer_idx`` gets for ``position_ids``."""
+    def rope(self, text_model: nn.Module, hidden: Tensor, position_ids: Tensor):
+        """The RoPE embeddings ``(cos, sin)`` of ``position_ids`` (a family that renumbers has
+        one kind of layer)."""
         return text_model.rotary_emb(hidden, position_ids)
 
 

@@ -22,6 +22,7 @@ from avl_lab.evaluation.cached import evaluate_policy
 
 __all__ = ["METHODS", "TASKS", "markdown", "run_table"]
 
+
 def at_depth(layers: list[int], depth: int, paper_depth: int = 32, first: int = 0) -> list[int]:
     """Layers a method places in a ``paper_depth``-layer decoder (LLaVA-1.5-7B's 32), moved to a
     ``depth``-layer one: proportionally, rounded, kept increasing and ≥ ``first``
@@ -92,6 +93,8 @@ def model_depth(cfg: EvalConfig) -> int:
         model, _ = load(cfg.model.name, seed=cfg.model.seed)
         layers = len(family_of(model).decoder_layers(model))
     return layers
+
+
 #: Default columns: the embedded tasks.
 TASKS = ["synth-docvqa", "synth-textvqa", "synth-ocr", "synth-caption", "easy-vqa"]
 
