@@ -44,6 +44,7 @@ class Trace:
     """Which token columns each layer used, for the masked reference runner in tests."""
 
     prefill: dict[int, Tensor] = field(default_factory=dict)  # layer -> [B, m] columns, -1 filler
+    inputs_embeds: Tensor | None = None  # [B, P, D] when a pre-LLM policy wrote embeddings
     decode: list[dict[int, Tensor]] = field(default_factory=list)  # step-1 -> layer -> [B, n]
 
 
@@ -72,7 +73,11 @@ class Run:
         self.inputs_embeds: Tensor | None = None  # prefill: the text model's input embeddings
         self.last_keys: Tensor | None = None  # prefill: the keys of the last layer run
         self.preview: dict | None = None  # set while a layer's attention is previewed
-        self.before_layers = frozenset(policy.prune_before_layers)  # read by every pre-hook
+        self.prunes_input = policy.prunes_input  # a cut before layer 0 (pre-LLM methods)
+        self.before_layers = frozenset(policy.prune_before_layers) | (
+            {0} if self.prunes_input else set())  # read by every pre-hook
+        self.vision = None  # the session's VisionTap, when the policy reads the vision tower
+        self.image_info = None  # what the tap needs to place patches (LLaVA-NeXT's image_sizes)
         self.renumber = policy.prune_positions == "renumber"  # decode pre-hooks move positions
         self.decode_stats = StatsRecorder(num_layers)
         self.prefill_stats = StatsRecorder(num_layers)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from avl_lab.engine.layout import Modality
 from avl_lab.engine.stages import PruneState
 
 if TYPE_CHECKING:
@@ -73,7 +74,9 @@ def make_pre_hook(session: Session, layer_idx: int):
         if not run.prunes and layer_idx not in run.before_layers:
             return None
         hidden = args[0] if args else kwargs.pop("hidden_states")
-        if layer_idx in run.before_layers:
+        if layer_idx == 0 and run.prunes_input:
+            hidden = _prune_input(session, run, hidden)
+        elif layer_idx in run.before_layers:
             _prune_before(session, run, module, layer_idx, hidden, kwargs)
         stage = run.stage(layer_idx)
         if stage is None:
@@ -121,6 +124,28 @@ def _prune_before(session: Session, run: Run, layer: nn.Module, layer_idx: int, 
         from avl_lab.engine.attention import evict_earlier
 
         evict_earlier(run, new.keep, layer_idx)
+
+
+def _prune_input(session: Session, run: Run, hidden: Tensor) -> Tensor:
+    """``prune_input``: a stage from layer 0 on; returns the input embeddings with any the
+    policy wrote."""
+    from avl_lab.policies.base import InputCut
+
+    rows = run.token_rows(0)
+    ctx = run.context(0)
+    ctx.hidden = hidden
+    if run.vision is not None:
+        ctx.vision = run.vision.features(run.layout.modality == int(Modality.IMAGE), run.image_info)
+    cut = run.policy.prune_input(rows, ctx)
+    if cut is None:
+        return hidden
+    keep = cut.keep if isinstance(cut, InputCut) else cut
+    if isinstance(cut, InputCut):
+        hidden = torch.where(cut.replace[..., None], cut.embeds.to(hidden.dtype), hidden)
+        if run.trace is not None:
+            run.trace.inputs_embeds = hidden
+    run.add_stage(keep & rows.valid, rows.tok, 0)
+    return hidden
 
 
 _NOT_FOR_ATTENTION = ("cache", "past_key_values", "past_key_value", "use_cache", "output_attentions")

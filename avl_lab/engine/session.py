@@ -57,6 +57,7 @@ class Session:
         self.last_run: Run | None = None
         self.stats: CacheStats | None = None
         self.num_layers = len(self.family.decoder_layers(model))
+        self.vision_tap = None  # hooks on the vision tower, when the policy reads it
 
     def generate(self, **kwargs: Any):
         """``model.generate(**kwargs)`` with a fresh policy cache; sets :attr:`stats`."""
@@ -70,6 +71,9 @@ class Session:
         layout = token_layout(input_ids, kwargs.get("attention_mask"), self.vision_ids)
         max_new = _max_new_tokens(kwargs, self.model, input_ids.shape[1])
         run = Run(self.policy, layout, self.num_layers, max_new, record=self.record, seed=self.seed)
+        if self.vision_tap is not None:
+            self.vision_tap.reset()
+            run.vision, run.image_info = self.vision_tap, kwargs.get("image_sizes")
         self.run = run
         run.begin()
         try:
@@ -134,6 +138,9 @@ def attach(
         for i, layer in enumerate(layers):
             layer.self_attn._avl_session = session
             handles.append(layer.register_forward_pre_hook(make_pre_hook(session, i), with_kwargs=True))
+        if policy.needs_vision:
+            session.vision_tap = family.vision_tap(model)
+            handles.extend(session.vision_tap.install())
         text_model = family.text_model(model)
         handles.append(text_model.register_forward_pre_hook(make_text_hook(session), with_kwargs=True))
         yield session

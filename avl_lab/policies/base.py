@@ -8,6 +8,10 @@ Masks are ``[B, R]`` booleans over the rows of one layer's cache (see
 Hooks, in the order the engine calls them:
 
 - :meth:`Policy.setup` once per ``generate`` call, before prefill (register row state),
+- :meth:`Policy.prune_input` once, before layer 0, when :attr:`Policy.prunes_input`: which image
+  tokens the language model sees at all (and, optionally, new embeddings for some of them:
+  merged tokens), from the projected image embeddings and, with :attr:`Policy.needs_vision`,
+  the vision tower's attention (:class:`~avl_lab.engine.vision.VisionFeatures`),
 - :meth:`Policy.prune_before` before each layer of :attr:`Policy.prune_before_layers` in
   prefill (in the layer's pre-hook): which tokens that layer and the later ones see,
 - :meth:`Policy.prune_tokens` after each layer of :attr:`Policy.prune_layers` in prefill: which
@@ -24,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -134,6 +138,10 @@ class Context:
     prev_keys : Tensor or None
         In :meth:`Policy.prune_before`: ``[B, Hkv, R, Dh]`` the previous layer's keys (RoPE
         applied), aligned with the rows.
+    vision : VisionFeatures or None
+        In :meth:`Policy.prune_input`, when :attr:`Policy.needs_vision`: what the vision tower
+        computed for this prompt's images (CLS attention, keys, features, the projector, and
+        where each patch sits in the prompt).
 
     In :meth:`Policy.prune_before`, ``scores`` / ``head_scores`` / ``query_probs`` are those of
     a preview of the layer's own attention over its incoming tokens (its norm, q/k projections
@@ -161,6 +169,27 @@ class Context:
     hidden: Tensor | None = None
     final_norm: Callable[[Tensor], Tensor] | None = None
     prev_keys: Tensor | None = None
+    vision: Any = None
+
+
+@dataclass
+class InputCut:
+    """What :meth:`Policy.prune_input` returns when it also writes embeddings.
+
+    Attributes
+    ----------
+    keep : Tensor
+        ``[B, P]`` bool, the prompt columns the language model sees.
+    embeds : Tensor
+        ``[B, P, D]`` new input embeddings, read where ``replace`` is True.
+    replace : Tensor
+        ``[B, P]`` bool, kept columns whose embedding is ``embeds`` (merged tokens, or a method's
+        own order of the image tokens); the others keep the model's embedding.
+    """
+
+    keep: Tensor
+    embeds: Tensor
+    replace: Tensor
 
 
 class Policy:
@@ -172,6 +201,7 @@ class Policy:
     needs_head_probs: ClassVar[bool] = False
     needs_preview: ClassVar[bool] = False
     needs_prev_keys: ClassVar[bool] = False
+    needs_vision: ClassVar[bool] = False
 
     @property
     def prune_layer(self) -> int | None:
@@ -188,6 +218,11 @@ class Policy:
     def prune_before_layers(self) -> tuple[int, ...]:
         """The layers (≥ 1) before which :meth:`prune_before` runs in prefill, each a stage."""
         return ()
+
+    @property
+    def prunes_input(self) -> bool:
+        """Whether :meth:`prune_input` runs (once, before layer 0, in prefill)."""
+        return False
 
     @property
     def prune_positions(self) -> str:
@@ -213,6 +248,13 @@ class Policy:
         """``[B, R]`` the incoming tokens that a layer of :attr:`prune_before_layers` and the later
         layers see (``layer``: the rows it is about to hold; ``ctx.hidden``, ``ctx.prev_keys``,
         and with :attr:`needs_preview` the preview's ``scores``)."""
+        return None
+
+    def prune_input(self, layer: Rows, ctx: Context) -> Tensor | InputCut | None:
+        """``[B, P]`` the prompt columns the language model sees (``layer``: every prompt
+        column; ``ctx.inputs_embeds`` the projected image embeddings and word embeddings;
+        ``ctx.vision`` with :attr:`needs_vision`), or an :class:`InputCut` that also writes
+        embeddings. Runs before layer 0 when :attr:`prunes_input`."""
         return None
 
     def prefill_keep(self, layer: Rows, ctx: Context) -> Tensor | None:

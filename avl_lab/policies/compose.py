@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from avl_lab.policies.base import Context, Policy, both
+from avl_lab.policies.base import Context, InputCut, Policy, both
 
 
 def _all(masks: list[Tensor | None]) -> Tensor | None:
@@ -33,7 +33,7 @@ class Compose(Policy):
         for p in self.parts:
             if not isinstance(p, Policy):
                 raise ValueError(f"`parts` must hold Policy objects, got {type(p).__name__}")
-        pruning = [p for p in self.parts if p.prune_layers or p.prune_before_layers]
+        pruning = [p for p in self.parts if p.prune_layers or p.prune_before_layers or p.prunes_input]
         modes = {p.prune_positions for p in pruning}
         if len(modes) > 1:
             raise ValueError(f"`parts` prune the prefill with different positions {sorted(modes)}: "
@@ -60,6 +60,14 @@ class Compose(Policy):
         return any(p.needs_preview for p in self.parts)
 
     @property
+    def needs_vision(self) -> bool:  # type: ignore[override]
+        return any(p.needs_vision for p in self.parts)
+
+    @property
+    def prunes_input(self) -> bool:
+        return any(p.prunes_input for p in self.parts)
+
+    @property
     def prune_layers(self) -> tuple[int, ...]:
         return tuple(sorted({i for p in self.parts for i in p.prune_layers}))
 
@@ -70,7 +78,7 @@ class Compose(Policy):
     @property
     def prune_positions(self) -> str:
         return next((p.prune_positions for p in self.parts
-                     if p.prune_layers or p.prune_before_layers), "keep")
+                     if p.prune_layers or p.prune_before_layers or p.prunes_input), "keep")
 
     @property
     def prune_drops_earlier(self) -> bool:
@@ -87,6 +95,18 @@ class Compose(Policy):
     def prune_before(self, layer, ctx: Context) -> Tensor | None:
         return _all([p.prune_before(layer, ctx) for p in self.parts
                      if ctx.layer_idx in p.prune_before_layers])
+
+    def prune_input(self, layer, ctx: Context) -> Tensor | InputCut | None:
+        """The parts' cuts intersected; at most one part may write embeddings."""
+        cuts = [p.prune_input(layer, ctx) for p in self.parts if p.prunes_input]
+        writes = [c for c in cuts if isinstance(c, InputCut)]
+        if len(writes) > 1:
+            raise ValueError("two parts write input embeddings before layer 0; compose at most one "
+                             "merging method")
+        keep = _all([c.keep if isinstance(c, InputCut) else c for c in cuts])
+        if not writes or keep is None:
+            return keep
+        return InputCut(keep=keep, embeds=writes[0].embeds, replace=writes[0].replace & keep)
 
     def prefill_keep(self, layer, ctx: Context) -> Tensor | None:
         return _all([p.prefill_keep(layer, ctx) for p in self.parts])

@@ -5,7 +5,7 @@ columns took part in attention: in prefill the tokens present in the layer (pref
 each decode step the active rows. The reference replays greedy decoding with the stock model, a
 stock ``DynamicCache`` holding every row, the ``position_ids`` ``generate`` would form (the
 model's own ``_prepare_position_ids_for_generation``: 1-D, or Qwen's 3-D M-RoPE with
-``rope_deltas``), and per layer a 4-D boolean mask that shows only those columns on top of the
+``rope_deltas``), the input embeddings a pre-LLM policy wrote (merged tokens), and per layer a 4-D boolean mask that shows only those columns on top of the
 library's own mask (causal, padding, Gemma 3's sliding windows and image blocks), computed by
 transformers' own SDPA function. Real eviction must give the same tokens and logits within
 float tolerance.
@@ -79,6 +79,17 @@ def masked_reference(model, inputs: dict[str, Any], trace: Trace, max_new_tokens
         input_ids, {"input_ids": input_ids, "attention_mask": attn, "cache": cache, **extra}
     )
     tokens, logits = [], []
+    hooks = []
+    if trace.inputs_embeds is not None:  # a pre-LLM policy wrote embeddings: the prefill reads them
+        from avl_lab.engine.families import family_of
+
+        def written(module, args, kwargs):
+            if kwargs.get("inputs_embeds") is not None and kwargs["inputs_embeds"].shape[1] == P:
+                kwargs["inputs_embeds"] = trace.inputs_embeds
+            return args, kwargs
+
+        hooks.append(family_of(model).text_model(model).register_forward_pre_hook(
+            written, with_kwargs=True))
     try:
         model.set_attn_implementation({"text_config": REF_ATTN, "vision_config": old["vision_config"]})
         for i, layer in enumerate(layers):
@@ -98,6 +109,8 @@ def masked_reference(model, inputs: dict[str, Any], trace: Trace, max_new_tokens
             out = model(input_ids=tokens[-1][:, None], attention_mask=attn, position_ids=pos,
                         cache=cache, use_cache=True, logits_to_keep=1)
     finally:
+        for h in hooks:
+            h.remove()
         for layer in layers:
             if hasattr(layer.self_attn, "_avl_ref_visible"):
                 del layer.self_attn._avl_ref_visible

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from avl_lab.engine.generation import Run
     from avl_lab.engine.stages import PruneState
+    from avl_lab.engine.vision import VisionTap
 
 _FAMILIES: dict[str, Family] = {}
 
@@ -89,6 +90,11 @@ class Family:
         ValueError
             Naming the family and the policy.
         """
+        if getattr(policy, "needs_vision", False) and not self.why_no_vision.startswith("ok"):
+            raise ValueError(
+                f"policy {getattr(policy, 'name', '') or type(policy).__name__!r} reads the vision "
+                f"tower's CLS attention, which {self.name} does not offer: {self.why_no_vision}; "
+                "use a method on the projected embeddings (divprune) or a LLaVA / LLaVA-NeXT model")
         if policy.prune_positions == "renumber" and not self.renumbers_positions:
             raise ValueError(
                 f"policy {getattr(policy, 'name', '') or type(policy).__name__!r} renumbers the "
@@ -96,6 +102,12 @@ class Family:
                 "use positions=keep (each kept token keeps its original position)")
 
     why_not_renumber: ClassVar[str] = ""
+    #: What the vision tower offers pre-LLM policies ("ok": :meth:`vision_tap` works).
+    why_no_vision: ClassVar[str] = "its vision tower has no CLS token"
+
+    def vision_tap(self, model: nn.Module) -> VisionTap:
+        """Hooks that read the vision tower's CLS attention (:mod:`avl_lab.engine.vision`)."""
+        raise ValueError(f"{self.name}: {self.why_no_vision}")
 
     def final_norm(self, text_model: nn.Module) -> nn.Module:
         """The text decoder's final norm (before the LM head)."""

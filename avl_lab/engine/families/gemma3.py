@@ -23,5 +23,6 @@ class Gemma3(Family):
     model_types = ("gemma3",)
     classes = ("Gemma3ForConditionalGeneration",)
     renumbers_positions = False
+    why_no_vision = "its SigLIP tower has no CLS token"
     why_not_renumber = ("its sliding windows and image blocks are masks over the original "
                         "positions")

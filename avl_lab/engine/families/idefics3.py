@@ -8,6 +8,7 @@ from avl_lab.engine.families.base import Family, register_family
 
 @register_family
 class Idefics3(Family):
+    why_no_vision = "its SigLIP tower has no CLS token (and its patches are pixel-shuffled)"
     name = "Idefics3 / SmolVLM"
     model_types = ("idefics3", "smolvlm")
     classes = ("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration")

@@ -8,6 +8,8 @@ from avl_lab.engine.families.base import Family, register_family
 
 @register_family
 class InternVL(Family):
+    why_no_vision = ("InternViT's patches reach the LLM pixel-shuffled, four per token, so no "
+                     "token has a CLS attention of its own")
     name = "InternVL"
     model_types = ("internvl",)
     classes = ("InternVLForConditionalGeneration",)

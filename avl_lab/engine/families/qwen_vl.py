@@ -34,6 +34,7 @@ class Qwen2VL(Family):
     classes = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
     vision_token_attrs = ("image_token_id", "video_token_id")
     renumbers_positions = False
+    why_no_vision = "its ViT has no CLS token and merges 2×2 patches before the LLM"
     why_not_renumber = ("3-D M-RoPE: a token's (t, h, w) position is what places it in the "
                         "image; renumbering is not defined")
 
