@@ -18,7 +18,9 @@ Variants: stock ``model.generate``
 (sdpa, ``DynamicCache``) and ``attach(model, policy)`` for ``full``, ``avl`` (S=45 C=30),
 ``avl P T`` (S=45 C=30 K=3 P=90 T=50), ``fastv`` (keep 50% after layer 2), ``h2o``
 (ratio 0.5), and the in-LLM token methods ``pyramiddrop``, ``sparsevlm``, ``dart`` (their
-papers' keep settings, stages placed on 4 layers; ``--preset methods``). Each sample is one ``generate`` of ``--new`` tokens; a logits processor stamps
+papers' keep settings, stages placed on 4 layers; ``--preset methods``) and the pre-LLM
+methods ``visionzip``, ``vispruner``, ``divprune`` (64 tokens per 576, LLaVA-7B layer sizes;
+``--preset pre_llm``). Each sample is one ``generate`` of ``--new`` tokens; a logits processor stamps
 the time after every forward: prefill = start → first logits (vision encoder included),
 decode = the median (p10–p90) of the time per later token, every step of every round pooled.
 ``CPU ×stock``: the same ratios in process CPU time (``time.process_time``, all threads), which
@@ -80,6 +82,12 @@ POLICIES: dict[str, Any] = {
     "pyramiddrop": {"name": "pyramiddrop", "stages": [1, 2, 3], "lam": 0.5, "positions": "keep"},
     "sparsevlm": {"name": "sparsevlm", "stages": [0, 1, 2], "tokens": 192, "positions": "keep"},
     "dart": {"name": "dart", "layer": 1, "keep": 22.2},
+    # The pre-LLM methods (issue 28) at 64 tokens per 576 (VisionZip's 54 + 10, VisPruner's 64
+    # with half important, DivPrune's 11.1%), per crop on LLaVA-NeXT (per image for DivPrune),
+    # positions renumbered as their reference code does.
+    "visionzip": {"name": "visionzip", "tokens": 64, "contextual_share": 15.6},
+    "vispruner": {"name": "vispruner", "tokens": 64},
+    "divprune": {"name": "divprune", "keep": 11.1},
 }
 #: What runs without ``--variants`` or a preset: the engine's own policies (issue 18).
 DEFAULT_VARIANTS = ["full", "avl", "avl P T", "fastv", "h2o"]
@@ -106,6 +114,11 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
     # layouts, 4 layers of hidden 1,024 (~8 min on 2 CPU cores).
     "methods": [dict(layers=4, new=3, rounds=3, batch=[1, 8], layouts=["llava15", "qwen2_5_vl"],
                      variants=["full", "fastv", "pyramiddrop", "sparsevlm", "dart"])],
+    # Issue 28: the pre-LLM methods' prefill saving beside FastV (after layer 0) at LLaVA-7B
+    # layer sizes (2 layers), LLaVA-1.5 and LLaVA-NeXT layouts, batch 1 (~8 min on 2 CPU cores).
+    "pre_llm": [dict(hidden=4096, heads=32, mlp=11008, layers=2, prune_layer=0, new=3, rounds=3,
+                     batch=[1], layouts=["llava15", "llava_next"],
+                     variants=["full", "fastv", "visionzip", "vispruner", "divprune"])],
 }  # fmt: skip
 
 
@@ -298,7 +311,8 @@ def parse(argv: list[str] | None) -> list[argparse.Namespace]:
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="7b: LLaVA-1.6-7B layer sizes, 2 layers, batch 8, llava_next, stock/full/avl;\n"
                         "targets: the issue-18 targets in one command (see PRESETS);\n"
-                        "methods: the in-LLM token methods' prefill beside FastV (issue 27)")
+                        "methods: the in-LLM token methods' prefill beside FastV (issue 27);\n"
+                        "pre_llm: the pre-LLM methods at LLaVA-7B layer sizes (issue 28)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default=None, choices=list(DTYPES), help="fp32 CPU, bf16 CUDA")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")

@@ -74,7 +74,7 @@ def test_visionzip_dominant_and_contextual_by_hand():
     keys = torch.tensor([[1, 0], [0, 0], [.1, 1], [0, 1], [0, 0], [1, .2]], dtype=torch.float)
     feats = torch.tensor([100, 1, 2, 3, 4, 5, 10], dtype=torch.float)[:, None]
     dom, targets, tokens = dominant_and_contextual(attn, keys, feats, dominant=3, contextual=2)
-    assert dom.tolist() == [1, 4] and targets.tolist() == [0, 2]
+    assert dom.tolist() == [1, 4] and targets.tolist() == [0, 3]
     assert tokens[:, 0].tolist() == [100, 2, 5, 11, 7]
 
 
@@ -211,3 +211,21 @@ def test_what_a_model_cannot_run_is_one_clear_error(kind, spec, needle):
 def test_bad_fields_name_the_field(spec, needle):
     with pytest.raises(ValueError, match=needle):
         policies.build(spec)
+
+
+def test_visionzip_with_positions_kept_puts_dominant_tokens_at_their_own_columns():
+    """``positions=keep``: every dominant patch's column is kept with the model's own embedding
+    (the projector of the same features), so each keeps its position; the merged tokens sit at
+    their targets' columns."""
+    model, processor = tiny_random("llava", seed=0)
+    inputs = make_inputs(processor, n=2)
+    _, session = run_policy(model, inputs, {"name": "visionzip", "keep": 30.0,
+                                            "positions": "keep"}, 2)
+    run = session.last_run
+    keep, written = run.prunes[0].keep, run.trace.inputs_embeds
+    image = inputs["input_ids"] == model.config.image_token_id
+    changed = (written - run.inputs_embeds).abs().amax(-1) > 1e-5
+    n = image.sum(1)
+    tokens = int(n[0] * 0.3)  # floor(30% of 64) = 19: CLS + 15 dominant + round(19·13.6%) = 3
+    assert (keep & image).sum(1).tolist() == [tokens] * 2
+    assert (changed & image).sum(1).tolist() == [1 + 3] * 2  # CLS + contextual, nothing else

@@ -15,7 +15,9 @@ output LLaVA reads:
   goes to its most cosine-similar target (l.71-74); a contextual token is the target's feature
   plus the mean of its assigned features (``target + aggregated``, l.75-80).
 - The crop's tokens are ``[CLS, dominant..., contextual...]`` (l.83), through the projector.
-  The LLM sees them in that order, numbered 0, 1, ... (``positions=renumber``).
+  The LLM sees them in that order, numbered 0, 1, ... (``positions=renumber``). With
+  ``positions=keep`` each dominant token stays at its own column (its own position), each
+  contextual token takes its target's, and the CLS token the crop's first other column.
 
 Differences: the attention is recomputed by a hook on the stock CLIP layer (no patched
 ``CLIPAttention``); ties in the ranking go to the earlier patch (``topk`` leaves them open);
@@ -44,8 +46,8 @@ from avl_lab.policies.registry import register
 
 def dominant_and_contextual(cls_attn: Tensor, keys: Tensor, features: Tensor, dominant: int,
                             contextual: int) -> tuple[Tensor, Tensor, Tensor]:
-    """One crop: ``(dominant patch indices [d-1] in order, target indices [c] into the remaining
-    patches, tokens [d + c, Dv])`` from ``cls_attn`` ``[H, N]``, ``keys`` ``[N, Dh]`` and
+    """One crop: ``(dominant patch indices [d-1] in order, the contextual tokens' target patches
+    [c], tokens [d + c, Dv])`` from ``cls_attn`` ``[H, N]``, ``keys`` ``[N, Dh]`` and
     ``features`` ``[1 + N, Dv]`` (CLS first); ``dominant`` counts the CLS token."""
     n = cls_attn.shape[-1]
     score = cls_attn.float().sum(0)
@@ -68,7 +70,7 @@ def dominant_and_contextual(cls_attn: Tensor, keys: Tensor, features: Tensor, do
         counts = one_hot.sum(0).clamp(min=1)[:, None]
         merged = one_hot.T @ patches[rest[others]] / counts
         tokens.append(patches[rest[targets]] + merged)
-    return dom, targets, torch.cat(tokens)
+    return dom, rest[targets], torch.cat(tokens)
 
 
 @dataclass
@@ -88,8 +90,9 @@ class VisionZipSelect(PreLLM):
 
     def prune_input(self, layer: Rows, ctx: Context) -> InputCut:
         v = ctx.vision
-        n = v.cls_attn.shape[-1]
-        dominant, contextual = self.counts(n)
+        dominant, contextual = self.counts(v.cls_attn.shape[-1])
+        if self.positions == "keep":
+            return self._at_own_columns(layer, ctx, dominant, contextual)
         slots, embeds = [], []
         for cols, crops in zip(v.image_slots, v.image_crops, strict=True):
             seq = torch.cat([dominant_and_contextual(v.cls_attn[i], v.keys[i], v.features[i],
@@ -99,6 +102,26 @@ class VisionZipSelect(PreLLM):
                                  f"holds {cols.numel()}; lower `keep` / `tokens`")
             slots.append(cols[:seq.shape[0]])
             embeds.append(v.project(seq))
+        return slots_cut(layer, ctx, torch.cat(slots), torch.cat(embeds))
+
+    def _at_own_columns(self, layer: Rows, ctx: Context, dominant: int, contextual: int) -> InputCut:
+        """``positions=keep``: each dominant patch at its own column, each contextual token at its
+        target's, the CLS token at the crop's first other column (a patch LLaVA-NeXT's unpadding
+        cut has no column and is dropped)."""
+        v = ctx.vision
+        slots, embeds = [], []
+        for i in range(v.cls_attn.shape[0]):
+            dom, targets, tokens = dominant_and_contextual(v.cls_attn[i], v.keys[i], v.features[i],
+                                                           dominant, contextual)
+            taken = torch.zeros(v.slot.shape[1], dtype=torch.bool, device=dom.device)
+            taken[dom], taken[targets] = True, True
+            free = (~taken & (v.slot[i] >= 0)).nonzero()[:1, 0]  # the CLS token's column
+            where = torch.cat([v.slot[i, free], v.slot[i, dom], v.slot[i, targets]])
+            rows = torch.cat([torch.arange(min(1, free.numel()), device=dom.device),
+                              1 + torch.arange(dom.numel() + targets.numel(), device=dom.device)])
+            placed = where >= 0
+            slots.append(where[placed])
+            embeds.append(v.project(tokens[rows[placed]]))
         return slots_cut(layer, ctx, torch.cat(slots), torch.cat(embeds))
 
 

@@ -1,6 +1,6 @@
 """The paper's Table 2/3 on one model: score / stored / used of full, FastV, H2O, A-VL, the
-head-wise baselines (SnapKV, PyramidKV, AdaKV) and the in-LLM token methods (PyramidDrop,
-SparseVLM, DART) per task.
+head-wise baselines (SnapKV, PyramidKV, AdaKV), the in-LLM token methods (PyramidDrop,
+SparseVLM, DART) and the pre-LLM ones (VisionZip, VisPruner, DivPrune) per task.
 
 Each cell is one cached, resumable evaluation (:func:`avl_lab.evaluation.cached.evaluate_policy`);
 the rows are :data:`METHODS` (about 50% stored cache for the compressed ones), the columns
@@ -44,7 +44,9 @@ Spec = dict[str, Any] | Callable[[int], dict[str, Any]]
 #: in-LLM token methods at their papers' keep settings (PyramidDrop λ = 0.5; SparseVLM's 192-
 #: and 64-token tables, without recycling; DART's 128 of 576 tokens), their layers placed for
 #: the model's depth (:func:`at_depth`; a row given as a function of the depth), and at about
-#: 50% stored.
+#: 50% stored. The pre-LLM methods (VisionZip, VisPruner, DivPrune) at 64 of 576 tokens
+#: (DivPrune's own 9.8%) and at 45% of the image (~50% stored), positions renumbered as their
+#: code does and kept, and VisionZip followed by A-VL's decode tiering.
 METHODS: dict[str, Spec] = {
     "Full": {"name": "full"},
     "FastV keep=50": {"name": "fastv", "keep": 50},
@@ -72,6 +74,19 @@ METHODS: dict[str, Spec] = {
     "PyramidDrop λ=0.6 (~50%)": lambda L: {"name": "pyramiddrop", "lam": 0.6,
                                            "stages": at_depth([8, 16, 24], L, first=1)},
     "DART 33% (~50%)": lambda L: {"name": "dart", "layer": at_depth([2], L, first=1)[0], "keep": 33.0},
+    "VisionZip 64/576": {"name": "visionzip", "keep": 11.1, "contextual_share": 15.6},
+    "VisPruner 64/576": {"name": "vispruner", "keep": 11.1},
+    "DivPrune 9.8%": {"name": "divprune", "keep": 9.8},
+    "VisionZip 45% (~50%)": {"name": "visionzip", "keep": 45.0, "contextual_share": 15.6},
+    "VisPruner 45% (~50%)": {"name": "vispruner", "keep": 45.0},
+    "DivPrune 45% (~50%)": {"name": "divprune", "keep": 45.0},
+    "VisionZip 45%, positions kept": {"name": "visionzip", "keep": 45.0, "contextual_share": 15.6,
+                                      "positions": "keep"},
+    "VisPruner 45%, positions kept": {"name": "vispruner", "keep": 45.0, "positions": "keep"},
+    "DivPrune 45%, positions kept": {"name": "divprune", "keep": 45.0, "positions": "keep"},
+    "VisionZip 45%, kept + A-VL S=45 C=20 K=3": {
+        "name": "visionzip", "keep": 45.0, "contextual_share": 15.6, "positions": "keep",
+        "S": 45, "C": 20, "K": 3},
 }
 
 
