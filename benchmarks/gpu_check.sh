@@ -11,28 +11,34 @@
 #   5. markdown tables (one file per step and gpu_check.md with all of them) and summary.json
 #      (every step's command, exit status and seconds, and engine_generate's results).
 #
-# Usage: benchmarks/gpu_check.sh [--dry-run] [DIR]
+# Usage: benchmarks/gpu_check.sh [--dry-run] [--which-python] [DIR]
 #   DIR        where the results go (default: $OUT, else ./gpu_check_out)
 #   --dry-run  the same steps on the CPU with tiny sizes (proves the script without a GPU);
 #              the CUDA tests are then all skipped and the op build reports why not.
-# Environment: PYTHON (default: python), GPU_CHECK_ROUNDS (engine_generate rounds, default 5).
+#   --which-python  print the interpreter the steps would use, and stop.
+# Environment: PYTHON (default: .venv/bin/python when there is one, else python), GPU_CHECK_ROUNDS (engine_generate rounds, default 5).
 # Exit status: 0 if every step succeeded, 1 otherwise (all steps run regardless).
 set -u
 
 DRY=0
+WHICH=0
 DIR=""
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    --which-python) WHICH=1 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $arg" >&2; exit 2 ;;
     *) DIR="$arg" ;;
   esac
 done
 DIR="${DIR:-${OUT:-gpu_check_out}}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PY="${PYTHON:-python}"
+# The project's virtual environment when there is one (`make install` puts torch there), else
+# python from PATH; PYTHON overrides both.
+if [ -z "${PYTHON:-}" ] && [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY="${PYTHON:-python}"; fi
 ROUNDS="${GPU_CHECK_ROUNDS:-5}"
+if [ "$WHICH" = 1 ]; then echo "$PY"; exit 0; fi
 mkdir -p "$DIR"
 DIR="$(cd "$DIR" && pwd)"
 cd "$ROOT" || exit 1

@@ -38,3 +38,20 @@ def test_gpu_check_dry_run_writes_tables_and_summary(tmp_path):
         assert f"## {step}" in report
     assert "| variant | prefill ms" in report and "| B | full (SDPA) ms" in report
     assert not (tmp_path / "x").exists()  # an explicit directory wins over $OUT
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_check_uses_the_projects_virtual_environment(tmp_path):
+    """Without PYTHON the steps run the checkout's ``.venv`` interpreter (where ``make install``
+    puts torch), else ``python`` from PATH; PYTHON wins over both."""
+    script = ROOT / "benchmarks" / "gpu_check.sh"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+
+    def which(**extra) -> str:
+        return subprocess.run(["bash", str(script), "--which-python", str(tmp_path)],
+                              env={**env, **extra}, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    venv = ROOT / ".venv" / "bin" / "python"
+    assert which() == (str(venv) if venv.exists() else "python")
+    assert which(PYTHON="/opt/py/bin/python3") == "/opt/py/bin/python3"

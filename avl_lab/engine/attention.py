@@ -202,9 +202,10 @@ def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | N
         active = _in_window(layer, query_tok, window, active)
         full = full.clamp(max=window)
     active[..., -1] = True  # the current token always attends to itself
-    idx = rows_to_index(active)  # [B, n] or [B, Hkv, n]
+    idx = rows_to_index(active, width=active.shape[-1])  # [B, R] or [B, Hkv, R], no host sync
     per_head = idx.dim() == 3 or policy.needs_head_probs
-    out, probs = ext.core_attention(query, key, value, idx, scale, per_head_probs=per_head)
+    out, probs = ext.core_attention(query, key, value, idx, scale, per_head_probs=per_head,
+                                    check_indices=False)  # in range by construction
     run.decode_stats.record(layer.layer_idx, _held(layer.valid), _held(active), full)
     if run.trace is not None:
         run.trace.decode[-1][layer.layer_idx] = layer.tok.gather(-1, idx.clamp(min=0)).masked_fill(
@@ -216,7 +217,7 @@ def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | N
     if window:
         keep = _in_window(layer, query_tok + 1, window, keep)
     if keep is not None:
-        layer.evict(keep)
+        layer.evict(keep, defer=True)  # rows leave memory at the next step's start (one sync)
     return out.transpose(1, 2), None
 
 

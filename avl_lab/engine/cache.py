@@ -31,16 +31,25 @@ buffers are always indexed ``[B, slot, Hkv, D]``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicLayer
 
-if TYPE_CHECKING:
-    from avl_lab.engine.generation import Run
-
 _META = ("valid", "pos", "tok", "mod")
+
+
+class RowSource(Protocol):
+    """What the cache asks of the current ``generate`` call (the engine's ``Run``): the
+    bookkeeping of the rows a layer is about to store, and how many are still to come."""
+
+    @property
+    def tokens_seen(self) -> int: ...
+
+    def rows_to_come(self) -> int: ...
+
+    def new_rows(self, layer_idx: int, batch: int) -> dict[str, Tensor]: ...
 
 
 class AVLLayer(DynamicLayer):
@@ -203,7 +212,7 @@ class AVLLayer(DynamicLayer):
         self._map_batch(lambda t: t[indices, ...])
 
     # --- the eviction primitive ----------------------------------------------------------------
-    def evict(self, keep: Tensor) -> Tensor | None:
+    def evict(self, keep: Tensor, defer: bool = False) -> Tensor | None:
         """Keep only the rows where ``keep`` is True (and valid); free the rest.
 
         ``keep`` is ``[B, R]`` (all KV heads alike) or ``[B, Hkv, R]`` (per head: the layer
@@ -211,24 +220,38 @@ class AVLLayer(DynamicLayer):
         stay in order; each batch row (and head) is padded with invalid filler up to the largest
         kept count, and the storage is reallocated at that size.
 
+        ``defer`` (decode steps): the dropped rows only become invalid now — no attention, policy
+        or count sees them again — and leave memory in :meth:`AVLCache.compact`, once per step for
+        every layer, so that a step reads the kept counts from the device once, not per layer.
+        (Rows per KV head are then taken as soon as a keep mask is per head.)
+
         Returns
         -------
         Tensor or None
             ``[B, m]`` (``[B, Hkv, m]`` per head) the old row index of each new row (None when
-            nothing changed), to re-align other per-row tensors with ``t.gather(-1, order)``.
+            nothing changed or the compaction is deferred), to re-align other per-row tensors
+            with ``t.gather(-1, order)``.
         """
         if keep.dim() == 3 and not self.per_head:
-            if bool((keep == keep[:, :1]).all()):  # every head keeps the same rows
+            if not defer and bool((keep == keep[:, :1]).all()):  # every head keeps the same rows
                 keep = keep[:, 0]
             else:
                 self.split_heads()
         if self.per_head and keep.dim() == 2:
             keep = keep[:, None]
         keep = keep & self.valid
+        if defer:
+            self.rows["valid"] = keep
+            self.cache.pending.add(self.layer_idx)
+            return None
         counts = keep.sum(-1)  # [B] or [B, Hkv]
         m = int(counts.max()) if counts.numel() else 0
         if m == self.num_rows and bool(keep.all()):
             return None
+        return self.compact(keep, counts, m)
+
+    def compact(self, keep: Tensor, counts: Tensor, m: int) -> Tensor:
+        """Hold only the ``keep`` rows (``counts`` per row / head, at most ``m``), in order."""
         # Stable sort puts kept rows first, in their original order.
         order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[..., :m]
         self._store(_take(self._k, order), _take(self._v, order))
@@ -277,11 +300,25 @@ def _take(t: Tensor, order: Tensor) -> Tensor:
 class AVLCache(Cache):
     """The cache ``avl_lab`` passes to ``model.generate``; one :class:`AVLLayer` per layer."""
 
-    def __init__(self, num_layers: int, run: Run) -> None:
+    def __init__(self, num_layers: int, run: RowSource) -> None:
         self.run = run
         self.seen = 0  # logical tokens seen (padding included), what generate expects
         self.state_defaults: dict[str, tuple[float | int | bool, torch.dtype]] = {}
+        self.pending: set[int] = set()  # layers with deferred evictions (see compact)
         super().__init__(layers=[AVLLayer(i, self) for i in range(num_layers)])
+
+    def compact(self) -> None:
+        """Free the rows that deferred evictions (:meth:`AVLLayer.evict`) left invalid, in every
+        layer that has some, reading their kept counts from the device once."""
+        if not self.pending:
+            return
+        layers = [self.layers[i] for i in sorted(self.pending)]
+        self.pending.clear()
+        counts = [layer.valid.sum(-1) for layer in layers]
+        sizes = torch.stack([c.max() for c in counts]).tolist()  # the one host sync
+        for layer, c, m in zip(layers, counts, sizes, strict=True):
+            if m < layer.num_rows:
+                layer.compact(layer.valid, c, int(m))
 
     def register_state(self, name: str, default: float | int | bool, dtype: torch.dtype) -> None:
         """Declare a per-row policy state; new rows get ``default``."""

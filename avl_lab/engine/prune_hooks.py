@@ -19,7 +19,7 @@ recomputed once per step and stage).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -28,8 +28,16 @@ from avl_lab.engine.layout import Modality
 from avl_lab.engine.stages import PruneState
 
 if TYPE_CHECKING:
+    from avl_lab.engine.families import Family
     from avl_lab.engine.generation import Run
-    from avl_lab.engine.session import Session
+
+
+class Session(Protocol):
+    """What the hooks read of the session that installed them (``engine.session.Session``)."""
+
+    model: nn.Module
+    family: Family
+    run: Run | None
 
 
 def make_text_hook(session: Session):

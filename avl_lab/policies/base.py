@@ -328,11 +328,12 @@ def top_rows(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
     return candidates & (rank < _per_row(k, candidates))
 
 
-def rows_to_index(rows: Tensor) -> Tensor:
+def rows_to_index(rows: Tensor, width: int | None = None) -> Tensor:
     """``[B, (Hkv,) R]`` bool → ``[B, (Hkv,) n]`` int64 row indices in order, ``-1``-padded,
-    n = the largest count."""
+    n = the largest count, or ``width`` (≥ it) when given: a shape known without reading the
+    counts back from the device (the engine's decode step passes R)."""
     counts = rows.sum(-1)
-    n = int(counts.max())
+    n = int(counts.max()) if width is None else width
     order = torch.sort((~rows).to(torch.int8), dim=-1, stable=True).indices[..., :n]
     return order.masked_fill(torch.arange(n, device=rows.device) >= counts[..., None], -1)
 

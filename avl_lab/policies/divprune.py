@@ -16,7 +16,10 @@ Paper: https://arxiv.org/abs/2503.02175; code: vbdi/divprune @799e2d9,
 Differences: the running minimum (``min(m, D[s_i])``) replaces re-taking the minimum over all
 chosen rows at each step (the same values, O(kN) instead of O(k²N)); every image block of every
 row, with its own N (the reference: row 0's one image at a fixed ``SYS_TOKEN_LEN = 35``); the
-budget is ``keep``% (9.8 by default) or a fixed ``tokens``. LightCompress (``divprune.py``)
+budget is ``keep``% (9.8 by default) or a fixed ``tokens``. When every remaining token is a
+near-duplicate of a chosen one (distance ≈ 0, e.g. blank cells), ``argmax`` picks a chosen token
+again, as in the reference; the reference then holds that token twice in the sequence
+(``keep_indexs`` with repeats), here it is kept once, so fewer tokens than the budget stay. LightCompress (``divprune.py``)
 agrees on the selection and, on Qwen2.5-VL, keeps the kept tokens' original 3-D positions
 (``positions=keep`` here, the only mode on M-RoPE and Gemma 3).
 """

@@ -62,10 +62,12 @@ class ScorerPolicy(Policy):
         n_protected, n_scored = self.split(ctx)
         valid = layer.valid
         held = valid.sum(-1)  # [B] (or [B, Hkv] with rows per KV head)
-        if not bool((held > _per_row(n_protected + n_scored, held)).any()):
+        over = held > _per_row(n_protected + n_scored, held)
+        if ctx.step == 0 and not bool(over.any()):  # prefill: skip the scoring when all fit
             return None
         protected = self.protect(layer, ctx, n_protected)
-        return protected | top_rows(self.score(layer, ctx), valid & ~protected, n_scored)
+        keep = protected | top_rows(self.score(layer, ctx), valid & ~protected, n_scored)
+        return torch.where(over[..., None], keep, valid)  # decode: decided on the device
 
     def prefill_keep(self, layer: Rows, ctx: Context) -> Tensor | None:
         return self.keep(layer, ctx)
