@@ -19,7 +19,7 @@ from avl_lab import ext
 from avl_lab.engine import prefill_scores
 from avl_lab.engine.cache import AVLLayer
 from avl_lab.engine.generation import Run
-from avl_lab.policies.base import both, heads, rows_to_index
+from avl_lab.policies.base import both, rows_to_index
 
 ATTN_NAME = "avl_lab"
 
@@ -192,27 +192,30 @@ def _rows_of(keep_tok: Tensor, tok: Tensor) -> Tensor:
 
 
 def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | None = None):
+    """One layer of a decode step. No host sync and no data-dependent shape: the op reads the
+    active rows through an index as wide as the layer (``-1`` where a row is not active, so
+    its probabilities come back aligned with the rows), and what does not depend on the layer
+    (the step's full count, whether probabilities are needed, the new row's bookkeeping) was
+    decided once per step."""
     policy = run.policy
     ctx = run.context(layer.layer_idx)
     active = both(policy.decode_active(layer, ctx), layer.valid)  # [B, R] or [B, Hkv, R]
-    active = active.clone() if active is not layer.valid else layer.valid.clone()
-    full = run.full_rows()
+    full = run.full_now
     if window:  # a sliding layer (Gemma 3): never more than the stock window sees
         query_tok = run.layout.length + run.step - 1
         active = _in_window(layer, query_tok, window, active)
         full = full.clamp(max=window)
-    active[..., -1] = True  # the current token always attends to itself
-    idx = rows_to_index(active, width=active.shape[-1])  # [B, R] or [B, Hkv, R], no host sync
-    per_head = idx.dim() == 3 or policy.needs_head_probs
-    out, probs = ext.core_attention(query, key, value, idx, scale, per_head_probs=per_head,
-                                    check_indices=False)  # in range by construction
+    R = active.shape[-1]
+    rows = run.cache.row_numbers(R)
+    active = active | (rows == R - 1)  # the current token always attends to itself
+    idx = torch.where(active, rows, -1)  # [B, R] or [B, Hkv, R]: row r or -1
+    per_head = idx.dim() == 3 or (run.want_probs and policy.needs_head_probs)
+    out, probs = ext.dispatch(query, key, value, idx, scale, per_head)  # checked by construction
     run.decode_stats.record(layer.layer_idx, _held(layer.valid), _held(active), full)
     if run.trace is not None:
-        run.trace.decode[-1][layer.layer_idx] = layer.tok.gather(-1, idx.clamp(min=0)).masked_fill(
-            idx < 0, -1
-        )
-    if policy.needs_probs or policy.needs_head_probs:
-        _set_probs(run, layer, ctx, idx, probs)
+        run.trace.decode[-1][layer.layer_idx] = layer.tok.masked_fill(~active, -1)
+    if run.want_probs:
+        _set_probs(run, layer, ctx, probs)
     keep = policy.decode_keep(layer, ctx)
     if window:
         keep = _in_window(layer, query_tok + 1, window, keep)
@@ -227,23 +230,19 @@ def _held(rows: Tensor) -> Tensor:
     return n if n.dim() == 1 else n.to(torch.float64).mean(1)
 
 
-def _set_probs(run: Run, layer: AVLLayer, ctx, idx: Tensor, probs: Tensor) -> None:
-    """This step's attention over the layer's rows: ``ctx.probs`` averaged over all heads (per
-    token, so with rows per KV head each head's row of a token carries the token's average) and,
-    when computed per KV head, ``ctx.head_probs`` ``[B, Hkv, R]``."""
-    valid = layer.valid
+def _set_probs(run: Run, layer: AVLLayer, ctx, probs: Tensor) -> None:
+    """This step's attention over the layer's rows (the op's probabilities, aligned with the
+    rows, 0 where a row took no part): ``ctx.probs`` averaged over all heads (per token, so with
+    rows per KV head each head's row of a token carries the token's average) and, when computed
+    per KV head, ``ctx.head_probs`` ``[B, Hkv, R]``."""
     if probs.dim() == 2:  # shared rows, head-averaged
-        rows = torch.zeros(valid.shape, dtype=probs.dtype, device=probs.device)
-        ctx.probs = rows.scatter_add_(1, idx.clamp(min=0), probs.masked_fill(idx < 0, 0.0))
+        ctx.probs = probs
         return
-    H = probs.shape[1]
-    idx = heads(idx, probs).expand_as(probs)
-    per_head = torch.zeros(*probs.shape[:2], valid.shape[-1], dtype=probs.dtype, device=probs.device)
-    per_head.scatter_add_(2, idx.clamp(min=0), probs.masked_fill(idx < 0, 0.0))  # [B, Hkv, R]
-    ctx.head_probs = per_head
+    ctx.head_probs = per_head = probs  # [B, Hkv, R]
     if not layer.per_head:
         ctx.probs = per_head.mean(1)
         return
+    valid, H = layer.valid, probs.shape[1]
     # Rows differ between heads: average each token over all heads (0 where a head lacks it).
     B, T = valid.shape[0], run.tokens_seen
     tok = layer.tok.masked_fill(~valid, T).flatten(1)  # [B, Hkv * R], T = a dump column

@@ -44,6 +44,8 @@ class RowSource(Protocol):
     """What the cache asks of the current ``generate`` call (the engine's ``Run``): the
     bookkeeping of the rows a layer is about to store, and how many are still to come."""
 
+    step: int
+
     @property
     def tokens_seen(self) -> int: ...
 
@@ -163,10 +165,7 @@ class AVLLayer(DynamicLayer):
     # --- transformers Cache layer API ----------------------------------------------------------
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
         """Append rows ``[B, Hkv, q, D]``; their bookkeeping comes from the current run."""
-        run = self.cache.run
-        new_rows = run.new_rows(self.layer_idx, key_states.shape[0])
-        for name, (value, dtype) in self.cache.state_defaults.items():
-            new_rows[name] = torch.full_like(new_rows["pos"], value, dtype=dtype)
+        new_rows = self.cache.new_rows(self.layer_idx, key_states.shape[0])
         if not self.is_initialized or self.num_rows == 0:
             self.lazy_initialization(key_states, value_states)
             self._store(key_states.transpose(1, 2), value_states.transpose(1, 2), head_major=False)
@@ -305,7 +304,30 @@ class AVLCache(Cache):
         self.seen = 0  # logical tokens seen (padding included), what generate expects
         self.state_defaults: dict[str, tuple[float | int | bool, torch.dtype]] = {}
         self.pending: set[int] = set()  # layers with deferred evictions (see compact)
+        self._step_rows: tuple[tuple[int, int], dict[str, Tensor]] | None = None
+        self._numbers: Tensor | None = None  # see row_numbers
         super().__init__(layers=[AVLLayer(i, self) for i in range(num_layers)])
+
+    def row_numbers(self, n: int) -> Tensor:
+        """``[n]`` int64 ``0, 1, ..., n-1`` on the cache's device (a view of one tensor kept for
+        the run: a decode layer reads it without allocating)."""
+        if self._numbers is None or self._numbers.shape[0] < n:
+            dev = self.layers[0].device if self.layers[0].is_initialized else None
+            self._numbers = torch.arange(max(n, 2 * (n + self.run.rows_to_come())), device=dev)
+        return self._numbers[:n]
+
+    def new_rows(self, layer_idx: int, batch: int) -> dict[str, Tensor]:
+        """The bookkeeping (and policy state defaults) of the rows a layer is about to store;
+        a decode step's are the same for every layer, built once per step."""
+        seen = self.run.tokens_seen
+        if self._step_rows is not None and self._step_rows[0] == (seen, batch):
+            return self._step_rows[1]
+        rows = self.run.new_rows(layer_idx, batch)
+        for name, (value, dtype) in self.state_defaults.items():
+            rows[name] = torch.full_like(rows["pos"], value, dtype=dtype)
+        if self.run.step > 0:  # a decode step: shared by the layers
+            self._step_rows = ((seen, batch), rows)
+        return rows
 
     def compact(self) -> None:
         """Free the rows that deferred evictions (:meth:`AVLLayer.evict`) left invalid, in every

@@ -73,6 +73,8 @@ class Run:
         self.inputs_embeds: Tensor | None = None  # prefill: the text model's input embeddings
         self.last_keys: Tensor | None = None  # prefill: the keys of the last layer run
         self.preview: dict | None = None  # set while a layer's attention is previewed
+        self.want_probs = False  # this decode step needs the attention probabilities
+        self.full_now: Tensor | None = None  # this decode step's full_rows()
         self.prunes_input = policy.prunes_input  # a cut before layer 0 (pre-LLM methods)
         self.before_layers = frozenset(policy.prune_before_layers) | (
             {0} if self.prunes_input else set())  # read by every pre-hook
@@ -114,6 +116,9 @@ class Run:
         self.cache.compact()  # the previous step's evictions, all layers at once
         self.step += 1
         self.update = self.policy.is_update_step(self.step)
+        # What every layer of this step needs, decided once per step:
+        self.want_probs = self.policy.probs_at(self.update)
+        self.full_now = self.full_rows()
         if self.trace is not None:
             self.trace.decode.append({})
 

@@ -47,6 +47,7 @@ class StatsRecorder:
         self.num_layers = num_layers
         self.stored: list[list[Tensor]] = [[] for _ in range(num_layers)]  # layer -> steps of [B]
         self.used: list[list[Tensor]] = [[] for _ in range(num_layers)]
+        self.full: list[list[Tensor]] = [[] for _ in range(num_layers)]
 
     @property
     def counts(self) -> list[int]:
@@ -54,15 +55,19 @@ class StatsRecorder:
         return [len(s) for s in self.stored]
 
     def record(self, layer_idx: int, stored: Tensor, used: Tensor, full: Tensor) -> None:
-        """Add one step of layer ``layer_idx``: ``stored``/``used``/``full`` are ``[B]`` counts."""
-        full = full.to(torch.float64)
-        self.stored[layer_idx].append(stored / full)
-        self.used[layer_idx].append(used / full)
+        """Add one step of layer ``layer_idx``: ``stored``/``used``/``full`` are ``[B]`` counts
+        (kept as they are: the ratios are formed once, in :meth:`ratios`)."""
+        self.stored[layer_idx].append(stored)
+        self.used[layer_idx].append(used)
+        self.full[layer_idx].append(full)
 
     def ratios(self) -> tuple[Tensor, Tensor]:
         """``([L, T, B] stored/full, [L, T, B] used/full)``."""
-        return (torch.stack([torch.stack(s) for s in self.stored]),
-                torch.stack([torch.stack(u) for u in self.used]))  # fmt: skip
+        def stack(xs: list[list[Tensor]]) -> Tensor:
+            return torch.stack([torch.stack(x) for x in xs]).to(torch.float64)
+
+        full = stack(self.full)
+        return stack(self.stored) / full, stack(self.used) / full
 
     def finalize(
         self, num_samples: int, steps: Tensor | None = None, after_prefill: StatsRecorder | None = None

@@ -10,7 +10,7 @@ from torch import Tensor
 from avl_lab.ext import build
 from avl_lab.ext.reference import core_attention_ref
 
-__all__ = ["IMPLS", "DTYPES", "CUDA_HEAD_DIMS", "core_attention", "check_inputs"]
+__all__ = ["IMPLS", "DTYPES", "CUDA_HEAD_DIMS", "core_attention", "check_inputs", "dispatch"]
 
 IMPLS = ("auto", "cuda", "cpu", "ref")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -181,6 +181,14 @@ def core_attention(
     dev = q.device.type
     if impl in ("cuda", "cpu") and dev != impl:
         raise ValueError(f"impl={impl!r} needs {impl} tensors, `q` is on {q.device}")
+    return dispatch(q, k, v, active, scale, per_head_probs, impl)
+
+
+def dispatch(q: Tensor, k: Tensor, v: Tensor, active: Tensor, scale: float,
+             per_head_probs: bool, impl: str = "auto") -> tuple[Tensor, Tensor]:
+    """:func:`core_attention` without its input checks, for callers whose inputs are right by
+    construction (the engine's decode step, once per layer: no Python checks, no read-back)."""
+    dev = q.device.type
     res = None
     if impl == "cuda" or (impl == "auto" and dev == "cuda"):
         res = _cuda_op(q, k, v, active, scale, per_head_probs, strict=impl == "cuda")

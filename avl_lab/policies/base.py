@@ -219,6 +219,11 @@ class Policy:
         """The layers (≥ 1) before which :meth:`prune_before` runs in prefill, each a stage."""
         return ()
 
+    def probs_at(self, update: bool) -> bool:
+        """Whether a decode step (an update step or not) needs ``ctx.probs`` / ``head_probs``;
+        decided once per step. Default: :attr:`needs_probs` or :attr:`needs_head_probs`."""
+        return self.needs_probs or self.needs_head_probs
+
     @property
     def prunes_input(self) -> bool:
         """Whether :meth:`prune_input` runs (once, before layer 0, in prefill)."""

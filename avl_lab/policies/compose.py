@@ -59,6 +59,9 @@ class Compose(Policy):
     def needs_preview(self) -> bool:  # type: ignore[override]
         return any(p.needs_preview for p in self.parts)
 
+    def probs_at(self, update: bool) -> bool:
+        return any(p.probs_at(update) for p in self.parts)
+
     @property
     def needs_vision(self) -> bool:  # type: ignore[override]
         return any(p.needs_vision for p in self.parts)

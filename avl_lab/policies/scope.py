@@ -81,6 +81,9 @@ class Scoped(Policy):
     def needs_head_probs(self) -> bool:  # type: ignore[override]
         return self.policy.needs_head_probs
 
+    def probs_at(self, update: bool) -> bool:
+        return self.policy.probs_at(update)
+
     @property
     def needs_prev_keys(self) -> bool:  # type: ignore[override]
         return self.policy.needs_prev_keys

@@ -50,6 +50,9 @@ class VisionTiering(Policy):
         if self.C is not None and self.C > self.S:
             raise ValueError(f"`C` ({self.C}) must not exceed `S` ({self.S}): core ⊂ secondary")
 
+    def probs_at(self, update: bool) -> bool:
+        return update and self.C is not None  # the core set is re-chosen on update steps only
+
     def setup(self, cache, ctx: Context) -> None:
         cache.register_state("core", True, torch.bool)
 
