@@ -150,13 +150,13 @@ def test_memory_is_really_freed(llava15_shaped):
 def test_decode_computes_over_only_the_active_rows(llava15_shaped, monkeypatch):
     model, inputs = llava15_shaped
     rows_seen: list[int] = []
-    real = avl_lab.ext.core_attention
+    real = avl_lab.ext.dispatch  # what the engine's decode step calls
 
-    def counting(q, k, v, active, scale=None, impl="auto", **kw):
+    def counting(q, k, v, active, scale, per_head_probs, impl="auto"):
         rows_seen.append(int((active >= 0).sum()))
-        return real(q, k, v, active, scale, impl, **kw)
+        return real(q, k, v, active, scale, per_head_probs, impl)
 
-    monkeypatch.setattr(avl_lab.ext, "core_attention", counting)
+    monkeypatch.setattr(avl_lab.ext, "dispatch", counting)
     n_text = inputs["input_ids"].shape[1] - 576
     run_policy(model, inputs, {"name": "avl", "S": 45, "C": 30}, 4)
     layers = model.config.text_config.num_hidden_layers

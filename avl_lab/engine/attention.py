@@ -199,19 +199,23 @@ def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | N
     decided once per step."""
     policy = run.policy
     ctx = run.context(layer.layer_idx)
-    active = both(policy.decode_active(layer, ctx), layer.valid)  # [B, R] or [B, Hkv, R]
+    valid = layer.valid  # [B, R] or [B, Hkv, R]; the new token's row (the last) is valid
+    chosen = policy.decode_active(layer, ctx)
     full = run.full_now
     if window:  # a sliding layer (Gemma 3): never more than the stock window sees
         query_tok = run.layout.length + run.step - 1
-        active = _in_window(layer, query_tok, window, active)
+        chosen = _in_window(layer, query_tok, window, chosen)
         full = full.clamp(max=window)
+    if chosen is None:
+        active = valid
+    else:  # the current token always attends to itself
+        active = both(chosen, valid) | run.cache.last_row(valid.shape[-1])
     R = active.shape[-1]
-    rows = run.cache.row_numbers(R)
-    active = active | (rows == R - 1)  # the current token always attends to itself
-    idx = torch.where(active, rows, -1)  # [B, R] or [B, Hkv, R]: row r or -1
+    idx = torch.where(active, run.cache.row_numbers(R), -1)  # [B, (Hkv,) R]: row r or -1
     per_head = idx.dim() == 3 or (run.want_probs and policy.needs_head_probs)
     out, probs = ext.dispatch(query, key, value, idx, scale, per_head)  # checked by construction
-    run.decode_stats.record(layer.layer_idx, _held(layer.valid), _held(active), full)
+    held = _held(valid)
+    run.decode_stats.record(layer.layer_idx, held, held if active is valid else _held(active), full)
     if run.trace is not None:
         run.trace.decode[-1][layer.layer_idx] = layer.tok.masked_fill(~active, -1)
     if run.want_probs:
@@ -225,9 +229,9 @@ def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | N
 
 
 def _held(rows: Tensor) -> Tensor:
-    """``[B]`` rows per batch row; with rows per KV head, the mean over heads."""
-    n = rows.sum(-1)
-    return n if n.dim() == 1 else n.to(torch.float64).mean(1)
+    """``[B]`` rows per batch row, or ``[B, Hkv]`` per KV head (the stats average the heads at
+    the end of the call)."""
+    return rows.sum(-1)
 
 
 def _set_probs(run: Run, layer: AVLLayer, ctx, probs: Tensor) -> None:
@@ -239,6 +243,8 @@ def _set_probs(run: Run, layer: AVLLayer, ctx, probs: Tensor) -> None:
         ctx.probs = probs
         return
     ctx.head_probs = per_head = probs  # [B, Hkv, R]
+    if not run.policy.needs_probs:  # per-head policies read head_probs only
+        return
     if not layer.per_head:
         ctx.probs = per_head.mean(1)
         return

@@ -38,6 +38,10 @@ from torch import Tensor
 from transformers.cache_utils import Cache, DynamicLayer
 
 _META = ("valid", "pos", "tok", "mod")
+#: Deferred evictions are compacted once a layer could free this many rows, or this share of
+#: its rows (whichever is larger); see :meth:`AVLCache.compact`.
+SLACK = 16
+SLACK_SHARE = 1 / 16
 
 
 class RowSource(Protocol):
@@ -165,11 +169,11 @@ class AVLLayer(DynamicLayer):
     # --- transformers Cache layer API ----------------------------------------------------------
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
         """Append rows ``[B, Hkv, q, D]``; their bookkeeping comes from the current run."""
-        new_rows = self.cache.new_rows(self.layer_idx, key_states.shape[0])
         if not self.is_initialized or self.num_rows == 0:
+            new_rows = self.cache.new_rows(self.layer_idx, key_states.shape[0])
             self.lazy_initialization(key_states, value_states)
             self._store(key_states.transpose(1, 2), value_states.transpose(1, 2), head_major=False)
-            self.rows = new_rows
+            self.rows = dict(new_rows)  # its own dict: evictions replace entries
             return key_states, value_states  # prefill attention reads the fresh head-major states
         q = key_states.shape[2]
         if self._n + q > self._k.shape[1]:  # more rows than planned: grow once
@@ -177,9 +181,9 @@ class AVLLayer(DynamicLayer):
         self._k[:, self._n : self._n + q] = key_states.transpose(1, 2)
         self._v[:, self._n : self._n + q] = value_states.transpose(1, 2)
         self._n += q
-        if self.per_head:  # the new token is a row of every head
-            H = self._k.shape[2]
-            new_rows = {k: t[:, None].expand(t.shape[0], H, q) for k, t in new_rows.items()}
+        # the new token is a row of every head when the rows are per KV head
+        new_rows = self.cache.new_rows(self.layer_idx, key_states.shape[0],
+                                       self._k.shape[2] if self.per_head else 0)
         self.rows = {k: torch.cat([t, new_rows[k]], dim=-1) for k, t in self.rows.items()}
         return self.keys, self.values
 
@@ -304,8 +308,9 @@ class AVLCache(Cache):
         self.seen = 0  # logical tokens seen (padding included), what generate expects
         self.state_defaults: dict[str, tuple[float | int | bool, torch.dtype]] = {}
         self.pending: set[int] = set()  # layers with deferred evictions (see compact)
-        self._step_rows: tuple[tuple[int, int], dict[str, Tensor]] | None = None
+        self._step_rows: dict[tuple[int, int, int], dict[str, Tensor]] = {}  # see new_rows
         self._numbers: Tensor | None = None  # see row_numbers
+        self._last: dict[int, Tensor] = {}  # see last_row
         super().__init__(layers=[AVLLayer(i, self) for i in range(num_layers)])
 
     def row_numbers(self, n: int) -> Tensor:
@@ -316,31 +321,56 @@ class AVLCache(Cache):
             self._numbers = torch.arange(max(n, 2 * (n + self.run.rows_to_come())), device=dev)
         return self._numbers[:n]
 
-    def new_rows(self, layer_idx: int, batch: int) -> dict[str, Tensor]:
-        """The bookkeeping (and policy state defaults) of the rows a layer is about to store;
-        a decode step's are the same for every layer, built once per step."""
-        seen = self.run.tokens_seen
-        if self._step_rows is not None and self._step_rows[0] == (seen, batch):
-            return self._step_rows[1]
-        rows = self.run.new_rows(layer_idx, batch)
-        for name, (value, dtype) in self.state_defaults.items():
-            rows[name] = torch.full_like(rows["pos"], value, dtype=dtype)
+    def last_row(self, n: int) -> Tensor:
+        """``[n]`` bool, True at the last row only (kept per row count: the layers of a step
+        mostly share one)."""
+        mask = self._last.get(n)
+        if mask is None:
+            mask = self._last[n] = self.row_numbers(n) == n - 1
+            if len(self._last) > 64:
+                self._last = {n: mask}
+        return mask
+
+    def new_rows(self, layer_idx: int, batch: int, heads: int = 0) -> dict[str, Tensor]:
+        """The bookkeeping (and policy state defaults) of the rows a layer is about to store
+        (``[B, q]``, or ``[B, heads, q]`` for a layer with rows per KV head); a decode step's
+        are the same for every layer, built once per step (and per layout)."""
+        key = (self.run.tokens_seen, batch, heads)
+        if key in self._step_rows:
+            return self._step_rows[key]
+        if heads:
+            rows = {k: t[:, None].expand(t.shape[0], heads, t.shape[-1])
+                    for k, t in self.new_rows(layer_idx, batch).items()}
+        else:
+            rows = self.run.new_rows(layer_idx, batch)
+            for name, (value, dtype) in self.state_defaults.items():
+                rows[name] = torch.full_like(rows["pos"], value, dtype=dtype)
         if self.run.step > 0:  # a decode step: shared by the layers
-            self._step_rows = ((seen, batch), rows)
+            self._step_rows = {k: v for k, v in self._step_rows.items() if k[0] == key[0]}
+            self._step_rows[key] = rows
         return rows
 
-    def compact(self) -> None:
-        """Free the rows that deferred evictions (:meth:`AVLLayer.evict`) left invalid, in every
-        layer that has some, reading their kept counts from the device once."""
+    def compact(self, force: bool = False) -> None:
+        """Free the rows that deferred evictions (:meth:`AVLLayer.evict`) left invalid, reading
+        the layers' kept counts from the device once.
+
+        A layer is compacted once it could free at least :data:`SLACK` rows or a
+        :data:`SLACK_SHARE` of its rows (``force``: any), so that a policy that evicts a row or
+        two per step (H2O) does not copy the whole layer every step to free them; until then the
+        evicted rows are invalid (no attention, policy or count sees them) but still allocated.
+        """
         if not self.pending:
             return
         layers = [self.layers[i] for i in sorted(self.pending)]
-        self.pending.clear()
         counts = [layer.valid.sum(-1) for layer in layers]
         sizes = torch.stack([c.max() for c in counts]).tolist()  # the one host sync
         for layer, c, m in zip(layers, counts, sizes, strict=True):
-            if m < layer.num_rows:
+            free = layer.num_rows - int(m)
+            if free and (force or free >= max(SLACK, int(layer.num_rows * SLACK_SHARE))):
                 layer.compact(layer.valid, c, int(m))
+                self.pending.discard(layer.layer_idx)
+            elif not free:
+                self.pending.discard(layer.layer_idx)
 
     def register_state(self, name: str, default: float | int | bool, dtype: torch.dtype) -> None:
         """Declare a per-row policy state; new rows get ``default``."""

@@ -93,7 +93,7 @@ class Run:
         self.timing.start = _now(self.base_layout.pos.device)
 
     def finish(self) -> None:
-        self.cache.compact()  # the last step's evictions leave memory too
+        self.cache.compact(force=True)  # every evicted row leaves memory by the end of the call
         self.timing.end = _now(self.base_layout.pos.device)
         self.timing.decode_steps = self.step
 
@@ -113,7 +113,7 @@ class Run:
             raise NotImplementedError("avl_lab decodes one token per step (got a multi-token step)")
         if self.step == 0:
             self.timing.first_decode = _now(self.layout.pos.device)
-        self.cache.compact()  # the previous step's evictions, all layers at once
+        self.cache.compact()  # the previous steps' evictions, all layers at once
         self.step += 1
         self.update = self.policy.is_update_step(self.step)
         # What every layer of this step needs, decided once per step:

@@ -56,15 +56,18 @@ class StatsRecorder:
 
     def record(self, layer_idx: int, stored: Tensor, used: Tensor, full: Tensor) -> None:
         """Add one step of layer ``layer_idx``: ``stored``/``used``/``full`` are ``[B]`` counts
-        (kept as they are: the ratios are formed once, in :meth:`ratios`)."""
+        (``stored``/``used`` ``[B, Hkv]`` with rows per KV head: their mean over heads counts);
+        kept as they are: the ratios are formed once, in :meth:`ratios`."""
         self.stored[layer_idx].append(stored)
         self.used[layer_idx].append(used)
         self.full[layer_idx].append(full)
 
     def ratios(self) -> tuple[Tensor, Tensor]:
         """``([L, T, B] stored/full, [L, T, B] used/full)``."""
-        def stack(xs: list[list[Tensor]]) -> Tensor:
-            return torch.stack([torch.stack(x) for x in xs]).to(torch.float64)
+        def stack(xs: list[list[Tensor]]) -> Tensor:  # per-head counts: the mean over heads
+            return torch.stack([torch.stack([c.to(torch.float64) if c.dim() == 1
+                                             else c.to(torch.float64).mean(-1) for c in x])
+                                for x in xs])
 
         full = stack(self.full)
         return stack(self.stored) / full, stack(self.used) / full

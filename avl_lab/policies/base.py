@@ -326,7 +326,8 @@ def top_rows(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
     Ties break towards the earlier row (stable), so results are deterministic.
     """
     score, candidates = heads(score, candidates), heads(candidates, score)
-    masked = score.to(torch.float64).masked_fill(~candidates, -math.inf)
+    score = score if score.is_floating_point() else score.double()  # ranks are dtype-exact
+    masked = score.masked_fill(~candidates, -math.inf)
     order = torch.sort(masked, dim=-1, descending=True, stable=True).indices  # [..., R]
     rank = torch.empty_like(order)
     rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
@@ -353,8 +354,8 @@ def _per_row(k: Tensor | int, like: Tensor) -> Tensor:
 
 def newest_rows(candidates: Tensor, k: Tensor | int) -> Tensor:
     """Mask of the ``k`` most recent (rightmost) ``candidates`` per row (per head)."""
-    from_right = candidates.flip(-1).long().cumsum(-1).flip(-1)  # 1 = newest candidate
-    return candidates & (from_right <= _per_row(k, candidates))
+    upto = candidates.cumsum(-1)  # candidates at or before each row
+    return candidates & (upto > upto[..., -1:] - _per_row(k, candidates))
 
 
 def check_percent(name: str, value: float | None, *, allow_none: bool = True) -> None:

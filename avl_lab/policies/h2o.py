@@ -68,7 +68,10 @@ class H2O(ScorerPolicy):
     ratio_of: str = "current"
     per_head: bool = True
     needs_colsum = True
-    needs_probs = True
+
+    @property
+    def needs_probs(self) -> bool:  # type: ignore[override]
+        return not self.per_head
 
     @property
     def needs_head_probs(self) -> bool:  # type: ignore[override]
@@ -82,14 +85,20 @@ class H2O(ScorerPolicy):
             raise ValueError(f"`per_head` must be true or false, got {self.per_head!r}")
         if self.ratio_of not in RATIO_OF:
             raise ValueError(f"`ratio_of` must be one of {RATIO_OF}, got {self.ratio_of!r}")
+        self._split = None  # (step, n_prompt) -> budgets, see split
 
     def setup(self, cache, ctx: Context) -> None:
         cache.register_state("h2o_acc", 0.0, torch.float32)
+        self._split = None
 
     def split(self, ctx: Context):
-        """Recent rows (protected) and heavy hitters (scored)."""
-        n = ctx.n_prompt + (ctx.step if self.ratio_of == "current" else 0)
-        return split_budget(self.ratio, self.budget, self.recent, n)
+        """Recent rows (protected) and heavy hitters (scored); the same for every layer of a
+        step, so computed once per step."""
+        key = (ctx.step, ctx.n_prompt)
+        if self._split is None or self._split[0][0] != key[0] or self._split[0][1] is not key[1]:
+            n = ctx.n_prompt + (ctx.step if self.ratio_of == "current" else 0)
+            self._split = (key, split_budget(self.ratio, self.budget, self.recent, n))
+        return self._split[1]
 
     def score(self, layer, ctx: Context):
         return layer.state("h2o_acc")

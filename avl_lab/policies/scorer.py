@@ -61,13 +61,14 @@ class ScorerPolicy(Policy):
         """``[B, R]`` rows to keep (None: every row fits the budget)."""
         n_protected, n_scored = self.split(ctx)
         valid = layer.valid
-        held = valid.sum(-1)  # [B] (or [B, Hkv] with rows per KV head)
-        over = held > _per_row(n_protected + n_scored, held)
-        if ctx.step == 0 and not bool(over.any()):  # prefill: skip the scoring when all fit
-            return None
+        if ctx.step == 0:  # prefill: skip the scoring when every row fits (a read-back)
+            held = valid.sum(-1)  # [B] (or [B, Hkv] with rows per KV head)
+            if not bool((held > _per_row(n_protected + n_scored, held)).any()):
+                return None
+        # Where every row fits, the protected rows plus the top scored ones are every valid row:
+        # decode decides on the device, without reading the counts back.
         protected = self.protect(layer, ctx, n_protected)
-        keep = protected | top_rows(self.score(layer, ctx), valid & ~protected, n_scored)
-        return torch.where(over[..., None], keep, valid)  # decode: decided on the device
+        return protected | top_rows(self.score(layer, ctx), valid & ~protected, n_scored)
 
     def prefill_keep(self, layer: Rows, ctx: Context) -> Tensor | None:
         return self.keep(layer, ctx)

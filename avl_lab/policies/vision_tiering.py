@@ -56,10 +56,17 @@ class VisionTiering(Policy):
     def setup(self, cache, ctx: Context) -> None:
         cache.register_state("core", True, torch.bool)
 
+    def _core_count(self, ctx: Context):
+        """``[B]`` core rows, computed once per run (``ctx.n_image`` is the run's tensor)."""
+        memo = self.__dict__.get("_core_memo")
+        if memo is None or memo[0] is not ctx.n_image:
+            memo = (ctx.n_image, count_of(self.C if self.C is not None else self.S, ctx.n_image))
+            self.__dict__["_core_memo"] = memo
+        return memo[1]
+
     def _choose_core(self, layer, score, ctx: Context) -> None:
         img = is_image(layer)
-        core = top_rows(score, img, count_of(self.C if self.C is not None else self.S, ctx.n_image))
-        layer.set_state("core", ~img | core)
+        layer.set_state("core", ~img | top_rows(score, img, self._core_count(ctx)))
 
     def prefill_keep(self, layer, ctx: Context):
         score = ctx.scores
