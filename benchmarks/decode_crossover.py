@@ -250,11 +250,10 @@ def main(argv: list[str] | None = None) -> int:
                                floor_x_full=floor / med.get("full", med[n]))
                     results.append(row)
                     share = 1 - row["floor_x_full"]
+                    stored, used = (_frac(row["stored"]), _frac(row["used"]))
                     print(f"| {R:,} | {n} | {row['ms']:,.1f} ({row['p10']:,.1f}–{row['p90']:,.1f}) | "
-                          f"{row['x_stock']:.2f} | {row['x_full']:.2f} | "
-                          f"{'' if row['stored'] is None else f'{row['stored']:.2f}'} | "
-                          f"{'' if row['used'] is None else f'{row['used']:.2f}'} | {model_x:.2f} | "
-                          f"{row['floor_x_full']:.2f} | {share:.2f} |")
+                          f"{row['x_stock']:.2f} | {row['x_full']:.2f} | {stored} | {used} | "
+                          f"{model_x:.2f} | {row['floor_x_full']:.2f} | {share:.2f} |")
             print()
         del model
     if args.json:
@@ -263,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot and results:
         _plot(results, args.plot)
     return 0
+
+
+def _frac(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}"
 
 
 def _floor(model, B: int) -> float:
