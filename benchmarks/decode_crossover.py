@@ -40,6 +40,7 @@ import torch
 from transformers import DynamicCache
 
 import avl_lab
+from avl_lab.engine.families import family_of
 from avl_lab.engine.generation import Run
 from avl_lab.engine.layout import token_layout
 from avl_lab.models import tiny_random
@@ -76,7 +77,7 @@ def build(layout: str, layers: int, dtype, device):
 
 def prompt(model, batch: int, rows: int, device) -> torch.Tensor:
     """``[B, R]`` token ids: a few text tokens, ``R - TEXT`` image tokens, the rest text."""
-    fam = avl_lab.engine.families.family_of(model)
+    fam = family_of(model)
     img = fam.vision_token_ids(model.config)[0]
     ids = torch.full((batch, rows), 5, dtype=torch.long, device=device)
     ids[:, 8:8 + rows - TEXT] = img
