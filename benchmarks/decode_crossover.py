@@ -22,7 +22,7 @@ below it). ``attn share`` = 1 − floor / full: how much of ``full``'s step is a
 cache; where it is small the cut cannot show.
 
 ``PYTHONPATH=. python benchmarks/decode_crossover.py [--layouts llava15 qwen2_5_vl]
-[--rows 1024 2048 ...] [--batch 1 8] [--layers 2] [--steps 8] [--rounds 3]
+[--rows 1024 2048 ...] [--batch 1 8] [--layers 2] [--steps 6] [--rounds 3] [--tiny]
 [--device cuda --dtype bf16] [--json out.json] [--plot out.png]``
 """
 
@@ -62,9 +62,14 @@ TEXT = 60  # non-image rows (system prompt, question)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def build(layout: str, layers: int, dtype, device):
+TINY = dict(hidden_size=128, num_attention_heads=4, intermediate_size=256)  # --tiny (dry runs)
+
+
+def build(layout: str, layers: int, dtype, device, tiny: bool = False):
     spec = dict(LAYOUTS[layout])
     kind = spec.pop("kind")
+    if tiny:
+        spec.update(TINY, num_key_value_heads=4 if kind == "llava" else 2)
     extra = {}
     if kind == "qwen2_5_vl":
         hd = spec["hidden_size"] // spec["num_attention_heads"]
@@ -198,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--max-gib", type=float, default=6.0,
                     help="skip a (batch, rows) point whose K/V for one variant exceeds this")
+    ap.add_argument("--tiny", action="store_true", help="small decoder sizes (a dry run of the script)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default=None, choices=list(DTYPES))
     ap.add_argument("--threads", type=int, default=0)
@@ -215,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.layers} layers, {args.steps} steps × {args.rounds} rounds\n")
     results = []
     for layout in args.layouts:
-        model = build(layout, args.layers, dtype, dev)
+        model = build(layout, args.layers, dtype, dev, args.tiny)
         for B in args.batch:
             print(f"### {layout}, batch {B}\n")
             print("| rows | variant | step ms (p10–p90) | ×stock | ×full | stored | used | model ×full | floor ×full | attn share |")

@@ -8,6 +8,7 @@
 #        decode_step.py     (one decode step through real LLaVA-1.6-7B layers),
 #        engine_generate.py (whole generate: prefill, decode, peak memory, every layout and
 #                            policy, hidden 4096 / 32 heads / MLP 11008, 4 layers, batch 1 and 8),
+#        decode_crossover.py (decode-step time vs rows held, 1k-32k, 7B layers, batch 1 and 8),
 #   5. markdown tables (one file per step and gpu_check.md with all of them) and summary.json
 #      (every step's command, exit status and seconds, and engine_generate's results).
 #
@@ -51,6 +52,7 @@ if [ "$DRY" = 1 ]; then
   OP_ARGS=(--shapes llava15 --batch 1 --dtypes fp32 --rounds 1 --budget-gib 0.02)
   STEP_ARGS=(--tiny --shape llava16 --layers 1 --batch 1 --rounds 1)
   GEN_ARGS=(--layouts llava15 --batch 1 --layers 4 --hidden 64 --heads 4 --mlp 128 --new 2 --rounds 1)
+  CROSS_ARGS=(--tiny --rows 128 256 --batch 1 --steps 1 --rounds 1)
   BUILD_KIND=cpu
 else
   DEV=(--device cuda)
@@ -58,6 +60,7 @@ else
   STEP_ARGS=(--layers 4 --batch 1 8)
   GEN_ARGS=(--dtype bf16 --hidden 4096 --heads 32 --mlp 11008 --layers 4 --batch 1 8 --new 32
             --rounds "$ROUNDS")
+  CROSS_ARGS=(--rounds 3)
   BUILD_KIND=cuda
 fi
 
@@ -89,6 +92,8 @@ step core_attention "$PY" benchmarks/core_attention.py "${DEV[@]}" "${OP_ARGS[@]
 step decode_step "$PY" benchmarks/decode_step.py "${DEV[@]}" "${STEP_ARGS[@]}"
 step engine_generate "$PY" benchmarks/engine_generate.py "${DEV[@]}" "${GEN_ARGS[@]}" \
   --json "$DIR/engine_generate.json"
+step decode_crossover "$PY" benchmarks/decode_crossover.py "${DEV[@]}" "${CROSS_ARGS[@]}" \
+  --json "$DIR/decode_crossover.json" --plot "$DIR/decode_crossover.png"
 
 "$PY" - "$DIR" "$DRY" <<'EOF'
 import json, pathlib, sys

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["env", "build_op", "cuda_tests", "core_attention", "decode_step", "engine_generate"]
+STEPS = ["env", "build_op", "cuda_tests", "core_attention", "decode_step", "engine_generate",
+         "decode_crossover"]
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
@@ -37,6 +38,10 @@ def test_gpu_check_dry_run_writes_tables_and_summary(tmp_path):
     for step in STEPS:
         assert f"## {step}" in report
     assert "| variant | prefill ms" in report and "| B | full (SDPA) ms" in report
+    assert "| rows | variant | step ms" in report and (tmp_path / "decode_crossover.png").exists()
+    crossover = json.loads((tmp_path / "decode_crossover.json").read_text())
+    assert {r["variant"] for r in crossover} == {"stock", "full", "avl", "h2o", "snapkv"}
+    assert all(r["used"] < 1 for r in crossover if r["variant"] == "avl")
     assert not (tmp_path / "x").exists()  # an explicit directory wins over $OUT
 
 

@@ -21,6 +21,7 @@ SYNC_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.d
 POLICIES = {
     "full": "full",
     "avl": {"name": "avl", "S": 45, "C": 30, "K": 3},
+    "avl + T": {"name": "avl", "S": 45, "C": 30, "K": 3, "T": 50},
     "h2o": {"name": "h2o", "ratio": 0.5},
     "snapkv": {"name": "snapkv", "ratio": 0.5},
     "avl per head": {"name": "vision_tiering", "S": 45, "C": 30, "per_head": True},

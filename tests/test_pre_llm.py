@@ -164,23 +164,6 @@ def test_merged_tokens_matter():
 
 # --- composition, batch invariance, errors -----------------------------------------------------
 
-@pytest.mark.parametrize("spec", [
-    {"name": "visionzip", "keep": 40.0, "positions": "keep", "S": 30, "C": 15, "K": 3},
-    {"name": "vispruner", "keep": 40.0, "positions": "keep", "T": 50},
-    {"name": "divprune", "keep": 40.0, "positions": "keep", "S": 30, "C": 15, "K": 2, "T": 60},
-], ids=["visionzip+SCK", "vispruner+T", "divprune+SCKT"])
-def test_pre_llm_method_with_avl_decode_tiering_equals_masked_reference(spec):
-    model, processor = tiny_random("llava", seed=2)
-    inputs = make_inputs(processor, n=3)
-    got, session = run_policy(model, inputs, spec, NEW)
-    ref = masked_reference(model, inputs, session.last_run.trace, NEW)
-    assert torch.equal(got.tokens, ref.tokens)
-    torch.testing.assert_close(got.logits, ref.logits, atol=1e-4, rtol=0)
-    alone = {k: v for k, v in spec.items() if k not in ("S", "C", "K", "T")}
-    _, base = run_policy(model, inputs, alone, NEW)
-    assert session.stats.stored < base.stats.stored < 1.0
-
-
 @pytest.mark.parametrize("name", ["visionzip", "vispruner", "divprune"])
 def test_each_row_equals_that_row_alone(name):
     model, processor = tiny_random("llava_next", seed=0)

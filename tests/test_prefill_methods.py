@@ -1,4 +1,5 @@
-"""PyramidDrop, SparseVLM and DART: each selection against a hand-computed case written from the
+"""PyramidDrop, SparseVLM and DART (and, composed with A-VL's tiering, the pre-LLM methods of
+``test_pre_llm.py``): each selection against a hand-computed case written from the
 reference code, renumbered positions against a decoder loop written from the reference code,
 composition with A-VL's decode tiering, batch invariance and the errors users meet.
 (Every family × every policy against the masked reference is ``test_families.py`` /
@@ -259,7 +260,11 @@ def test_renumbered_positions_equal_the_reference_decoder_loop(llava, method):
     {"name": "pyramiddrop", "stages": [1, 3], "lam": 0.6, "positions": "keep", "S": 40, "C": 20, "K": 2},
     {"name": "sparsevlm", "stages": [1, 2], "keep": [60, 30], "positions": "keep", "T": 50},
     {"name": "dart", "layer": 1, "keep": 30, "S": 30, "C": 15, "K": 3, "T": 60},
-], ids=["pyramiddrop+SCK", "sparsevlm+T", "dart+SCKT"])
+    {"name": "visionzip", "keep": 40.0, "positions": "keep", "S": 30, "C": 15, "K": 3},
+    {"name": "vispruner", "keep": 40.0, "positions": "keep", "T": 50},
+    {"name": "divprune", "keep": 40.0, "positions": "keep", "S": 30, "C": 15, "K": 2, "T": 60},
+], ids=["pyramiddrop+SCK", "sparsevlm+T", "dart+SCKT", "visionzip+SCK", "vispruner+T",
+        "divprune+SCKT"])
 def test_prefill_method_with_avl_decode_tiering_equals_masked_reference(llava, spec):
     model, processor = llava
     inputs = make_inputs(processor, n=3)
@@ -331,6 +336,8 @@ def test_bad_fields_name_the_field(spec, needle):
      "Qwen2-VL / Qwen2.5-VL does not allow"),
     (["model=avl-tiny", "policy=pyramiddrop"], "`policy.stages` 8 is not a decoder layer of avl-tiny"),
     (["model=avl-tiny", "policy=dart", "policy.layer=5"], "`policy.layer` 5 is not a decoder layer"),
+    (["model=tiny-random-qwen2-5-vl", "policy=visionzip", "policy.positions=keep"],
+     "Qwen2-VL / Qwen2.5-VL does not offer"),
 ])
 def test_check_refuses_what_the_run_would(tmp_path, capsys, args, needle):
     """``--check`` runs the run's own family and layer checks: one error, nothing written."""

@@ -10,7 +10,10 @@ Each layer stores ``keys``/``values`` ``[B, Hkv, R, D]`` plus per-row tensors ``
 
 Rows of one batch may hold different numbers of valid rows: the shorter ones are padded with
 invalid filler up to the longest. Eviction (:meth:`AVLLayer.evict`) compacts the storage, so
-evicted rows really leave memory.
+evicted rows really leave memory: at once in prefill; in decode the evicted rows turn invalid at
+once (nothing reads them again) and leave memory at the start of a later step
+(:meth:`AVLCache.compact`: one read-back of every layer's kept count per step, a layer compacted
+once it can free 16 rows or 1/16 of its rows) and at the end of the call.
 
 Rows per KV head: once a policy keeps different rows for different KV heads (a ``[B, Hkv, R]``
 keep mask), the layer's bookkeeping becomes ``[B, Hkv, R]``: slot r of head h is that head's

@@ -32,11 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avl_lab.policies.base import Context, Policy, Rows, check_percent
+from avl_lab.policies.base import Context, Policy, Rows
 from avl_lab.policies.decode_tiering import WithTiering
-from avl_lab.policies.pre_llm import PreLLM, check_count, image_runs, per_crop_budget, slots_cut
+from avl_lab.policies.pre_llm import PreLLM, check_tokens, image_runs, per_crop_budget, slots_cut
 from avl_lab.policies.registry import register
-from avl_lab.policies.staged import check_positions
 
 
 def max_min_diverse(x: Tensor, k: int) -> Tensor:
@@ -103,8 +102,5 @@ class DivPrune(WithTiering):
     positions: str = "renumber"
 
     def method(self) -> Policy:
-        check_percent("keep", self.keep, allow_none=False)
-        if self.tokens is not None:
-            check_count("tokens", self.tokens)
-        check_positions(self.positions)
+        check_tokens(self.keep, self.tokens, self.positions)
         return DivPruneSelect(positions=self.positions, keep=self.keep, tokens=self.tokens)

@@ -75,18 +75,22 @@ def evict_lowest(layer, acc, candidates, budget, protect) -> torch.Tensor | None
     ``[B, Hkv, R]`` once the rows are per KV head)."""
     count = candidates.sum(-1)
     budget, protect = _align(budget, count), _align(protect, count)
-    over = (count - budget).clamp(min=0)
-    if not bool(over.any()):
-        return None
+    over = (count - budget).clamp(min=0)  # 0 where all fit: then nothing is dropped (no read-back)
     pool = candidates & ~newest_rows(candidates, protect)
     return ~top_rows(-acc, pool, over)
 
 
-def masked_quantile(x: Tensor, valid: Tensor, q: float) -> Tensor:
+def masked_quantile(x: Tensor, valid: Tensor, q: float, most: int | None = None) -> Tensor:
     """``torch.quantile(x[valid], q)`` (linear interpolation) along the last dim, per row;
-    0 where a row has no valid entry. ``x``, ``valid``: ``[..., n]`` → ``[...]``."""
+    0 where a row has no valid entry. ``x``, ``valid``: ``[..., n]`` → ``[...]``. ``most``: an
+    upper bound on the valid entries per row, known on the host: only that many smallest values
+    are sorted (``topk``; the same values as a full sort's first ``most``)."""
     n = valid.sum(-1)
-    srt = torch.sort(x.masked_fill(~valid, float("inf")), dim=-1).values
+    masked = x.masked_fill(~valid, float("inf"))
+    if most is not None and most < masked.shape[-1]:
+        srt = torch.topk(masked, max(1, most), dim=-1, largest=False, sorted=True).values
+    else:
+        srt = torch.sort(masked, dim=-1).values
     pos = (n - 1).clamp(min=0).to(x.dtype) * q
     lo = pos.floor().long()
     hi = pos.ceil().long()
@@ -149,6 +153,9 @@ class TextH2O(Policy):
 
     def setup(self, cache, ctx: Context) -> None:
         cache.register_state("acc", 0.0, torch.float32)
+        # The most text rows a row can hold (its non-image prompt rows + one per step): read once per
+        # run, so that each step's quantile sorts only that many values.
+        self._text_most = int(ctx.n_text.max())
 
     # --- which rows, how many ------------------------------------------------------------------
     def _candidates(self, layer) -> Tensor:
@@ -207,7 +214,9 @@ class TextH2O(Policy):
         if self.variant != "quantile":
             return acc + probs
         text = text_rows(layer)
-        quant = masked_quantile(probs, text, 1.0 - self.T / 100.0)  # over all text rows, q too
+        most = self.__dict__.get("_text_most")  # set in setup (None: sort every row)
+        most = None if most is None else most + ctx.step
+        quant = masked_quantile(probs, text, 1.0 - self.T / 100.0, most)  # all text rows, q too
         current = newest_rows(layer.valid, 1)
         centred = torch.where(current, probs, probs - quant[..., None])
         return acc + centred * text
