@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--max-gib", type=float, default=6.0,
+    ap.add_argument("--max-gib", type=float, default=2.0,
                     help="skip a (batch, rows) point whose K/V for one variant exceeds this")
     ap.add_argument("--tiny", action="store_true", help="small decoder sizes (a dry run of the script)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -256,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
                                used=infos[n].get("used"), model_x_full=model_x,
                                floor_x_full=floor / med.get("full", med[n]))
                     results.append(row)
+                    if args.json:  # written as it goes: a killed run keeps its points
+                        with open(args.json, "w") as f:
+                            json.dump(results, f, indent=1)
                     share = 1 - row["floor_x_full"]
                     stored, used = (_frac(row["stored"]), _frac(row["used"]))
                     print(f"| {R:,} | {n} | {row['ms']:,.1f} ({row['p10']:,.1f}–{row['p90']:,.1f}) | "

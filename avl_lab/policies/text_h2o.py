@@ -69,15 +69,15 @@ def _align(k: Tensor, count: Tensor) -> Tensor:
     return k[:, None] if k.dim() == 1 and count.dim() == 2 else k
 
 
-def evict_lowest(layer, acc, candidates, budget, protect) -> torch.Tensor | None:
+def evict_lowest(layer, acc, candidates, budget, protect, most: int | None = None) -> torch.Tensor | None:
     """Keep mask that drops the lowest-``acc`` rows among ``candidates`` down to ``budget`` rows,
     never dropping the ``protect`` newest candidates (``[B]`` counts, ``[B, R]`` masks, or
-    ``[B, Hkv, R]`` once the rows are per KV head)."""
+    ``[B, Hkv, R]`` once the rows are per KV head). ``most``: a host bound on the candidates."""
     count = candidates.sum(-1)
     budget, protect = _align(budget, count), _align(protect, count)
     over = (count - budget).clamp(min=0)  # 0 where all fit: then nothing is dropped (no read-back)
     pool = candidates & ~newest_rows(candidates, protect)
-    return ~top_rows(-acc, pool, over)
+    return ~top_rows(-acc, pool, over, most)
 
 
 def masked_quantile(x: Tensor, valid: Tensor, q: float, most: int | None = None) -> Tensor:
@@ -176,7 +176,13 @@ class TextH2O(Policy):
 
     def _keep(self, layer, ctx: Context):
         window, protect = self._window(layer, ctx)
-        return evict_lowest(layer, layer.state("acc"), self._candidates(layer), window, protect)
+        return evict_lowest(layer, layer.state("acc"), self._candidates(layer), window, protect,
+                            self._most(ctx))
+
+    def _most(self, ctx: Context) -> int | None:
+        """A host bound on the text rows (``max_length`` may also evict system rows: none)."""
+        most = self.__dict__.get("_text_most")  # set in setup
+        return None if most is None or self.variant == "max_length" else most + ctx.step
 
     # --- scores --------------------------------------------------------------------------------
     def _prefill_scores(self, layer, ctx: Context) -> Tensor:
@@ -214,9 +220,7 @@ class TextH2O(Policy):
         if self.variant != "quantile":
             return acc + probs
         text = text_rows(layer)
-        most = self.__dict__.get("_text_most")  # set in setup (None: sort every row)
-        most = None if most is None else most + ctx.step
-        quant = masked_quantile(probs, text, 1.0 - self.T / 100.0, most)  # all text rows, q too
+        quant = masked_quantile(probs, text, 1.0 - self.T / 100.0, self._most(ctx))  # q too
         current = newest_rows(layer.valid, 1)
         centred = torch.where(current, probs, probs - quant[..., None])
         return acc + centred * text
