@@ -192,7 +192,7 @@ def bytes_model(model, B: int, R: int, used: float) -> tuple[float, float]:
     return w, kv
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     ap.add_argument("--rows", nargs="+", type=int, default=[1024, 2048, 4096, 8192, 16384, 32768])
@@ -209,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None, help="a seaborn PNG of step time vs rows")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device", file=sys.stderr)
         return 2
