@@ -182,7 +182,7 @@ def time_steps(model, name: str, ids: torch.Tensor, steps: int, gen) -> tuple[li
     return times, info
 
 
-def bytes_model(model, B: int, R: int, used: float) -> tuple[float, float]:
+def bytes_model(model, B: int) -> tuple[float, float]:
     """``(weights bytes per layer, K/V bytes per row per layer)``."""
     cfg = model.config.text_config
     layer = model.model.language_model.layers[0]
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             print("|---|---|---|---|---|---|---|---|---|---|")
             floor = _floor(model, B)
             for R in args.rows:
-                w, kv = bytes_model(model, B, R, 1.0)
+                w, kv = bytes_model(model, B)
                 if kv * R * args.layers / 2**30 > args.max_gib:
                     print(f"| {R:,} | (skipped: {kv * R * args.layers / 2**30:.1f} GiB of K/V > --max-gib) |||||||||")
                     continue

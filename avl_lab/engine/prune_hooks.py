@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from avl_lab.engine.generation import Run
 
 
-class Session(Protocol):
+class HookedSession(Protocol):
     """What the hooks read of the session that installed them (``engine.session.Session``)."""
 
     model: nn.Module
@@ -40,7 +40,7 @@ class Session(Protocol):
     run: Run | None
 
 
-def make_text_hook(session: Session):
+def make_text_hook(session: HookedSession):
     """A pre-hook on the text model, once per forward: the run's step clock
     (:meth:`~avl_lab.engine.generation.Run.begin_forward`), and in prefill the input embeddings
     and the family's capture of per-forward extras."""
@@ -70,7 +70,7 @@ def _batch_and_length(args: tuple, kwargs: dict[str, Any]) -> tuple[int, int]:
     raise TypeError("avl_lab: the text model was called without input_ids or inputs_embeds")
 
 
-def make_pre_hook(session: Session, layer_idx: int):
+def make_pre_hook(session: HookedSession, layer_idx: int):
     """A ``register_forward_pre_hook(with_kwargs=True)`` hook for decoder layer ``layer_idx``."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
@@ -106,7 +106,7 @@ def _stage_kwargs(stage: PruneState, kwargs: dict[str, Any]) -> dict[str, Any]:
     return gathered
 
 
-def _prune_before(session: Session, run: Run, layer: nn.Module, layer_idx: int, hidden: Tensor,
+def _prune_before(session: HookedSession, run: Run, layer: nn.Module, layer_idx: int, hidden: Tensor,
                   kwargs: dict[str, Any]) -> None:
     """``prune_before`` of ``layer_idx``: a new stage starting at this layer."""
     from avl_lab.engine.attention import last_query_scores, query_probs, visible
@@ -134,7 +134,7 @@ def _prune_before(session: Session, run: Run, layer: nn.Module, layer_idx: int, 
         evict_earlier(run, new.keep, layer_idx)
 
 
-def _prune_input(session: Session, run: Run, hidden: Tensor) -> Tensor:
+def _prune_input(session: HookedSession, run: Run, hidden: Tensor) -> Tensor:
     """``prune_input``: a stage from layer 0 on; returns the input embeddings with any the
     policy wrote."""
     from avl_lab.policies.base import InputCut
@@ -172,7 +172,7 @@ def _preview(run: Run, layer: nn.Module, hidden: Tensor, kwargs: dict[str, Any])
         run.preview = None
 
 
-def _decode_positions(session: Session, run: Run, layer_idx: int, args: tuple,
+def _decode_positions(session: HookedSession, run: Run, layer_idx: int, args: tuple,
                       kwargs: dict[str, Any]):
     """A decode step in a renumbered stage's layer: positions moved down by the stage's shift
     (the RoPE embeddings recomputed once per step and stage)."""

@@ -24,13 +24,11 @@ def check_inputs(
     active: Tensor,
     scale: float | None,
     per_head_probs: bool = False,
-    check_indices: bool = True,
 ) -> None:
     """Raise ``ValueError`` naming the offending argument if the inputs are malformed.
 
-    Index values are checked on the CPU only (and only with ``check_indices``): on CUDA that
-    would cost a device sync per call, so the CUDA kernel treats indices outside ``[0, N)`` as
-    padding instead.
+    Index values are checked on the CPU only: on CUDA that would cost a device sync per call,
+    so the CUDA kernel treats indices outside ``[0, N)`` as padding instead.
     """
     if q.dim() != 4 or q.shape[2] != 1:
         raise ValueError(f"`q` must be [B, Hq, 1, D], got {tuple(q.shape)}")
@@ -49,7 +47,7 @@ def check_inputs(
     Hkv, N = k.shape[1], k.shape[2]
     if Hkv == 0 or Hq % Hkv != 0:
         raise ValueError(f"`q` heads ({Hq}) must be a multiple of `k` heads ({Hkv})")
-    _check_active(active, B, Hkv, N, q.device, check_indices)
+    _check_active(active, B, Hkv, N, q.device)
     if scale is not None and not math.isfinite(scale):
         raise ValueError(f"`scale` must be a finite float or None, got {scale!r}")
     if not isinstance(per_head_probs, bool):
@@ -57,8 +55,7 @@ def check_inputs(
 
 
 
-def _check_active(active: Tensor, B: int, Hkv: int, N: int, device: torch.device,
-                  values: bool = True) -> None:
+def _check_active(active: Tensor, B: int, Hkv: int, N: int, device: torch.device) -> None:
     """``active``: ``[B, n]`` or ``[B, Hkv, n]`` int64 row indices in ``[-1, N)`` on ``device``."""
     if not (
         (active.dim() == 2 and active.shape[0] == B)
@@ -71,7 +68,7 @@ def _check_active(active: Tensor, B: int, Hkv: int, N: int, device: torch.device
         raise ValueError(f"`active` must be int64 (LongTensor), got {active.dtype}")
     if active.device != device:
         raise ValueError(f"`active` is on {active.device} but `q` is on {device}")
-    if values and active.device.type == "cpu" and active.numel() > 0:
+    if active.device.type == "cpu" and active.numel() > 0:
         lo, hi = torch.aminmax(active)
         if int(lo) < -1 or int(hi) >= N:
             raise ValueError(f"`active` values must lie in [-1, {N}), got [{int(lo)}, {int(hi)}]")
@@ -136,7 +133,6 @@ def core_attention(
     scale: float | None = None,
     impl: str = "auto",
     per_head_probs: bool = False,
-    check_indices: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Attention of one decode query over the rows ``active`` of ``k``/``v``.
 
@@ -169,14 +165,10 @@ def core_attention(
         padding): ``[B, Hkv, n]`` averaged over the ``G`` query heads of each kv head when
         ``per_head_probs`` or ``active`` is ``[B, Hkv, n]``; else ``[B, n]`` averaged over
         all ``Hq`` query heads.
-    check_indices : bool
-        Check on the CPU that ``active`` lies in ``[-1, N)`` (a read-back of its range). The
-        engine, whose indices are in range by construction, skips it: its decode step reads
-        nothing back from the device.
     """
     if impl not in IMPLS:
         raise ValueError(f"`impl` must be one of {IMPLS}, got {impl!r}")
-    check_inputs(q, k, v, active, scale, per_head_probs, check_indices)
+    check_inputs(q, k, v, active, scale, per_head_probs)
     scale = q.shape[3] ** -0.5 if scale is None else float(scale)
     dev = q.device.type
     if impl in ("cuda", "cpu") and dev != impl:

@@ -353,12 +353,11 @@ def _top_few(score: Tensor, candidates: Tensor, k: Tensor | int, most: int) -> T
     return out.scatter_(-1, order, chosen) & candidates
 
 
-def rows_to_index(rows: Tensor, width: int | None = None) -> Tensor:
+def rows_to_index(rows: Tensor) -> Tensor:
     """``[B, (Hkv,) R]`` bool → ``[B, (Hkv,) n]`` int64 row indices in order, ``-1``-padded,
-    n = the largest count, or ``width`` (≥ it) when given: a shape known without reading the
-    counts back from the device (the engine's decode step passes R)."""
+    n = the largest count."""
     counts = rows.sum(-1)
-    n = int(counts.max()) if width is None else width
+    n = int(counts.max())
     order = torch.sort((~rows).to(torch.int8), dim=-1, stable=True).indices[..., :n]
     return order.masked_fill(torch.arange(n, device=rows.device) >= counts[..., None], -1)
 

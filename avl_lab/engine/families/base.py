@@ -90,7 +90,7 @@ class Family:
         ValueError
             Naming the family and the policy.
         """
-        if getattr(policy, "needs_vision", False) and not self.why_no_vision.startswith("ok"):
+        if policy.needs_vision and self.why_no_vision:
             raise ValueError(
                 f"policy {getattr(policy, 'name', '') or type(policy).__name__!r} reads the vision "
                 f"tower's CLS attention, which {self.name} does not offer: {self.why_no_vision}; "
@@ -102,7 +102,7 @@ class Family:
                 "use positions=keep (each kept token keeps its original position)")
 
     why_not_renumber: ClassVar[str] = ""
-    #: What the vision tower offers pre-LLM policies ("ok": :meth:`vision_tap` works).
+    #: Why pre-LLM policies cannot read this family's vision tower ("": :meth:`vision_tap` works).
     why_no_vision: ClassVar[str] = "its vision tower has no CLS token"
 
     def vision_tap(self, model: nn.Module) -> VisionTap:

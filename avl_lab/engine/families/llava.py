@@ -34,7 +34,7 @@ class Llava(Family):
     name = "LLaVA-1.5"
     model_types = ("llava",)
     classes = ("LlavaForConditionalGeneration",)
-    why_no_vision = "ok"
+    why_no_vision = ""
 
     def vision_tap(self, model: nn.Module) -> VisionTap:
         def pack(ids: Tensor, info: Any) -> list[Tensor]:
@@ -48,7 +48,7 @@ class LlavaNext(Family):
     name = "LLaVA-NeXT"
     model_types = ("llava_next",)
     classes = ("LlavaNextForConditionalGeneration",)
-    why_no_vision = "ok"
+    why_no_vision = ""
 
     def vision_tap(self, model: nn.Module) -> VisionTap:
         from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
