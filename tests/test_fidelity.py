@@ -197,21 +197,21 @@ def test_text_window_over_decode_steps(llava, T):
 
 
 def test_text_window_rounds_half_to_even():
-    layer = SimpleNamespace(mod=torch.tensor([[0, 2]]), valid=torch.tensor([[True, True]]))
+    n_system = torch.tensor([1])  # the layer's system rows
     policy = TextH2O(T=50)
     for n_text, step, want in [(22, 0, 10), (24, 0, 12), (22, 2, 12), (3, 0, 1)]:
         # n_text counts the system row: text after the image = n_text - 1 + step
         ctx = SimpleNamespace(n_text=torch.tensor([n_text]), step=step, max_new_tokens=8)
-        window, protect = policy._window(layer, ctx)
+        window, protect = policy._window(n_system, ctx)
         assert int(window) == want and int(protect) == want // 2
 
 
 def test_text_min_window_and_h2o_split():
-    layer = SimpleNamespace(mod=torch.tensor([[0, 2]]), valid=torch.tensor([[True, True]]))
+    n_system = torch.tensor([1])
     ctx = SimpleNamespace(n_text=torch.tensor([11]), step=0, max_new_tokens=8)
-    window, _ = TextH2O(T=50, min_window=20)._window(layer, ctx)
+    window, _ = TextH2O(T=50, min_window=20)._window(n_system, ctx)
     assert int(window) == 20
-    window, protect = TextH2O(T=50, variant="h2o")._window(layer, ctx)
+    window, protect = TextH2O(T=50, variant="h2o")._window(n_system, ctx)
     assert int(window) == 5 and int(protect) == 5 - int(5 * 0.7)  # hh = int(0.7 w), rest recent
 
 
@@ -244,18 +244,14 @@ def test_text_scores_centre_on_a_quantile():
     torch.testing.assert_close(got[0, text], want)
     assert torch.all(got[0, :4] == 0)
     # a decode step: the new row scores its own attention, older text rows add a - quantile
-    mod2 = torch.cat([mod, torch.tensor([[3]])], 1)
-    state = {"acc": torch.cat([got, torch.zeros(1, 1)], 1)}
-    layer2 = SimpleNamespace(mod=mod2, valid=torch.ones(1, R + 1, dtype=torch.bool),
-                             state=state.__getitem__)
+    acc = torch.cat([got[:, text], torch.zeros(1, 1)], 1)  # the text rows' entries, then the new
     p = torch.rand(1, R + 1)
     p = p / p.sum()
-    new = policy._decode_scores(layer2, SimpleNamespace(probs=p))
-    tx = p[0, text + [R]]
-    q = torch.quantile(tx, 0.7)  # over all text rows, the new one included (l.370)
-    torch.testing.assert_close(new[0, text], state["acc"][0, text] + p[0, text] - q)
-    assert float(new[0, R]) == pytest.approx(float(p[0, R]))
-    assert torch.all(new[0, :4] == 0)
+    tx = p[:, text + [R]]
+    new = policy.decode_scores(acc, tx, torch.ones_like(tx, dtype=torch.bool))
+    q = torch.quantile(tx[0], 0.7)  # over all text rows, the new one included (l.370)
+    torch.testing.assert_close(new[0, :-1], acc[0, :-1] + tx[0, :-1] - q)
+    assert float(new[0, -1]) == pytest.approx(float(tx[0, -1]))
 
 
 def test_max_length_variant_keeps_the_earlier_reading(llava):

@@ -106,22 +106,21 @@ def test_per_head_prefill_scores_are_the_official_per_head_scores():
 
 
 def test_per_head_decode_scores_use_each_heads_quantile():
-    mod, R, _, text = _case()
-    mod2 = torch.cat([mod, torch.tensor([[3]])], 1)[:, None].expand(1, 2, R + 1)
-    valid = torch.ones(1, 2, R + 1, dtype=torch.bool)
-    valid[0, 1, 5] = False  # head 1 evicted text row 5 earlier
-    acc = torch.rand(1, 2, R + 1) * valid
-    layer = SimpleNamespace(mod=mod2, valid=valid, state=lambda name: acc)
-    p = torch.rand(1, 2, R + 1) * valid
+    _, R, _, text = _case()
+    entries = text + [R]  # the text rows, then the new token's row
+    live = torch.ones(1, 2, len(entries), dtype=torch.bool)
+    live[0, 1, 1] = False  # head 1 evicted text row 5 earlier
+    acc = torch.rand(1, 2, len(entries)) * live
+    p = torch.rand(1, 2, len(entries)) * live
     p = p / p.sum(-1, keepdim=True)
-    got = TextH2O(T=30)._decode_scores(layer, SimpleNamespace(head_probs=p, probs=None))
+    got = TextH2O(T=30).decode_scores(acc, p, live)
     for h in range(2):
-        rows = [j for j in text + [R] if valid[0, h, j]]
-        q = torch.quantile(p[0, h, rows], 0.7)  # this head's text rows, the new one included
-        old = rows[:-1]
+        on = [i for i in range(len(entries)) if live[0, h, i]]
+        q = torch.quantile(p[0, h, on], 0.7)  # this head's text rows, the new one included
+        old = on[:-1]
         torch.testing.assert_close(got[0, h, old], acc[0, h, old] + p[0, h, old] - q)
-        assert float(got[0, h, R]) == pytest.approx(float(acc[0, h, R] + p[0, h, R]))
-        assert torch.all(got[0, h, :4] == acc[0, h, :4])
+        assert float(got[0, h, -1]) == pytest.approx(float(acc[0, h, -1] + p[0, h, -1]))
+    assert float(got[0, 1, 1]) == 0.0  # a gone entry gains nothing
 
 
 def test_per_head_is_validated():

@@ -19,7 +19,7 @@ from avl_lab import ext
 from avl_lab.engine import prefill_scores
 from avl_lab.engine.cache import AVLLayer
 from avl_lab.engine.generation import Run
-from avl_lab.policies.base import both, rows_to_index
+from avl_lab.policies.base import DropRows, both, rows_to_index
 
 ATTN_NAME = "avl_lab"
 
@@ -221,6 +221,11 @@ def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | N
     if run.want_probs:
         _set_probs(run, layer, ctx, probs)
     keep = policy.decode_keep(layer, ctx)
+    if isinstance(keep, DropRows):
+        if not window:
+            layer.drop(keep.rows)  # a few rows by number (deferred as below)
+            return out.transpose(1, 2), None
+        keep = keep.keep(layer.valid)
     if window:
         keep = _in_window(layer, query_tok + 1, window, keep)
     if keep is not None:
@@ -243,8 +248,8 @@ def _set_probs(run: Run, layer: AVLLayer, ctx, probs: Tensor) -> None:
         ctx.probs = probs
         return
     ctx.head_probs = per_head = probs  # [B, Hkv, R]
-    if not run.policy.needs_probs:  # per-head policies read head_probs only
-        return
+    if not run.token_probs:  # no part reads the average this step (per-head parts, or the
+        return  # tiering between its update steps)
     if not layer.per_head:
         ctx.probs = per_head.mean(1)
         return
@@ -253,4 +258,5 @@ def _set_probs(run: Run, layer: AVLLayer, ctx, probs: Tensor) -> None:
     B, T = valid.shape[0], run.tokens_seen
     tok = layer.tok.masked_fill(~valid, T).flatten(1)  # [B, Hkv * R], T = a dump column
     by_token = per_head.new_zeros(B, T + 1).scatter_add_(1, tok, per_head.flatten(1)) / H
+    ctx.token_probs = by_token[:, :T]
     ctx.probs = by_token.gather(1, tok).view_as(per_head).masked_fill(~valid, 0.0)

@@ -6,7 +6,11 @@ Each layer stores ``keys``/``values`` ``[B, Hkv, R, D]`` plus per-row tensors ``
 - ``pos``    (int64) logical (RoPE) position,
 - ``tok``    (int64) column index in the padded token sequence (prompt, then generated),
 - ``mod``    (int8)  :class:`~avl_lab.engine.layout.Modality`,
-- policy state, e.g. ``core`` or ``acc`` (accumulated attention), registered on the cache.
+- policy state, e.g. ``core`` (VisionTiering's core rows), registered on the cache;
+- row indices (:meth:`AVLLayer.set_index`): a policy's ``[B, (Hkv,) w]`` list of row numbers
+  (with values aligned to its entries) that keeps pointing at the same rows when the layer
+  compacts, so that a policy watching a few rows (TextH2O's text rows) works on those, not on
+  every row of the layer, each step.
 
 Rows of one batch may hold different numbers of valid rows: the shorter ones are padded with
 invalid filler up to the longest. Eviction (:meth:`AVLLayer.evict`) compacts the storage, so
@@ -39,6 +43,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicLayer
+
+from avl_lab.policies.base import clear_rows
 
 _META = ("valid", "pos", "tok", "mod")
 #: Deferred evictions are compacted once a layer could free this many rows, or this share of
@@ -74,6 +80,8 @@ class AVLLayer(DynamicLayer):
         self.layer_idx = layer_idx
         self.cache = cache
         self.rows: dict[str, Tensor] = {}
+        self.indices: dict[str, dict[str, Tensor]] = {}  # see set_index
+        self._meta: dict[str, Tensor] = {}  # bookkeeping buffers with room to grow (see _append)
 
     # --- storage: token-major buffers with room to grow, head-major views --------------------
     @property
@@ -86,6 +94,7 @@ class AVLLayer(DynamicLayer):
         if value is not None:
             raise TypeError("AVLLayer storage is written through update() and evict()")
         self._k, self._n = None, 0
+        self.indices = {}
 
     @property
     def values(self) -> Tensor | None:
@@ -147,9 +156,9 @@ class AVLLayer(DynamicLayer):
         if self.per_head:
             return
         H = self._k.shape[2]
-        self.rows = {
-            k: t[:, None].expand(t.shape[0], H, t.shape[1]).contiguous() for k, t in self.rows.items()
-        }
+        self.rows = {k: _per_head(t, H) for k, t in self.rows.items()}
+        self.indices = {name: {k: _per_head(t, H) for k, t in ix.items()}
+                        for name, ix in self.indices.items()}
 
     @property
     def num_rows(self) -> int:
@@ -169,6 +178,23 @@ class AVLLayer(DynamicLayer):
             value = value[:, None].expand(-1, self._k.shape[2], -1).contiguous()
         self.rows[name] = value
 
+    def index(self, name: str) -> dict[str, Tensor] | None:
+        """Row index ``name`` (see :meth:`set_index`), None until set."""
+        return self.indices.get(name)
+
+    def set_index(self, name: str, rows: Tensor, **values: Tensor) -> None:
+        """Hold ``rows`` ``[B, w]`` (``[B, Hkv, w]`` with rows per KV head) int64 row numbers,
+        ``-1`` = none, and ``values`` aligned with its entries (``[B, (Hkv,) w]`` or ``[B,
+        (Hkv,)]``). The layer keeps the numbers pointing at the same rows: a compaction renumbers
+        them (an evicted row's entry turns ``-1``), batch reorders and :meth:`split_heads` carry
+        them along. ``index(name)["rows"]`` reads them back."""
+        if rows.dim() == 3 and not self.per_head:
+            self.split_heads()
+        ix = {"rows": rows, **values}
+        if self.per_head and rows.dim() == 2:  # one entry list for every head
+            ix = {k: _per_head(t, self._k.shape[2]) for k, t in ix.items()}
+        self.indices[name] = ix
+
     # --- transformers Cache layer API ----------------------------------------------------------
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
         """Append rows ``[B, Hkv, q, D]``; their bookkeeping comes from the current run."""
@@ -177,6 +203,7 @@ class AVLLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
             self._store(key_states.transpose(1, 2), value_states.transpose(1, 2), head_major=False)
             self.rows = dict(new_rows)  # its own dict: evictions replace entries
+            self.indices = {}
             return key_states, value_states  # prefill attention reads the fresh head-major states
         q = key_states.shape[2]
         if self._n + q > self._k.shape[1]:  # more rows than planned: grow once
@@ -187,8 +214,23 @@ class AVLLayer(DynamicLayer):
         # the new token is a row of every head when the rows are per KV head
         new_rows = self.cache.new_rows(self.layer_idx, key_states.shape[0],
                                        self._k.shape[2] if self.per_head else 0)
-        self.rows = {k: torch.cat([t, new_rows[k]], dim=-1) for k, t in self.rows.items()}
+        self.rows = {k: self._append(k, t, new_rows[k]) for k, t in self.rows.items()}
         return self.keys, self.values
+
+    def _append(self, name: str, rows: Tensor, new: Tensor) -> Tensor:
+        """``rows`` ``[B, (Hkv,) n]`` followed by ``new`` ``[B, (Hkv,) q]``, written into a buffer
+        with the K/V storage's room to grow: a decode step writes one column of each bookkeeping
+        tensor instead of copying it (a tensor a policy or an eviction replaced is copied in once)."""
+        n, q = rows.shape[-1], new.shape[-1]
+        buf = self._meta.get(name)
+        if (buf is None or buf.shape[:-1] != rows.shape[:-1] or buf.shape[-1] < n + q
+                or buf.dtype != rows.dtype or rows.data_ptr() != buf.data_ptr()
+                or rows.stride() != buf.stride()):
+            buf = rows.new_empty(*rows.shape[:-1], max(n + q, self._k.shape[1]))
+            buf[..., :n] = rows
+            self._meta[name] = buf
+        buf[..., n : n + q] = new
+        return buf[..., : n + q]
 
     def get_seq_length(self) -> int:
         """The logical length (tokens seen), not the rows held: ``generate`` relies on it."""
@@ -207,6 +249,7 @@ class AVLLayer(DynamicLayer):
             return
         self._store(fn(self._k[:, : self._n]), fn(self._v[:, : self._n]))
         self.rows = {k: fn(t) for k, t in self.rows.items()}
+        self.indices = {name: {k: fn(t) for k, t in ix.items()} for name, ix in self.indices.items()}
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._map_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
@@ -256,6 +299,15 @@ class AVLLayer(DynamicLayer):
             return None
         return self.compact(keep, counts, m)
 
+    def drop(self, rows: Tensor) -> None:
+        """Deferred eviction (as ``evict(..., defer=True)``) of the rows numbered ``rows``
+        ``[B, (Hkv,) n]`` (``-1`` = none): a scatter over ``n`` entries, not a mask as wide as
+        the layer."""
+        if rows.dim() == 3 and not self.per_head:
+            self.split_heads()
+        self.rows["valid"] = clear_rows(self.valid, rows)
+        self.cache.pending.add(self.layer_idx)
+
     def compact(self, keep: Tensor, counts: Tensor, m: int) -> Tensor:
         """Hold only the ``keep`` rows (``counts`` per row / head, at most ``m``), in order."""
         # Stable sort puts kept rows first, in their original order.
@@ -264,13 +316,30 @@ class AVLLayer(DynamicLayer):
         rows = {k: t.gather(-1, order) for k, t in self.rows.items()}
         rows["valid"] = torch.arange(m, device=counts.device) < counts[..., None]
         self.rows = rows
+        if self.indices:
+            self._renumber(keep, order)
         return order
+
+    def _renumber(self, keep: Tensor, order: Tensor) -> None:
+        """Point every row index at the rows' new slots after a compaction (``-1`` for the
+        rows that left)."""
+        new = torch.full_like(keep, -1, dtype=torch.long)
+        new.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+        new.masked_fill_(~keep, -1)  # slots past a row's own count hold filler
+        for ix in self.indices.values():
+            rows = ix["rows"]
+            ix["rows"] = torch.where(rows >= 0, new.gather(-1, rows.clamp(min=0)), -1)
 
     def kv_bytes(self) -> int:
         """Bytes physically allocated for this layer's keys and values (room to grow included)."""
         if self._k is None:
             return 0
         return self._k.numel() * self._k.element_size() * 2
+
+
+def _per_head(t: Tensor, H: int) -> Tensor:
+    """A ``[B, ...]`` tensor as ``[B, H, ...]``, every head a copy."""
+    return t[:, None].expand(t.shape[0], H, *t.shape[1:]).contiguous()
 
 
 def _alloc(like: Tensor, B: int, cap: int, H: int, D: int, head_major: bool) -> Tensor:

@@ -74,6 +74,7 @@ class Run:
         self.last_keys: Tensor | None = None  # prefill: the keys of the last layer run
         self.preview: dict | None = None  # set while a layer's attention is previewed
         self.want_probs = False  # this decode step needs the attention probabilities
+        self.token_probs = False  # ... and their average over all heads (ctx.probs)
         self.full_now: Tensor | None = None  # this decode step's full_rows()
         self.prunes_input = policy.prunes_input  # a cut before layer 0 (pre-LLM methods)
         self.before_layers = frozenset(policy.prune_before_layers) | (
@@ -118,6 +119,7 @@ class Run:
         self.update = self.policy.is_update_step(self.step)
         # What every layer of this step needs, decided once per step:
         self.want_probs = self.policy.probs_at(self.update)
+        self.token_probs = self.want_probs and self.policy.token_probs_at(self.update)
         self.full_now = self.full_rows()
         if self.trace is not None:
             self.trace.decode.append({})

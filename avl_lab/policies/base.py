@@ -20,7 +20,8 @@ Hooks, in the order the engine calls them:
 - :meth:`Policy.prefill_keep` after each layer's prefill attention: which rows to keep,
 - per decode step: :meth:`Policy.is_update_step`, then for each layer
   :meth:`Policy.decode_active` (rows to compute over) and, after attention,
-  :meth:`Policy.decode_keep` (rows to keep).
+  :meth:`Policy.decode_keep` (rows to keep: a mask, or :class:`DropRows`, the few rows to
+  evict by number).
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ class Rows(Protocol):
     def split_heads(self) -> None:
         """Give every KV head its own rows from now on (bookkeeping ``[B, Hkv, R]``)."""
 
+    @property
+    def num_rows(self) -> int:
+        """Rows held ``R`` (valid and filler); in decode the newest token's row is ``R - 1``."""
+
+    def index(self, name: str) -> dict[str, Tensor] | None:
+        """Row index ``name``: ``{"rows": [B, (Hkv,) w] row numbers (-1 = none), values...}``."""
+
+    def set_index(self, name: str, rows: Tensor, **values: Tensor) -> None:
+        """Hold row numbers that stay pointed at the same rows as the layer compacts (an
+        evicted row's entry turns -1), with ``values`` aligned with the entries."""
+
 
 class CacheState(Protocol):
     """What :meth:`Policy.setup` sees of the cache."""
@@ -119,6 +131,10 @@ class Context:
     head_probs : Tensor or None
         Decode, when :attr:`Policy.needs_head_probs` or the rows are per KV head:
         ``[B, Hkv, R]`` this step's attention per KV head.
+    token_probs : Tensor or None
+        Decode, with rows per KV head, where ``probs`` is set: ``[B, T]`` the average over all
+        heads per token column (``T`` the tokens seen; what ``probs`` carries at each head's
+        row of a token), for a policy that ranks tokens rather than each head's rows.
     query_probs : callable or None
         Prefill: ``query_probs(rows)`` with ``rows`` a ``[B, R]`` bool mask returns ``[B, m, R]``,
         the head-averaged attention of the queries at those rows (in row order; m = the
@@ -163,6 +179,7 @@ class Context:
     head_scores: Tensor | None = None
     head_colsum: Tensor | None = None
     head_probs: Tensor | None = None
+    token_probs: Tensor | None = None
     query_probs: Callable[[Tensor], Tensor] | None = None
     inputs_embeds: Tensor | None = None
     prompt_mod: Tensor | None = None
@@ -170,6 +187,41 @@ class Context:
     final_norm: Callable[[Tensor], Tensor] | None = None
     prev_keys: Tensor | None = None
     vision: Any = None
+
+
+@dataclass
+class DropRows:
+    """What :meth:`Policy.decode_keep` may return instead of a keep mask: the rows to evict, by
+    number, ``[B, n]`` (or ``[B, Hkv, n]`` per KV head) int64, ``-1`` = none. A policy that
+    evicts a few rows of a long layer per step (TextH2O) says which without building a mask as
+    wide as the layer."""
+
+    rows: Tensor
+
+    def keep(self, valid: Tensor) -> Tensor:
+        """``valid`` with the dropped rows cleared."""
+        return clear_rows(valid, self.rows)
+
+    @staticmethod
+    def join(drops: list[DropRows]) -> DropRows:
+        """One drop list of several (shared lists repeated per head beside per-head ones)."""
+        if len(drops) == 1:
+            return drops[0]
+        h = max((d.rows.shape[1] for d in drops if d.rows.dim() == 3), default=0)
+        rows = [d.rows[:, None].expand(-1, h, -1) if h and d.rows.dim() == 2 else d.rows
+                for d in drops]
+        return DropRows(torch.cat(rows, dim=-1))
+
+
+def clear_rows(mask: Tensor, rows: Tensor) -> Tensor:
+    """``mask`` ``[B, (Hkv,) R]`` bool with the rows numbered ``rows`` ``[B, (Hkv,) n]`` set
+    False (``-1`` entries change nothing); a scatter over the ``n`` entries."""
+    if mask.dim() == 3 and rows.dim() == 2:
+        rows = rows[:, None].expand(-1, mask.shape[1], -1)
+    # min(mask, 0) at each numbered row, min(mask, 1) (unchanged) where the entry is -1
+    flags = mask.view(torch.uint8).scatter_reduce(
+        -1, rows.clamp(min=0), (rows < 0).to(torch.uint8), reduce="amin")
+    return flags.view(torch.bool)
 
 
 @dataclass
@@ -224,6 +276,11 @@ class Policy:
         decided once per step. Default: :attr:`needs_probs` or :attr:`needs_head_probs`."""
         return self.needs_probs or self.needs_head_probs
 
+    def token_probs_at(self, update: bool) -> bool:
+        """Whether a decode step reads ``ctx.probs`` (the average over all heads, which rows per KV
+        head make a per-token scatter to build); decided once per step."""
+        return self.needs_probs and self.probs_at(update)
+
     @property
     def prunes_input(self) -> bool:
         """Whether :meth:`prune_input` runs (once, before layer 0, in prefill)."""
@@ -274,7 +331,7 @@ class Policy:
         """``[B, R]`` rows that take part in this decode step's attention."""
         return None
 
-    def decode_keep(self, layer: Rows, ctx: Context) -> Tensor | None:
+    def decode_keep(self, layer: Rows, ctx: Context) -> Tensor | DropRows | None:
         """``[B, R]`` rows to keep after this decode step's attention (``ctx.probs`` set)."""
         return None
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from avl_lab.policies.base import Context, InputCut, Policy, both
+from avl_lab.policies.base import Context, DropRows, InputCut, Policy, both
 
 
 def _all(masks: list[Tensor | None]) -> Tensor | None:
@@ -61,6 +61,9 @@ class Compose(Policy):
 
     def probs_at(self, update: bool) -> bool:
         return any(p.probs_at(update) for p in self.parts)
+
+    def token_probs_at(self, update: bool) -> bool:
+        return any(p.token_probs_at(update) for p in self.parts)
 
     @property
     def needs_vision(self) -> bool:  # type: ignore[override]
@@ -120,5 +123,12 @@ class Compose(Policy):
     def decode_active(self, layer, ctx: Context) -> Tensor | None:
         return _all([p.decode_active(layer, ctx) for p in self.parts])
 
-    def decode_keep(self, layer, ctx: Context) -> Tensor | None:
-        return _all([p.decode_keep(layer, ctx) for p in self.parts])
+    def decode_keep(self, layer, ctx: Context) -> Tensor | DropRows | None:
+        """The parts' keep masks intersected; their drop lists joined (a mask when both)."""
+        out = [p.decode_keep(layer, ctx) for p in self.parts]
+        drops = [o for o in out if isinstance(o, DropRows)]
+        keep = _all([o for o in out if not isinstance(o, DropRows)])
+        if not drops:
+            return keep
+        drop = DropRows.join(drops)
+        return drop if keep is None else both(keep, drop.keep(layer.valid))

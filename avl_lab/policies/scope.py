@@ -84,6 +84,9 @@ class Scoped(Policy):
     def probs_at(self, update: bool) -> bool:
         return self.policy.probs_at(update)
 
+    def token_probs_at(self, update: bool) -> bool:
+        return self.policy.token_probs_at(update)
+
     @property
     def needs_prev_keys(self) -> bool:  # type: ignore[override]
         return self.policy.needs_prev_keys

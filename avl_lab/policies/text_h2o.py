@@ -51,16 +51,20 @@ from torch import Tensor
 from avl_lab.engine.layout import Modality
 from avl_lab.policies.base import (
     Context,
+    DropRows,
     Policy,
+    both,
     check_percent,
     count_of,
     is_text,
     newest_rows,
+    rows_to_index,
     top_rows,
 )
 from avl_lab.policies.registry import register
 
 VARIANTS = ("quantile", "h2o", "max_length")
+INDEX = "text_h2o"  # the layer's row index of the candidate rows (see AVLLayer.set_index)
 _RECENT = {"quantile": 0.5, "h2o": 0.3, "max_length": 0.5}
 
 
@@ -69,28 +73,27 @@ def _align(k: Tensor, count: Tensor) -> Tensor:
     return k[:, None] if k.dim() == 1 and count.dim() == 2 else k
 
 
-def evict_lowest(layer, acc, candidates, budget, protect, most: int | None = None) -> torch.Tensor | None:
-    """Keep mask that drops the lowest-``acc`` rows among ``candidates`` down to ``budget`` rows,
-    never dropping the ``protect`` newest candidates (``[B]`` counts, ``[B, R]`` masks, or
-    ``[B, Hkv, R]`` once the rows are per KV head). ``most``: a host bound on the candidates."""
+def evict_lowest(acc: Tensor, candidates: Tensor, budget: Tensor, protect: Tensor) -> Tensor:
+    """Keep mask that drops the lowest-``acc`` entries among ``candidates`` down to ``budget``,
+    never dropping the ``protect`` newest candidates (``[B]`` counts, ``[B, n]`` masks, or
+    ``[B, Hkv, n]`` per KV head; newest = last along the last dim)."""
     count = candidates.sum(-1)
     budget, protect = _align(budget, count), _align(protect, count)
     over = (count - budget).clamp(min=0)  # 0 where all fit: then nothing is dropped (no read-back)
     pool = candidates & ~newest_rows(candidates, protect)
-    return ~top_rows(-acc, pool, over, most)
+    return ~top_rows(-acc, pool, over)
 
 
-def masked_quantile(x: Tensor, valid: Tensor, q: float, most: int | None = None) -> Tensor:
+def _like(t: Tensor, rows: Tensor) -> Tensor:
+    """A ``[B, R]`` tensor repeated per KV head against per-head entries ``[B, Hkv, n]``."""
+    return t[:, None].expand(-1, rows.shape[1], -1) if t.dim() == 2 and rows.dim() == 3 else t
+
+
+def masked_quantile(x: Tensor, valid: Tensor, q: float) -> Tensor:
     """``torch.quantile(x[valid], q)`` (linear interpolation) along the last dim, per row;
-    0 where a row has no valid entry. ``x``, ``valid``: ``[..., n]`` → ``[...]``. ``most``: an
-    upper bound on the valid entries per row, known on the host: only that many smallest values
-    are sorted (``topk``; the same values as a full sort's first ``most``)."""
+    0 where a row has no valid entry. ``x``, ``valid``: ``[..., n]`` → ``[...]``."""
     n = valid.sum(-1)
-    masked = x.masked_fill(~valid, float("inf"))
-    if most is not None and most < masked.shape[-1]:
-        srt = torch.topk(masked, max(1, most), dim=-1, largest=False, sorted=True).values
-    else:
-        srt = torch.sort(masked, dim=-1).values
+    srt = torch.sort(x.masked_fill(~valid, float("inf")), dim=-1).values
     pos = (n - 1).clamp(min=0).to(x.dtype) * q
     lo = pos.floor().long()
     hi = pos.ceil().long()
@@ -130,7 +133,10 @@ class TextH2O(Policy):
     recent: float | None = None
     min_window: int = 1
     per_head: bool = True
-    needs_probs = True
+
+    @property
+    def needs_probs(self) -> bool:  # type: ignore[override]
+        return not self.per_head
 
     @property
     def needs_head_probs(self) -> bool:  # type: ignore[override]
@@ -151,38 +157,22 @@ class TextH2O(Policy):
     def needs_colsum(self) -> bool:  # type: ignore[override]
         return self.variant == "max_length"
 
-    def setup(self, cache, ctx: Context) -> None:
-        cache.register_state("acc", 0.0, torch.float32)
-        # The most text rows a row can hold (its non-image prompt rows + one per step): read once per
-        # run, so that each step's quantile sorts only that many values.
-        self._text_most = int(ctx.n_text.max())
-
     # --- which rows, how many ------------------------------------------------------------------
     def _candidates(self, layer) -> Tensor:
         return is_text(layer) if self.variant == "max_length" else text_rows(layer)
 
-    def _window(self, layer, ctx: Context) -> tuple[Tensor, Tensor]:
-        """``([B] window, [B] protected newest rows)``."""
+    def _window(self, n_system: Tensor, ctx: Context) -> tuple[Tensor, Tensor]:
+        """``([B] window, [B] protected newest rows)``, ``n_system`` the layer's system rows
+        (``[B]``, or ``[B, Hkv]`` per KV head; never evicted, not text)."""
         share = _RECENT[self.variant] if self.recent is None else self.recent
         if self.variant == "max_length":
             window = count_of(self.T, ctx.n_text + ctx.max_new_tokens).clamp(min=self.min_window)
             return window, count_of(100 * share, window).clamp(min=1)
-        n_system = ((layer.mod == int(Modality.SYSTEM)) & layer.valid).sum(-1)  # never evicted
         n = (_align(ctx.n_text, n_system) - n_system + ctx.step).to(torch.float64)  # current text
         window = torch.round(n * self.T / 100.0).long().clamp(min=self.min_window)
         if self.variant == "h2o":  # hh = int(window * 0.7), recent = the rest (l.1639-1640)
             return window, window - count_of(100 * (1 - share), window)
         return window, count_of(100 * share, window)  # recent = int(window / 2) (l.308)
-
-    def _keep(self, layer, ctx: Context):
-        window, protect = self._window(layer, ctx)
-        return evict_lowest(layer, layer.state("acc"), self._candidates(layer), window, protect,
-                            self._most(ctx))
-
-    def _most(self, ctx: Context) -> int | None:
-        """A host bound on the text rows (``max_length`` may also evict system rows: none)."""
-        most = self.__dict__.get("_text_most")  # set in setup
-        return None if most is None or self.variant == "max_length" else most + ctx.step
 
     # --- scores --------------------------------------------------------------------------------
     def _prefill_scores(self, layer, ctx: Context) -> Tensor:
@@ -214,23 +204,47 @@ class TextH2O(Policy):
         acc = acc.scatter(2, idx[:, None].expand(-1, H, -1), score.float() * live[:, None])
         return acc if self.per_head else acc[:, 0]
 
-    def _decode_scores(self, layer, ctx: Context) -> Tensor:
-        acc = layer.state("acc")
-        probs = ctx.head_probs if self.per_head else ctx.probs
+    def decode_scores(self, acc: Tensor, probs: Tensor, live: Tensor) -> Tensor:
+        """The entries' scores after one decode step: ``acc``, ``probs`` (this step's attention
+        at each entry), ``live`` (entries still held) ``[B, (Hkv,) n]``, the last entry the new
+        token's row (its score starts at its own attention)."""
+        probs = probs * live
         if self.variant != "quantile":
             return acc + probs
-        text = text_rows(layer)
-        quant = masked_quantile(probs, text, 1.0 - self.T / 100.0, self._most(ctx))  # q too
-        current = newest_rows(layer.valid, 1)
-        centred = torch.where(current, probs, probs - quant[..., None])
-        return acc + centred * text
+        quant = masked_quantile(probs, live, 1.0 - self.T / 100.0)  # over the text rows, q too
+        current = torch.zeros_like(live)
+        current[..., -1] = True
+        return acc + torch.where(current, probs, probs - quant[..., None]) * live
 
+    # --- hooks ---------------------------------------------------------------------------------
     def prefill_keep(self, layer, ctx: Context):
         if self.per_head:
             layer.split_heads()
-        layer.set_state("acc", self._prefill_scores(layer, ctx))
-        return self._keep(layer, ctx)
+        acc = self._prefill_scores(layer, ctx)
+        candidates = self._candidates(layer)
+        n_system = ((layer.mod == int(Modality.SYSTEM)) & layer.valid).sum(-1)
+        keep = evict_lowest(acc, candidates, *self._window(n_system, ctx))
+        # From here on the policy follows only its candidate rows, through a row index.
+        rows = rows_to_index(both(candidates, keep))  # [B, (Hkv,) w] in row order
+        acc = _like(acc, rows)
+        layer.set_index(INDEX, rows, acc=acc.gather(-1, rows.clamp(min=0)).masked_fill(rows < 0, 0),
+                        n_system=n_system)
+        return keep
 
     def decode_keep(self, layer, ctx: Context):
-        layer.set_state("acc", self._decode_scores(layer, ctx))
-        return self._keep(layer, ctx)
+        """Scores and evicts over the index's entries plus the new token's row (the layer's
+        last): work that grows with the text, not with the layer's rows."""
+        ix = layer.index(INDEX)
+        new = ix["rows"].new_full((*ix["rows"].shape[:-1], 1), layer.num_rows - 1)
+        rows = torch.cat([ix["rows"], new], dim=-1)  # [B, (Hkv,) w + 1]
+        at = rows.clamp(min=0)
+        valid = layer.valid
+        live = (rows >= 0) & valid.gather(-1, at)  # another policy may have evicted some
+        probs = ctx.head_probs if self.per_head else ctx.probs
+        acc = torch.cat([ix["acc"], ix["acc"].new_zeros(new.shape)], dim=-1)
+        acc = self.decode_scores(acc, _like(probs, rows).gather(-1, at), live)
+        keep = evict_lowest(acc, live, *self._window(ix["n_system"], ctx))
+        drop = live & ~keep
+        layer.set_index(INDEX, rows.masked_fill(~keep | ~live, -1), acc=acc,
+                        n_system=ix["n_system"])
+        return DropRows(rows.masked_fill(~drop, -1))

@@ -36,7 +36,10 @@ class VisionTiering(Policy):
     S: float = 45.0
     C: float | None = None
     per_head: bool = False
-    needs_probs = True
+
+    @property
+    def needs_probs(self) -> bool:  # type: ignore[override]
+        return not self.per_head
 
     @property
     def needs_head_probs(self) -> bool:  # type: ignore[override]
@@ -68,6 +71,21 @@ class VisionTiering(Policy):
         img = is_image(layer)
         layer.set_state("core", ~img | top_rows(score, img, self._core_count(ctx)))
 
+    def _choose_core_tokens(self, layer, ctx: Context) -> None:
+        """:meth:`_choose_core` from this step's attention when another part gave the layer rows
+        per KV head: the top image tokens by their average over all heads (paper Eq. 1), ranked
+        once over the tokens instead of once per head over its rows; each head's rows of those
+        tokens are core. (The same rows as ranking every head's rows by ``ctx.probs`` wherever
+        the heads hold the same image tokens, as beside TextH2O, which evicts text rows only.)"""
+        img, tok = is_image(layer), layer.tok
+        T = ctx.token_probs.shape[1]
+        at = tok.masked_fill(~img, T).flatten(1)  # [B, Hkv * R], T = a dump column
+        held = torch.zeros(tok.shape[0], T + 1, dtype=torch.uint8, device=tok.device)
+        held = held.scatter_(1, at, 1)[:, :T].bool()  # tokens some head holds an image row of
+        core = top_rows(ctx.token_probs, held, self._core_count(ctx))  # [B, T]
+        core = torch.cat([core, core.new_zeros(core.shape[0], 1)], 1)
+        layer.set_state("core", ~img | core.gather(1, at).view_as(img))
+
     def prefill_keep(self, layer, ctx: Context):
         score = ctx.scores
         if self.per_head:
@@ -82,5 +100,10 @@ class VisionTiering(Policy):
 
     def decode_keep(self, layer, ctx: Context):
         if ctx.update and self.C is not None:
-            self._choose_core(layer, ctx.head_probs if self.per_head else ctx.probs, ctx)
+            if self.per_head:
+                self._choose_core(layer, ctx.head_probs, ctx)
+            elif ctx.token_probs is not None:  # rows per KV head: rank the tokens once
+                self._choose_core_tokens(layer, ctx)
+            else:
+                self._choose_core(layer, ctx.probs, ctx)
         return None
