@@ -376,38 +376,19 @@ def both(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     return heads(a, b) & heads(b, a)
 
 
-def top_rows(score: Tensor, candidates: Tensor, k: Tensor, most: int | None = None) -> Tensor:
+def top_rows(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
     """Mask of the ``k[b]`` highest-``score`` rows among ``candidates``, per row (and per KV
     head when ``candidates`` is ``[B, Hkv, R]``; ``score`` may be ``[B, R]`` then).
 
-    Ties break towards the earlier row (stable), so results are deterministic. ``most``: an
-    upper bound on ``k`` known on the host; then only that many rows are ranked (``topk`` on a
-    key that orders ties by row, the same selection), instead of sorting every row.
+    Ties break towards the earlier row (stable), so results are deterministic.
     """
     score, candidates = heads(score, candidates), heads(candidates, score)
-    if most is not None and most < candidates.shape[-1]:
-        return _top_few(score, candidates, k, max(1, most))
     score = score if score.is_floating_point() else score.double()  # ranks are dtype-exact
     masked = score.masked_fill(~candidates, -math.inf)
     order = torch.sort(masked, dim=-1, descending=True, stable=True).indices  # [..., R]
     rank = torch.empty_like(order)
     rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
     return candidates & (rank < _per_row(k, candidates))
-
-
-def _top_few(score: Tensor, candidates: Tensor, k: Tensor | int, most: int) -> Tensor:
-    """:func:`top_rows` for ``k <= most``: ``topk`` of a float64 key that equals the score's
-    order and breaks ties towards the earlier row (a relative nudge below half a float32 ulp for
-    up to 2^17 rows, and an absolute one for zeros)."""
-    R = candidates.shape[-1]
-    s = score.to(torch.float64)
-    later = torch.arange(R, 0, -1, device=s.device, dtype=torch.float64)  # earlier rows: larger
-    key = s + (s.abs() * 2.0**-42 + 1e-300) * later
-    key = key.masked_fill(~candidates, -math.inf)
-    order = torch.topk(key, most, dim=-1, sorted=True).indices  # [..., most]
-    chosen = torch.arange(most, device=s.device) < _per_row(k, order)
-    out = torch.zeros_like(candidates)
-    return out.scatter_(-1, order, chosen) & candidates
 
 
 def rows_to_index(rows: Tensor) -> Tensor:
