@@ -269,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"{row['x_stock']:.2f} | {row['x_full']:.2f} | {stored} | {used} | "
                           f"{model_x:.2f} | {row['floor_x_full']:.2f} | {share:.2f} |")
             print()
+            for line in targets([r for r in results if r["layout"] == layout and r["batch"] == B]):
+                print(line)
+            print()
         del model
     if args.json:
         with open(args.json, "w") as f:
@@ -276,6 +279,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot and results:
         _plot(results, args.plot)
     return 0
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """Issue 29's checks on one table: ``avl`` ×full ≤ the bytes model + 0.05 wherever attention
+    is ≥ 30% of ``full``'s step, and ``avl`` never slower than ``full`` by more than noise
+    (``full``'s own p10–p90 half-width at that point, relative to its median)."""
+    out = []
+    by = {(r["rows"], r["variant"]): r for r in rows}
+    for R in sorted({r["rows"] for r in rows}):
+        avl, full = by.get((R, "avl")), by.get((R, "full"))
+        if avl is None or full is None:
+            continue
+        share = 1 - full["floor_x_full"]
+        noise = (full["p90"] - full["p10"]) / 2 / full["ms"]
+        slower = avl["x_full"] - 1
+        verdict = "met" if slower <= noise else "**missed**"
+        line = f"- {R:,} rows: avl ×full {avl['x_full']:.2f}, noise ±{noise:.2f}: not slower than full {verdict}"
+        if share >= 0.30:
+            ok = avl["x_full"] <= avl["model_x_full"] + 0.05
+            line += (f"; attention {share:.2f} of the step: ≤ model {avl['model_x_full']:.2f} + 0.05 "
+                     f"{'met' if ok else '**missed**'}")
+        out.append(line)
+    return out
 
 
 def _frac(x: float | None) -> str:

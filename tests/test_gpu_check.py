@@ -60,3 +60,20 @@ def test_gpu_check_uses_the_projects_virtual_environment(tmp_path):
     venv = ROOT / ".venv" / "bin" / "python"
     assert which() == (str(venv) if venv.exists() else "python")
     assert which(PYTHON="/opt/py/bin/python3") == "/opt/py/bin/python3"
+
+
+def test_crossover_targets_are_judged_as_the_issue_says():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from decode_crossover import targets
+
+    def row(R, variant, x_full, floor=0.5, model=0.6, ms=100.0, p10=95.0, p90=105.0):
+        return dict(rows=R, variant=variant, x_full=x_full, floor_x_full=floor,
+                    model_x_full=model, ms=ms, p10=p10, p90=p90)
+
+    lines = targets([row(1024, "full", 1.0, floor=0.9), row(1024, "avl", 1.04, floor=0.9),
+                     row(8192, "full", 1.0, p10=90.0, p90=110.0), row(8192, "avl", 0.64),
+                     row(16384, "full", 1.0), row(16384, "avl", 0.70)])
+    assert "noise ±0.05: not slower than full met" in lines[0] and "model" not in lines[0]
+    assert "≤ model 0.60 + 0.05 met" in lines[1] and "attention 0.50" in lines[1]
+    assert "+ 0.05 **missed**" in lines[2]
+    assert "**missed**" in targets([row(1, "full", 1.0), row(1, "avl", 1.06)])[0]
