@@ -14,6 +14,8 @@ No prefill runs (at 32k rows it would take hours on a CPU): each layer's cache i
 random K/V and the policy makes its prefill decision from random scores (``prefill_keep``,
 as after a real prefill's attention), so the rows stored and used are the policy's own; then
 ``--steps`` decode steps run through the model, every variant interleaved in shuffled rounds.
+Each step's wall time and process CPU time are taken; the ratios are given on both (CPU time is
+what other processes on a shared machine disturb least).
 
 Beside the measurements, the bytes model of a step: weights + the K/V rows read, per layer;
 ``model ×full`` = (W + used·kv) / (W + R·kv), the best a row cut can do when a step reads
@@ -138,12 +140,12 @@ def positions(model, B: int, at: int, device) -> torch.Tensor:
     return pos[None].expand(3, B, 1) if model.config.model_type.startswith("qwen") else pos
 
 
-def time_steps(model, name: str, ids: torch.Tensor, steps: int, gen) -> tuple[list[float], dict]:
-    """Per-step (wall, CPU) seconds of ``steps`` decode steps after a filled cache."""
+def time_steps(model, name: str, ids: torch.Tensor, steps: int, gen) -> tuple[list[tuple[float, float]], dict]:
+    """Per-step (wall, process CPU) seconds of ``steps`` decode steps after a filled cache."""
     B, R = ids.shape
     dev = ids.device
     tok = torch.full((B, 1), 7, dtype=torch.long, device=dev)
-    times: list[float] = []
+    times: list[tuple[float, float]] = []
     info: dict[str, Any] = {}
 
     def sync():
@@ -156,11 +158,11 @@ def time_steps(model, name: str, ids: torch.Tensor, steps: int, gen) -> tuple[li
             for t in range(steps):
                 mask = torch.ones(B, R + t + 1, dtype=torch.long, device=dev)
                 sync()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 model(input_ids=tok, attention_mask=mask, position_ids=positions(model, B, R + t, dev),
                       cache=cache, use_cache=True, logits_to_keep=1)
                 sync()
-                times.append(time.perf_counter() - t0)
+                times.append((time.perf_counter() - t0, time.process_time() - c0))
             return times, info
         with avl_lab.attach(model, VARIANTS[name]) as session:
             run = fill_engine(session, ids, steps + 1, gen)
@@ -168,12 +170,12 @@ def time_steps(model, name: str, ids: torch.Tensor, steps: int, gen) -> tuple[li
                 for t in range(steps):
                     mask = torch.ones(B, R + t + 1, dtype=torch.long, device=dev)
                     sync()
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     model(input_ids=tok, attention_mask=mask,
                           position_ids=positions(model, B, R + t, dev), cache=run.cache,
                           use_cache=True, logits_to_keep=1)
                     sync()
-                    times.append(time.perf_counter() - t0)
+                    times.append((time.perf_counter() - t0, time.process_time() - c0))
             finally:
                 run.finish()
                 session.run = None
@@ -228,17 +230,18 @@ def main(argv: list[str] | None = None) -> int:
         model = build(layout, args.layers, dtype, dev, args.tiny)
         for B in args.batch:
             print(f"### {layout}, batch {B}\n")
-            print("| rows | variant | step ms (p10–p90) | ×stock | ×full | stored | used | model ×full | floor ×full | attn share |")
-            print("|---|---|---|---|---|---|---|---|---|---|")
+            print("| rows | variant | step ms (p10–p90) | ×stock | ×full | CPU ×stock | CPU ×full | stored | used | model ×full | floor ×full | attn share |")
+            print("|---|---|---|---|---|---|---|---|---|---|---|---|")
             floor = _floor(model, B)
             for R in args.rows:
                 w, kv = bytes_model(model, B)
                 if kv * R * args.layers / 2**30 > args.max_gib:
-                    print(f"| {R:,} | (skipped: {kv * R * args.layers / 2**30:.1f} GiB of K/V > --max-gib) |||||||||")
+                    print(f"| {R:,} | (skipped: {kv * R * args.layers / 2**30:.1f} GiB of K/V > --max-gib) |||||||||||")
                     continue
                 ids = prompt(model, B, R, dev)
                 gen = torch.Generator().manual_seed(0)
                 samples: dict[str, list[float]] = {n: [] for n in args.variants}
+                cpu: dict[str, list[float]] = {n: [] for n in args.variants}
                 infos: dict[str, dict] = {}
                 names = list(args.variants)
                 rng = random.Random(R * 31 + B)
@@ -246,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
                     rng.shuffle(names)
                     for n in names:
                         ts, infos[n] = time_steps(model, n, ids, args.steps + 1, gen)
-                        samples[n] += ts[1:]  # the first step warms up
+                        samples[n] += [w for w, _ in ts[1:]]  # the first step warms up
+                        cpu[n] += [c for _, c in ts[1:]]
                 med = {n: statistics.median(s) for n, s in samples.items()}
+                cmed = {n: statistics.median(s) for n, s in cpu.items()}
                 for n in VARIANTS:
                     if n not in med:
                         continue
@@ -258,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                                p10=q[0] * 1e3, p90=q[-1] * 1e3, x_stock=med[n] / med.get("stock", med[n]),
                                x_full=med[n] / med.get("full", med[n]), stored=infos[n].get("stored"),
                                used=infos[n].get("used"), model_x_full=model_x,
-                               floor_x_full=floor / med.get("full", med[n]))
+                               floor_x_full=floor / med.get("full", med[n]),
+                               cpu_ms=cmed[n] * 1e3, cpu_x_stock=cmed[n] / cmed.get("stock", cmed[n]),
+                               cpu_x_full=cmed[n] / cmed.get("full", cmed[n]))
                     results.append(row)
                     if args.json:  # written as it goes: a killed run keeps its points
                         with open(args.json, "w") as f:
@@ -266,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                     share = 1 - row["floor_x_full"]
                     stored, used = (_frac(row["stored"]), _frac(row["used"]))
                     print(f"| {R:,} | {n} | {row['ms']:,.1f} ({row['p10']:,.1f}–{row['p90']:,.1f}) | "
-                          f"{row['x_stock']:.2f} | {row['x_full']:.2f} | {stored} | {used} | "
+                          f"{row['x_stock']:.2f} | {row['x_full']:.2f} | {row['cpu_x_stock']:.2f} | "
+                          f"{row['cpu_x_full']:.2f} | {stored} | {used} | "
                           f"{model_x:.2f} | {row['floor_x_full']:.2f} | {share:.2f} |")
             print()
             for line in targets([r for r in results if r["layout"] == layout and r["batch"] == B]):
