@@ -81,7 +81,7 @@ class AVLLayer(DynamicLayer):
         self.cache = cache
         self.rows: dict[str, Tensor] = {}
         self.indices: dict[str, dict[str, Tensor]] = {}  # see set_index
-        self._meta: dict[str, Tensor] = {}  # bookkeeping buffers with room to grow (see _append)
+        self._meta: dict[str, tuple[Tensor | None, Tensor]] = {}  # see _append
 
     # --- storage: token-major buffers with room to grow, head-major views --------------------
     @property
@@ -218,19 +218,23 @@ class AVLLayer(DynamicLayer):
         return self.keys, self.values
 
     def _append(self, name: str, rows: Tensor, new: Tensor) -> Tensor:
-        """``rows`` ``[B, (Hkv,) n]`` followed by ``new`` ``[B, (Hkv,) q]``, written into a buffer
-        with the K/V storage's room to grow: a decode step writes one column of each bookkeeping
-        tensor instead of copying it (a tensor a policy or an eviction replaced is copied in once)."""
+        """``rows`` ``[B, (Hkv,) n]`` followed by ``new`` ``[B, (Hkv,) q]``. A tensor left as the
+        last step returned it (positions, modalities: most bookkeeping) goes into a buffer with
+        the K/V storage's room to grow, so later steps write one column instead of copying it;
+        one a policy or an eviction replaces every step is concatenated (one op, its copy)."""
+        buf, last = self._meta.get(name, (None, None))
         n, q = rows.shape[-1], new.shape[-1]
-        buf = self._meta.get(name)
-        if (buf is None or buf.shape[:-1] != rows.shape[:-1] or buf.shape[-1] < n + q
-                or buf.dtype != rows.dtype or rows.data_ptr() != buf.data_ptr()
-                or rows.stride() != buf.stride()):
+        if rows is not last:  # replaced since the last step
+            out = torch.cat([rows, new], dim=-1)
+            self._meta[name] = (None, out)
+            return out
+        if buf is None or buf.shape[-1] < n + q:
             buf = rows.new_empty(*rows.shape[:-1], max(n + q, self._k.shape[1]))
             buf[..., :n] = rows
-            self._meta[name] = buf
         buf[..., n : n + q] = new
-        return buf[..., : n + q]
+        out = buf[..., : n + q]
+        self._meta[name] = (buf, out)
+        return out
 
     def get_seq_length(self) -> int:
         """The logical length (tokens seen), not the rows held: ``generate`` relies on it."""
