@@ -82,3 +82,20 @@ def test_evaluate_runs_from_a_config_file(cfg_file, tmp_path, monkeypatch, capsy
     assert summary["n"] == 1 and summary["metric"] == "ocrbench"  # data.name from the file
     assert summary["config"]["policy"] == {"name": "avl", "S": 45, "C": 30}
     assert summary["config"]["generation"]["max_new_tokens"] == 2  # the command line's
+
+
+@pytest.mark.parametrize("text", [
+    "data:\n  limit: 2\n  limit: 3\n",
+    "limit: 2\nprogress: false\nlimit: 3\n",
+])
+def test_a_key_given_twice_is_an_error_naming_it_and_both_lines(tmp_path, capsys, text):
+    from avl_lab.__main__ import main
+
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    first, second = (i + 1 for i, line in enumerate(text.splitlines()) if "limit" in line)
+    rc = main(["evaluate", f"config={path}", "--check"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("error:") and "`limit` appears twice" in err[0]
+    assert f"lines {first} and {second}" in err[0] and str(path) in err[0]

@@ -96,6 +96,28 @@ def split_keys(
     return mine, rest
 
 
+class _DuplicateKey(yaml.MarkedYAMLError):
+    """A mapping names one key twice (YAML itself keeps the last silently)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                first = lines.setdefault(key, line)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first != line:
+                raise _DuplicateKey(problem=f"key `{key}` appears twice (lines {first} and {line}): "
+                                            "keep one", problem_mark=key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path, what: str = "config file") -> DictConfig:
     """A YAML mapping; a missing, malformed or non-mapping file is one clear error."""
     path = Path(path)
@@ -103,7 +125,9 @@ def load_yaml(path: str | Path, what: str = "config file") -> DictConfig:
         raise FileNotFoundError(f"{what} {path} does not exist" if not path.exists()
                                 else f"{what} {path} is not a file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except _DuplicateKey as err:
+        raise InputFileError(f"{what} {path}: {err.problem}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
