@@ -90,6 +90,7 @@ def inputs(tmp_path_factory) -> Path:
     _study(studies, "n_trials", n_trials=0)
     _study(studies, "heartbeat", heartbeat_interval=10, grace_period=5)
     _study(studies, "low_high", space__S={"low": 60, "high": 20})
+    _study(studies, "space_list", space=["S", "C"])
     configs = root / "configs"  # config=FILE
     configs.mkdir()
     for name, text in {
@@ -184,6 +185,11 @@ CASES = [
     (["sweep", "--study", "{in}/studies/objectives.yaml"], "objectives"),
     (["sweep", "--study", "{in}/studies/n_trials.yaml"], "n_trials"),
     (["sweep", "--study", "{in}/studies/heartbeat.yaml"], "grace_period"),
+    (["sweep", "--study", "{in}/studies/space_list.yaml"], "`space` must be a mapping, not a list"),
+    (["sweep", "--study", "{in}/studies/space_list.yaml", "--check"], "`space` must be a mapping"),
+    (["evaluate", *TINY, "out_dir=/proc/avl_lab_x"], "`out_dir` /proc/avl_lab_x cannot be created"),
+    (["evaluate", *TINY, "out_dir=/proc/avl_lab_x", "--check"], "`out_dir` /proc/avl_lab_x cannot be"),
+    (["train", "lrr=1"], "did you mean `lr`?"),
     (["sweep", "--study", "{in}/studies/low_high.yaml"], "space.S"),
     # figures
     (["figures", "fig9", "grid.S=[0,500]"], "grid.S"),
@@ -204,7 +210,7 @@ CASES = [
     (["analyze", "all", "policy=avl"], "`policy`"),
     (["analyze", "all", "data.split=bogus"], "data.split"),
     # train
-    (["train", "foo=1"], "unknown key `foo`"),
+    (["train", "foo=1"], "unknown key `foo` (49 valid keys: `--help` lists them)"),
     (["train", "lr=abc"], "`lr` must be a number"),
     (["train", "lr=2"], "`lr`"),
     (["train", "model.patch_size=0"], "patch_size"),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
     ConfigKeyError,
     MissingMandatoryValue,
@@ -91,8 +91,7 @@ def split_keys(
         elif head in other_heads:
             rest.append(item)
         else:
-            keys = own_keys + other_keys
-            raise ConfigError(f"unknown key `{key}`{_near(key, keys)} (valid keys: {', '.join(keys)})")
+            raise ConfigError(unknown_key(key, own_keys + other_keys))
     return mine, rest
 
 
@@ -156,6 +155,35 @@ def _field_type(schema: type, key: str) -> Any:
     return tp
 
 
+def _container_kind(tp: Any) -> str | None:
+    """``"mapping"`` or ``"list"`` for a field declared as one (``dict``/dataclass, ``list``/
+    ``tuple``, optionally ``| None``), else None."""
+    for t in (tp, *typing.get_args(tp)):
+        origin = typing.get_origin(t) or t
+        if origin is dict or (isinstance(t, type) and dataclasses.is_dataclass(t)):
+            return "mapping"
+        if origin in (list, tuple):
+            return "list"
+    return None
+
+
+def _check_containers(schema: type, layer: Any, prefix: str = "") -> None:
+    """A mapping where the schema has a list, or a list where it has a mapping, is one error
+    naming the key (OmegaConf's merge says only "Cannot merge incompatible container types")."""
+    if not isinstance(layer, DictConfig):
+        return
+    for key in layer:
+        dotted = f"{prefix}{key}"
+        tp = _field_type(schema, dotted)
+        want = _container_kind(tp)
+        value = layer._get_node(key)
+        got = "mapping" if isinstance(value, DictConfig) else "list" if isinstance(value, ListConfig) else None
+        if want and got and want != got:
+            raise ConfigError(f"`{dotted}` must be a {want}, not a {got}")
+        if got == "mapping" and _sub_schema(tp) is not None:
+            _check_containers(schema, value, f"{dotted}.")
+
+
 def _parse_dotlist(items: Sequence[str], shorthands: Sequence[str], schema: type) -> DictConfig:
     layer = OmegaConf.create()
     for item in items:
@@ -179,6 +207,20 @@ def _parse_dotlist(items: Sequence[str], shorthands: Sequence[str], schema: type
     return layer
 
 
+#: An unknown key's error lists the valid keys up to this many; beyond, it points to ``--help``.
+MAX_LISTED = 20
+
+
+def unknown_key(key: str, keys: list[str], parent: str = "") -> str:
+    """``unknown key `k`; did you mean `x`? (valid keys: ...)``: the keys of ``parent`` (all when
+    empty), or, when there are more than :data:`MAX_LISTED`, their number and ``--help``."""
+    siblings = [k[len(parent) + 1:] for k in keys if k.startswith(f"{parent}.")] if parent else keys
+    of = f" of `{parent}`" if parent else ""
+    if len(siblings) > MAX_LISTED:
+        return f"unknown key `{key}`{_near(key, keys)} ({len(siblings)} valid keys{of}: `--help` lists them)"
+    return f"unknown key `{key}`{_near(key, keys)} (valid keys{of}: {', '.join(siblings) or 'none'})"
+
+
 def _near(key: str, keys: list[str]) -> str:
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     return f"; did you mean `{close[0]}`?" if close else ""
@@ -192,10 +234,7 @@ def describe(err: OmegaConfBaseException, schema: type, where: str = "") -> Conf
     if isinstance(err, ConfigKeyError) and key:
         keys = schema_keys(schema)
         parent = key.rpartition(".")[0]
-        siblings = [k for k in keys if k.startswith(f"{parent}.")] if parent else keys
-        listing = ", ".join(k[len(parent) + 1:] if parent else k for k in siblings) or "none"
-        return ConfigError(f"{pre}unknown key `{key}`{_near(key, keys)} (valid keys"
-                           f"{f' of `{parent}`' if parent else ''}: {listing})")
+        return ConfigError(pre + unknown_key(key, keys, parent))
     if isinstance(err, MissingMandatoryValue):
         return ConfigError(f"{pre}`{key}` is required")
     if isinstance(err, ValidationError):
@@ -247,6 +286,11 @@ def load_structured(
                           f"list of key=value strings, not {type(base).__name__}")
     if overrides:
         layers.append(_parse_dotlist(overrides, shorthands, schema))
+    try:
+        for layer in layers[1:]:
+            _check_containers(schema, layer)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}" if where else str(err)) from None
     try:
         cfg = OmegaConf.to_object(OmegaConf.merge(*layers))
     except OmegaConfBaseException as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,13 @@ from avl_lab.errors import ConfigError, InputFileError
 from avl_lab.evaluation.config import EvalConfig, parse_devices
 
 __all__ = ["check_accelerator", "check_model", "check_out_dir", "check_policy_fits", "check_rows",
-           "model_facts", "preflight"]
+           "make_out_dir", "model_facts", "preflight"]
 
 
 def check_out_dir(path: str | Path, key: str = "out_dir") -> None:
-    """``path`` is, or can be made, a writable directory."""
+    """``path`` is, or can be made, a writable directory. Where it does not exist yet, a folder
+    is made and removed in its nearest existing parent (what permission bits cannot tell: a
+    root user, a read-only or pseudo file system such as ``/proc``)."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise ConfigError(f"`{key}` {path} is a file, not a directory; give a directory")
@@ -25,7 +28,22 @@ def check_out_dir(path: str | Path, key: str = "out_dir") -> None:
                 raise ConfigError(f"`{key}` {path}: {parent} is a file, not a directory")
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise ConfigError(f"`{key}` {path}: {parent} is not writable")
+            if parent != path:
+                try:
+                    os.rmdir(tempfile.mkdtemp(prefix=".avl_lab_probe_", dir=parent))
+                except OSError as err:
+                    raise ConfigError(f"`{key}` {path} cannot be created in {parent} "
+                                      f"({err.strerror}); give a writable directory") from None
             return
+
+
+def make_out_dir(path: Path, key: str = "out_dir") -> None:
+    """Create ``path`` (and its parents); an OS refusal is one error naming ``key``."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"`{key}` {path} cannot be created ({err.strerror}); "
+                          "give a writable directory") from None
 
 
 def check_model(cfg: EvalConfig) -> int | None:

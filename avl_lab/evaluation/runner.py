@@ -32,6 +32,7 @@ from avl_lab.evaluation.preflight import (
     check_out_dir,
     check_policy_fits,
     check_rows,
+    make_out_dir,
     model_facts,
 )
 from avl_lab.evaluation.records import RecordLog
@@ -67,7 +68,7 @@ def _prepare_out_dir(out: Path, cfg: EvalConfig) -> list[Path]:
     """Create ``out``; refuse one that holds results of another configuration. Returns what
     this call created (removed again if the run fails before its first sample)."""
     created = [p for p in [out, *out.parents] if not p.exists()][::-1]
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
     meta, key = out / "run.json", result_key(cfg)
     old = None
     if meta.exists():
