@@ -108,6 +108,7 @@ def _main(argv: list[str]) -> int:
     sweep, cfg, base = with_config_file(configure, args.dotlist)
     out = Path(sweep.out_dir or f"runs/sweeps/{cfg.name}")
     check_out_dir(out)
+    report.check_owner(out, cfg.name)  # another study's report there is not overwritten
     url = driver.storage_url(sweep.storage, out)  # checked before any evaluation runs
     if not sweep.report:  # model files, data, the layers: before the storage is written
         where = str(study_config.study_path(sweep.study))

@@ -74,6 +74,17 @@ def test_four_trials_write_a_pareto_report(study_file, tmp_path):
     assert ((df["C"] <= df["S"]) & (df["S"] <= df["P"])).all()
     report = _finish(_sweep(["--study", str(study_file), "--out", str(out), "--report"]))
     assert "Pareto front:" in report
+    # another study into the same out_dir is refused (with --check too), the report untouched
+    other = tmp_path / "other_study.yaml"
+    other.write_text(study_file.read_text().replace("name: test_study", "name: other_study"))
+    before = (out / "pareto.csv").read_bytes()
+    for extra in (["--check"], ["--n-trials", "1"]):
+        proc = _sweep(["--study", str(other), "--out", str(out), *extra])
+        _, err = proc.communicate(timeout=600)
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 2 and len(lines) == 1, err[-2000:]
+        assert "holds the report of study 'test_study'" in lines[0]
+    assert (out / "pareto.csv").read_bytes() == before
 
 
 def test_killed_sweep_resumes_to_exactly_n_trials(study_file, tmp_path):

@@ -14,6 +14,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from avl_lab.errors import ConfigError
 from avl_lab.evaluation.plotting import pyplot, save
 from avl_lab.experiments.study.config import OBJECTIVES, StudyConfig
 from avl_lab.experiments.study.space import SCOPE, Method, first_layer
@@ -159,9 +160,32 @@ def plot(df: pd.DataFrame, studies: list[tuple[Method, optuna.Study]], objective
     save(fig, path)
 
 
+#: The file naming the study whose report ``out`` holds (see :func:`check_owner`).
+OWNER = "report.json"
+
+
+def check_owner(out: Path, study: str) -> None:
+    """Refuse an ``out_dir`` that holds another study's report (``pareto.csv`` and the rest would
+    be overwritten), as ``evaluate`` refuses another configuration's results."""
+    marker = out / OWNER
+    if not marker.is_file():
+        return
+    try:
+        owner = json.loads(marker.read_text()).get("study")
+    except (json.JSONDecodeError, AttributeError):
+        owner = None
+    if owner != study:
+        raise ConfigError(f"`out_dir` {out} holds the report of study {owner!r}; sweeping "
+                          f"{study!r} there would overwrite its pareto.csv and pareto.png: give "
+                          "another out_dir")
+
+
 def write_report(studies: list[tuple[Method, optuna.Study]], cfg: StudyConfig, out: Path) -> Report:
-    """Write ``pareto.csv``, ``methods.csv``, ``paired.csv`` and ``pareto.png`` under ``out``."""
+    """Write ``pareto.csv``, ``methods.csv``, ``paired.csv`` and ``pareto.png`` under ``out``
+    (and :data:`OWNER`, naming the study)."""
     out.mkdir(parents=True, exist_ok=True)
+    check_owner(out, cfg.name)
+    (out / OWNER).write_text(json.dumps({"study": cfg.name}) + "\n")
     frames = [trials_frame(study, cfg.objectives, method) for method, study in studies]
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     metric = studies[0][1].user_attrs.get("metric", "score")
