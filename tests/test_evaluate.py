@@ -141,6 +141,34 @@ def test_corrupt_image_rows_are_skipped_and_counted(tmp_path):
                                     "generation.max_new_tokens=2", "progress=false",
                                     f"out_dir={tmp_path / 'out'}"])
     assert summary.n == 3 and summary.skipped == 1
+    assert summary.skipped_reasons == {"unreadable image": 1}
+
+
+def test_prompts_beyond_the_context_are_skipped_with_their_reason(tmp_path):
+    """tiny-random-llava has 4,096 positions: a row whose question alone is longer is skipped
+    (warned, in skipped.jsonl and the summary with its reason); the others in its batch run."""
+    from datasets import Dataset
+
+    from tests.test_data_lmms import _docvqa
+
+    ds = _docvqa(3)
+    rows = ds.to_dict()
+    rows["question"][1] = "date " * 5000
+    (tmp_path / "DocVQA").mkdir()
+    Dataset.from_dict(rows, features=ds.features).to_parquet(
+        str(tmp_path / "DocVQA" / "validation-00000-of-00001.parquet"))
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="exceeds the model's context of 4096 positions"):
+        summary = avl_lab.evaluation.evaluate(["model=tiny-random-llava", "data=docvqa",
+                                               f"data.path={tmp_path}", "batch_size=3",
+                                               "generation.max_new_tokens=2", "progress=false",
+                                               f"out_dir={out}"])
+    assert summary.n == 2 and summary.skipped == 1
+    (reason,) = summary.skipped_reasons
+    assert "exceeds the model's context of 4096 positions" in reason
+    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in skipped] == [rows["questionId"][1]]
+    assert json.loads((out / "summary.json").read_text())["skipped_reasons"] == {reason: 1}
 
 
 class _FixedAnswers:

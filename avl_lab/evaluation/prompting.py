@@ -51,14 +51,16 @@ def prompt_and_generate(
     generate: Callable[..., Any],
     *,
     device: torch.device | str | None = None,
+    inputs: Any = None,
     **generate_kwargs: Any,
 ) -> Generated:
-    """Encode (:func:`encode`), run ``generate`` greedily without gradients, strip the prompt.
+    """Encode (:func:`encode`; or take ``inputs``, their encoding), run ``generate`` greedily
+    without gradients, strip the prompt.
 
     ``generate`` is ``model.generate`` or a session's ``generate`` (a policy attached);
     ``generate_kwargs`` go to it (``max_new_tokens``, ``num_beams``, ...).
     """
-    inputs = encode(processor, images, prompts)
+    inputs = encode(processor, images, prompts) if inputs is None else inputs
     if device is not None:
         inputs = inputs.to(device)
     with torch.no_grad():

@@ -8,6 +8,7 @@ import logging
 import math
 import resource
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from avl_lab.evaluation.config import (
     validate,
 )
 from avl_lab.evaluation.datamodule import EvalDataModule
-from avl_lab.evaluation.module import EvalModule
+from avl_lab.evaluation.module import UNREADABLE, EvalModule
 from avl_lab.evaluation.preflight import (
     check_accelerator,
     check_out_dir,
@@ -169,12 +170,15 @@ def evaluate(cfg: EvalConfig | dict | str | Path | list[str] | None = None, **ov
         dm.done = done = samples.ids() | skipped.ids()
         rank = _run(cfg, dm, samples, skipped) if total - done else 0
         records = [r for r in samples.read() if r["id"] in total]
-        n_skipped = len(skipped.ids() & total)
+        reasons = Counter(r.get("reason", UNREADABLE) for r in skipped.read() if r["id"] in total)
+        n_skipped = sum(reasons.values())
         if not records:
+            why = "; ".join(f"{n}: {reason}" for reason, n in reasons.items())
             raise InputFileError(
                 f"`data`: no row of {cfg.data.name} could be scored: all {n_skipped} were skipped "
-                "(undecodable images, warned above); no summary written")
-        summary = summarize(records, dm.metric, n_skipped, to_dict(cfg), _peak_memory_mb())
+                f"({why}; warned above); no summary written")
+        summary = summarize(records, dm.metric, n_skipped, to_dict(cfg), _peak_memory_mb(),
+                            skipped_reasons=dict(reasons))
     except BaseException:
         _undo(created, samples)
         raise

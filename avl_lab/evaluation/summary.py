@@ -21,6 +21,7 @@ class Summary:
     used: float
     n: int
     skipped: int
+    skipped_reasons: dict[str, int]
     decode_tokens_per_s: float
     prefill_s: float
     decode_s: float
@@ -80,7 +81,7 @@ def task_score(metric: str, records: list[dict[str, Any]]) -> tuple[float, dict[
 
 def summarize(
     records: list[dict[str, Any]], metric: str, skipped: int, config: dict[str, Any],
-    peak_memory_mb: float,
+    peak_memory_mb: float, skipped_reasons: dict[str, int] | None = None,
 ) -> Summary:
     records = sorted(records, key=lambda r: r["id"])
     score, extra = task_score(metric, records)
@@ -95,6 +96,7 @@ def summarize(
         used=sum(r["used"] for r in records) / n if n else float("nan"),
         n=n,
         skipped=skipped,
+        skipped_reasons=dict(skipped_reasons or {}),
         decode_tokens_per_s=new_tokens / decode_s if decode_s > 0 else 0.0,
         prefill_s=sum(b["prefill_s"] for b in batches) / max(1, len(batches)),
         decode_s=decode_s / max(1, len(batches)),
