@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 from avl_lab.cli.app import checked, run_verb
 from avl_lab.cli.args import parse_argv
 from avl_lab.cli.config_file import with_config_file
 from avl_lab.cli.helptext import Section, help_text
 from avl_lab.evaluation.config import EvalConfig, load_config
-from avl_lab.evaluation.runner import evaluate
+from avl_lab.evaluation.runner import check_results_owner, evaluate
 from avl_lab.evaluation.summary import Summary
 
 __all__ = ["Summary", "evaluate", "main", "usage"]
@@ -49,6 +50,7 @@ def _main(argv: list[str]) -> int:
         from avl_lab.evaluation.preflight import check_out_dir, preflight
 
         check_out_dir(cfg.out_dir)
+        check_results_owner(Path(cfg.out_dir).expanduser(), cfg)
         preflight(cfg)
         return checked("evaluate")
     summary = evaluate(cfg)

@@ -115,6 +115,8 @@ def _main(argv: list[str]) -> int:
         preflight(base, [p for m in resolve(cfg, where) for p in corner_policies(m)])
         study_config.check_layers(cfg, check_model(base), base.model.name, where)
     if args.check:
+        if not sweep.report:
+            driver.check_stored(cfg, base, out, sweep.storage)
         return checked("sweep")
     if sweep.report:
         studies = driver.load_existing(cfg, url)

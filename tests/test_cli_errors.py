@@ -69,6 +69,9 @@ def inputs(tmp_path_factory) -> Path:
     (root / "a_file").write_text("not a directory\n")
     _parquet(_docvqa(0), root / "empty")
     _parquet(_docvqa(2).remove_columns("answers"), root / "no_answers")
+    unreadable = _docvqa(2).to_dict()
+    unreadable["image"] = [{"bytes": b"not an image", "path": None}] * 2
+    _parquet(type(_docvqa(0)).from_dict(unreadable, features=_docvqa(0).features), root / "unreadable")
     dupes = _docvqa(3).to_dict()
     dupes["questionId"] = ["7", "7", "8"]
     _parquet(type(_docvqa(0)).from_dict(dupes, features=_docvqa(0).features), root / "dupes")
@@ -107,6 +110,10 @@ def inputs(tmp_path_factory) -> Path:
     prev.mkdir()
     rec = {"id": "a", "prediction": "x", "references": ["x"], "score": 1.0}
     (prev / "samples.jsonl").write_text(json.dumps(rec) + "\n" + '{"id": "b", "predic\n')
+    other = root / "other_run"  # results of another configuration
+    other.mkdir()
+    (other / "run.json").write_text(json.dumps({"result_key": "0123456789ab"}) + "\n")
+    (other / "samples.jsonl").write_text(json.dumps(rec) + "\n")
     return root
 
 
@@ -156,8 +163,12 @@ CASES = [
     (["evaluate", *TINY, "data=docvqa", "data.path={in}/empty"], "0 rows"),
     (["evaluate", *TINY, "data=docvqa", "data.path={in}/no_answers"], "answers"),
     (["evaluate", *TINY, "data=docvqa", "data.path={in}/garbage"], "cannot read"),
+    (["evaluate", *TINY, "data=docvqa", "data.path={in}/unreadable"], "could be scored"),
+    (["evaluate", *TINY, "data=docvqa", "data.path={in}/unreadable", "--check"], "none of its 1 rows has an image that decodes"),
     (["evaluate", *TINY, "data=docvqa", "data.path={in}/dupes", "data.limit=3"], "duplicate sample id"),
     (["evaluate", *TINY, "out_dir={in}/prev_run"], "line 2 is not valid JSON"),
+    (["evaluate", *TINY, "out_dir={in}/other_run"], "holds results of another configuration"),
+    (["evaluate", *TINY, "out_dir={in}/other_run", "--check"], "holds results of another"),
     # sweep: flags, overrides, storage
     (["sweep", "--study", "docvqa_pareto", "--n-trials", "0"], "n_trials"),
     (["sweep", "--study", "docvqa_pareto", "--n-trials", "abc"], "n_trials"),

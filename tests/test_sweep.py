@@ -85,6 +85,14 @@ def test_four_trials_write_a_pareto_report(study_file, tmp_path):
         assert proc.returncode == 2 and len(lines) == 1, err[-2000:]
         assert "holds the report of study 'test_study'" in lines[0]
     assert (out / "pareto.csv").read_bytes() == before
+    # --check refuses what the run refuses: the stored study was run with other settings
+    other_limit = [a if not a.startswith("data.limit=") else "data.limit=3" for a in FAST]
+    db = (out / "study.db").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "avl_lab.sweep", "--no-progress", "--study",
+                           str(study_file), "--out", str(out), *other_limit, "--check"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "was run with other settings" in proc.stderr, proc.stderr[-2000:]
+    assert (out / "study.db").read_bytes() == db
 
 
 def test_killed_sweep_resumes_to_exactly_n_trials(study_file, tmp_path):

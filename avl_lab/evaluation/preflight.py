@@ -131,6 +131,28 @@ def preflight(cfg: EvalConfig, policies: list[dict[str, Any]] | None = None) -> 
     layers, kind = model_facts(cfg)
     for policy in policies or [cfg.policy]:
         check_policy_fits(policy, layers, cfg.model.name, kind)
-    ids = list(EvalDataModule(cfg.data, cfg.batch_size, set()).load()["id"])
+    ds = EvalDataModule(cfg.data, cfg.batch_size, set()).load()
+    ids = list(ds["id"])
     check_rows(ids, cfg)
+    check_some_image(ds, cfg)
     return ids
+
+
+def check_some_image(ds: Any, cfg: EvalConfig) -> None:
+    """At least one row's image decodes (the run skips undecodable ones and refuses when none
+    is left); stops at the first that does."""
+    import warnings
+
+    from datasets import Image
+
+    from avl_lab.data import safe_image
+
+    if "image" not in ds.column_names or not len(ds):
+        return
+    raw = ds.cast_column("image", Image(decode=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the run warns per row; one error here says it all
+        if any(safe_image(raw[i]["image"]) is not None for i in range(len(raw))):
+            return
+    raise InputFileError(f"`data`: no row of {cfg.data.name} could be scored: none of its "
+                         f"{len(raw)} rows has an image that decodes; nothing would be written")

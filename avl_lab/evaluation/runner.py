@@ -65,11 +65,9 @@ def _has_results(out: Path) -> bool:
             or RecordLog(out / "skipped.jsonl").has_records() or (out / "summary.json").exists())
 
 
-def _prepare_out_dir(out: Path, cfg: EvalConfig) -> list[Path]:
-    """Create ``out``; refuse one that holds results of another configuration. Returns what
-    this call created (removed again if the run fails before its first sample)."""
-    created = [p for p in [out, *out.parents] if not p.exists()][::-1]
-    make_out_dir(out)
+def check_results_owner(out: Path, cfg: EvalConfig) -> None:
+    """Refuse an ``out`` that holds results of another configuration (nothing written: also
+    what ``--check`` runs)."""
     meta, key = out / "run.json", result_key(cfg)
     old = None
     if meta.exists():
@@ -82,6 +80,15 @@ def _prepare_out_dir(out: Path, cfg: EvalConfig) -> list[Path]:
             f"`out_dir` {out} holds results of another configuration (key {old}, this one "
             f"{key}); use a new out_dir or delete the old one"
         )
+
+
+def _prepare_out_dir(out: Path, cfg: EvalConfig) -> list[Path]:
+    """Create ``out``; refuse one that holds results of another configuration. Returns what
+    this call created (removed again if the run fails before its first sample)."""
+    created = [p for p in [out, *out.parents] if not p.exists()][::-1]
+    check_results_owner(out, cfg)
+    make_out_dir(out)
+    key = result_key(cfg)
     for name, text in (("run.json", json.dumps({"result_key": key}) + "\n"),
                        ("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))):
         path = out / name

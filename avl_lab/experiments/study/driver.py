@@ -173,10 +173,12 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_settings(study: optuna.Study, wanted: dict[str, Any], url: str, full_dir: str) -> None:
+def check_settings(study: optuna.Study, wanted: dict[str, Any], url: str, full_dir: str,
+                   record: bool = True) -> None:
     """Refuse to add trials of other settings to a study (it would mix them, and keep a
-    ``full`` reference of the old ones); record the settings on a new study. A study from
-    before settings were recorded is checked by its ``full`` baseline's cache key."""
+    ``full`` reference of the old ones); record the settings on a new study (unless ``record``
+    is False: ``--check``). A study from before settings were recorded is checked by its
+    ``full`` baseline's cache key."""
     old = study.user_attrs.get("settings")
     if old is None:
         full = study.user_attrs.get("full")
@@ -184,7 +186,8 @@ def check_settings(study: optuna.Study, wanted: dict[str, Any], url: str, full_d
             raise ConfigError(f"study {study.study_name!r} in {_shown(url)} was run with other "
                               "evaluation settings (its `full` baseline differs); use another "
                               "out_dir (or --storage) for these, or the same settings to resume it")
-        study.set_user_attr("settings", wanted)
+        if record:
+            study.set_user_attr("settings", wanted)
         return
     a, b = _flat(old), _flat(wanted)
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
@@ -215,6 +218,21 @@ def load(cfg: StudyConfig, method: Method, storage: str | RDBStorage, offset: in
         raise ConfigError(f"study {method.study_name!r}: {err}") from None
     study.set_metric_names(list(cfg.objectives))
     return study
+
+
+def check_stored(cfg: StudyConfig, base: EvalConfig, out: Path, storage: str | None) -> None:
+    """What :func:`run` refuses about the studies already in the storage (other settings),
+    checked without writing: a default SQLite file that does not exist yet holds none."""
+    url = storage_url(storage, out)
+    if storage is None and not Path(url.removeprefix("sqlite:///")).exists():
+        return
+    rdb = make_storage(url, cfg)
+    for method in resolve(cfg):
+        try:
+            study = optuna.load_study(study_name=method.study_name, storage=rdb)
+        except KeyError:  # not there yet
+            continue
+        check_settings(study, settings(cfg, method, base), url, _full_dir(base, out), record=False)
 
 
 def _count(study: optuna.Study, *states: TrialState) -> int:
