@@ -58,6 +58,7 @@ class Session:
         self.stats: CacheStats | None = None
         self.num_layers = len(self.family.decoder_layers(model))
         self.vision_tap = None  # hooks on the vision tower, when the policy reads it
+        self._stock_generate = model.generate  # the model's own, before attach covers it
 
     def generate(self, **kwargs: Any):
         """``model.generate(**kwargs)`` with a fresh policy cache; sets :attr:`stats`."""
@@ -77,7 +78,7 @@ class Session:
         self.run = run
         run.begin()
         try:
-            out = self.model.generate(**kwargs, cache=run.cache)
+            out = self._stock_generate(**kwargs, cache=run.cache)
         finally:
             run.finish()
             self.run = None
@@ -118,14 +119,26 @@ def attach(
     Yields
     ------
     Session
-        Its ``generate`` runs the stock ``model.generate`` under the policy.
+        Its ``generate`` runs the stock ``model.generate`` under the policy. Inside the block
+        ``model.generate`` is that too (as kvpress's ``with press(model)``), so pipelines and
+        harnesses that call it apply the policy; ``session.stats`` describes the last call.
 
-    The attention implementation, hooks and attributes are restored on exit, also on error.
+    Raises
+    ------
+    RuntimeError
+        The model already has a policy attached (an enclosing ``attach`` on it): sessions do
+        not nest.
+
+    The attention implementation, hooks, attributes and ``generate`` are restored on exit, also
+    on error.
     """
     policy = build(policy)
     family = family_of(model)
     family.check_policy(policy)
     layers = family.decoder_layers(model)
+    if any(getattr(layer.self_attn, "_avl_session", None) is not None for layer in layers):
+        raise RuntimeError("this model already has a policy attached (an enclosing "
+                           "`avl_lab.attach`): leave that block first; sessions do not nest")
     register_attention()
     old_impl = {
         "text_config": model.config.text_config._attn_implementation,
@@ -143,8 +156,11 @@ def attach(
             handles.extend(session.vision_tap.install())
         text_model = family.text_model(model)
         handles.append(text_model.register_forward_pre_hook(make_text_hook(session), with_kwargs=True))
+        model.generate = session.generate  # an instance attribute over the class's method
         yield session
     finally:
+        if model.__dict__.get("generate") == session.generate:
+            del model.generate
         for h in handles:
             h.remove()
         for layer in layers:
