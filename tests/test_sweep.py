@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -117,28 +118,39 @@ def test_killed_sweep_resumes_to_exactly_n_trials(study_file, tmp_path):
     assert len(pd.read_csv(out / "pareto.csv")) == 4
 
 
-def _two_workers(study_file: Path, tmp_path: Path, storage: str) -> None:
+def _workers(study_file: Path, tmp_path: Path, storage: str, n: int) -> None:
+    """``n`` workers on one study and one out_dir, started together: every completed trial is
+    a distinct configuration, and every evaluation's samples.jsonl holds each sample once."""
+    out = tmp_path / "shared"
     procs = [_sweep(["--study", str(study_file), "--n-trials", "5", "--storage", storage,
-                     "--out", str(tmp_path / f"w{i}")]) for i in range(2)]
+                     "--out", str(out)]) for _ in range(n)]
     for p in procs:
         _finish(p)
     states = _states(storage)
     assert states.get(TrialState.COMPLETE) == 5
     assert states.get(TrialState.RUNNING, 0) == 0 and states.get(TrialState.FAIL, 0) == 0
     study = optuna.load_study(study_name="test_study", storage=_url(storage))
-    numbers = [t.number for t in study.get_trials(states=(TrialState.COMPLETE,))]
-    assert len(set(numbers)) == 5
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    configs = {json.dumps(t.user_attrs["policy"], sort_keys=True) for t in done}
+    assert len(configs) == len(done) == 5
+    evals = list((out / "evals").glob("*/samples.jsonl"))
+    assert len(evals) >= 6  # the 5 trials and the full baseline (and the reference point)
+    for path in evals:
+        ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]
+        assert len(ids) == len(set(ids)) == 2, path
 
 
-def test_two_workers_share_a_sqlite_study(study_file, tmp_path):
-    _two_workers(study_file, tmp_path, f"sqlite:///{tmp_path / 'shared.db'}")
+@pytest.mark.parametrize("n", [2, 3])
+def test_workers_share_a_sqlite_study(study_file, tmp_path, n):
+    _workers(study_file, tmp_path, f"sqlite:///{tmp_path / 'shared.db'}", n)
 
 
-def test_two_workers_share_a_postgres_study(study_file, tmp_path):
+@pytest.mark.parametrize("n", [2, 3])
+def test_workers_share_a_postgres_study(study_file, tmp_path, n):
     if not find_bin("initdb") or not find_bin("pg_ctl"):
         pytest.skip("PostgreSQL (initdb/pg_ctl) is not installed and could not be installed here")
     with postgres_server() as url:
-        _two_workers(study_file, tmp_path, url)
+        _workers(study_file, tmp_path, url, n)
 
 
 def test_invalid_study_file_names_the_key(tmp_path):

@@ -299,12 +299,24 @@ def _run_method(cfg: StudyConfig, method: Method, study: optuna.Study, base: Eva
             study.stop()
             raise optuna.TrialPruned(f"the study already has {target} trials")
         policy = to_policy(suggest(trial, method), method)
+        trial.set_user_attr("policy", policy)  # before the check: other workers compare it
+        same = _same_configuration(study, trial, policy)
+        if same is not None:  # never evaluated twice: the other trial has (or will have) it
+            repeats[0] += 1
+            if repeats[0] > MAX_REPEATS:
+                raise ConfigError(f"study {study.study_name!r}: the sampler proposed {MAX_REPEATS} "
+                                  "configurations in a row that other trials already have; the "
+                                  "`space` may hold fewer distinct configurations than `n_trials`")
+            # a worker whose sampler drew what another's drew is in step with it: leave its stream
+            study.sampler = make_sampler(cfg, offset=method.seed_offset + REPEAT_SEEDS + trial.number)
+            raise optuna.TrialPruned(f"the configuration of trial #{same}")
+        repeats[0] = 0
         res = evaluate_policy(base, policy, out)
-        trial.set_user_attr("policy", policy)
         for key in ("score", "stored", "used", "n", "out_dir"):
             trial.set_user_attr(key, res[key])
         return tuple(res[o] for o in cfg.objectives)
 
+    repeats = [0]  # consecutive proposals pruned as repeats
     waiting: list[int] | None = None
     while (done := _count(study, TrialState.COMPLETE)) < target:
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -322,6 +334,23 @@ def _run_method(cfg: StudyConfig, method: Method, study: optuna.Study, base: Eva
             continue
         waiting = None
         study.optimize(objective, n_trials=todo, show_progress_bar=progress, gc_after_trial=True)
+
+
+#: A worker gives up after this many proposals in a row that other trials already had.
+MAX_REPEATS = 50
+#: Sampler seeds of a stream moved off another worker's start here (past any trial count).
+REPEAT_SEEDS = 1_000_003
+
+
+def _same_configuration(study: optuna.Study, trial: optuna.Trial, policy: dict[str, Any]) -> int | None:
+    """The number of another trial of the same ``policy`` (parameters after the study's
+    relations), complete or running. Each trial publishes its policy before it looks, so of two
+    that draw one policy at once the later to look always sees the other and yields (both
+    yield when each sees the other; neither goes on unseen)."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        if t.number != trial.number and t.user_attrs.get("policy") == policy:
+            return t.number
+    return None
 
 
 def _full_dir(base: EvalConfig, out: Path) -> str:
