@@ -280,3 +280,49 @@ def test_broadcast_per_head_rows_give_exactly_the_shared_result(dtype, layout, i
         # Averaging the per-head probabilities over kv heads gives the all-heads average.
         _, mean_probs = core_attention(q, k, v, a, impl=impl)
         torch.testing.assert_close(probs.mean(1), mean_probs, atol=1e-6, rtol=1e-5)
+
+
+# --- the CPU op's kernels: GQA groups, head dims, tails, the engine's wide index -------------
+
+# (B, Hq, Hkv, N, D, n): GQA groups 1, 2, 7, 8 and 9 (more than one 8-head chunk), head dims
+# 64, 80 and 128, row counts that leave partial batches and blocks (tails), and long cases run
+# in parallel (split by kv heads, or by rows when the units are fewer than the threads).
+KERNEL_SHAPES = [
+    (1, 4, 4, 70, 64, "rand:37"),
+    (2, 8, 4, 90, 80, "rand:45"),  # group 2, D = 80
+    (1, 28, 4, 200, 128, "rand:61"),  # Qwen2.5-VL-like group 7
+    (2, 16, 2, 120, 64, "rand:99"),  # group 8
+    (1, 18, 2, 60, 128, "rand:23"),  # group 9: chunks 8 + 1
+    (1, 14, 2, 3000, 80, "rand:1301"),  # group 7, D = 80, a unit per kv head
+    (1, 8, 1, 3000, 64, "rand:2000"),  # MQA, one unit: rows split over the threads
+]
+
+
+def wide_index(B: int, N: int, gen: torch.Generator, heads: int | None = None) -> torch.Tensor:
+    """The engine's decode index: as wide as the layer, row r where row r is active, -1
+    elsewhere (``[B, N]``, or ``[B, heads, N]`` with its own rows per head)."""
+    shape = (B, N) if heads is None else (B, heads, N)
+    return torch.where(torch.rand(shape, generator=gen) < 0.4, torch.arange(N), -1)
+
+
+@pytest.mark.skipif(toolchain_problem("cpu") is not None, reason="no toolchain for the CPU op")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("layout", ["head", "token"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_cpu_kernels_match_reference(shape, dtype, layout, threads):
+    B, Hq, Hkv, N, D, _ = shape
+    q, k, v, a = make_case(*shape, dtype, "cpu")
+    if layout == "token":
+        k, v = token_major(k), token_major(v)
+    gen = torch.Generator().manual_seed(1)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for active in (a, wide_index(B, N, gen), wide_index(B, N, gen, heads=Hkv)):
+            for per_head_probs in (False, True):
+                _, probs = assert_matches_ref(q, k, v, active, "cpu", per_head_probs=per_head_probs)
+                if active.dim() == probs.dim():  # aligned with the index: 0 at -1 entries
+                    assert torch.all(probs[active < 0] == 0)
+    finally:
+        torch.set_num_threads(saved)

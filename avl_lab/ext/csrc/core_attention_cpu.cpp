@@ -5,25 +5,26 @@
 // contiguous by the caller), k/v [B, Hkv, N, D] with any strides but a unit stride on D (so a
 // slice of a larger buffer or a token-major [B, N, Hkv, D] buffer viewed as [B, Hkv, N, D] is
 // read in place), active [B, n] (rows shared by all kv heads) or [B, Hkv, n] (rows per kv head)
-// int64 with -1 padding.
+// int64 with -1 padding (compact indices, or the engine's index as wide as the layer: the row
+// number where a row is active, -1 elsewhere).
 //
-// Work is split into tasks run by at::parallel_for: (batch, kv head, row split) for head-major
-// caches, (batch, row split) with all heads for token-major ones. A task handles all
-// G = Hq / Hkv query heads of a kv head together so each K/V row is read once: pass 1 reads the
-// K rows (software prefetch ahead) into scores, pass 2 the V rows into a float accumulator
-// (fp32 accumulation for every dtype). With GQA (G > 1) a row is also loaded into registers
-// (and converted from bf16/fp16) once for its group: kdots keeps one accumulator per query
-// head, vblock keeps the group's output accumulators in registers over a block of rows. Row splits are merged by log-sum-exp, then the
-// head-averaged probabilities (over all query heads, or per kv head) are formed from the stored
-// exponentials.
+// Work is split into units (batch row, kv heads [h0, h1), row split) run in ONE parallel
+// region: a unit handles all G = Hq / Hkv query heads of its kv heads, so it owns complete
+// softmaxes and writes `out` and `probs` itself; row splits (and a merge after the region) only
+// happen when units are fewer than threads. Shared rows of a token-major cache give a unit a
+// contiguous range of heads (as many ranges as threads), so a selected token's rows of those
+// heads are one run (read in blocks of tokens, see kTokenBlock); otherwise (head-major caches,
+// per-head rows) a unit is one kv head, whose rows are one slab.
 //
-// Per-head rows ([B, Hkv, n]) run through the same loops, kv head h reading its own index row;
-// per-head rows that are the same for every head run exactly as shared rows. Per-head rows are
-// as fast as shared ones when each head's rows are one run (the engine stores rows per KV
-// head head-major, compacted: a per-head budget's rows stream); scattered 512 B rows (a
-// per-head subset of the stored rows) read at ~2/3 of the speed of 16 KiB token runs
-// (benchmarks/README.md, "Per-head rows"; other visit orders, prefetch distances and hints
-// did no better).
+// Inside a unit: the -1 entries are dropped first (a list of the valid positions, so a wide
+// index costs one scan, not row reads), then pass 1 reads the K rows into scores, the scores
+// become exponentials (vectorised exp), and pass 2 reads the V rows into float accumulators
+// (fp32 accumulation for every dtype). MHA (G = 1) is memory-bound: one dot per row as it
+// arrives. GQA (G > 1) is compute-bound (G * D FMAs per row and pass): a K row is loaded (and
+// converted from bf16/fp16) once for up to 8 query heads of its group, R = W / GB rows at a
+// time with the query vectors held in registers, and the R * GB accumulators are reduced by
+// one transpose-and-add tree (~3 instructions per dot instead of a full horizontal reduction
+// each); the V pass keeps the group's accumulators in registers over blocks of rows.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -47,10 +48,19 @@
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr int64_t kPrefetchRows = 16;   // head-major: rows of one head fetched ahead
-constexpr int64_t kTokenBlock = 8;      // token-major: tokens per block (see for_pairs)
+// Software prefetch distances: head order, rows ahead (512 B rows: 8 KiB; other distances and
+// hints did no better, benchmarks/README.md "Per-head rows"); GQA token order, bytes ahead.
+constexpr int64_t kPrefetchRows = 16;
+constexpr int64_t kPrefetchBytes = 16384;
 constexpr int64_t kMinRowsPerSplit = 128;
-constexpr int64_t kVBlock = 32;         // GQA V pass: rows per register-accumulator block
+// Token-major shared rows, MHA: blocks of 8 tokens, head by head inside a block, so 8 token runs
+// stream at once (the hardware prefetcher follows each) and software prefetch runs one block
+// ahead (measured 1.1-1.2x the bandwidth limit against 1.3-1.4x reading token after token).
+constexpr int64_t kTokenBlock = 8;
+constexpr int64_t kVBlock = 32;            // GQA V pass: rows per register-accumulator block
+// Below this many K+V bytes a call runs on the calling thread: waking a sleeping OpenMP
+// worker (OMP_WAIT_POLICY=PASSIVE) costs ~15 us, what one core reads in ~300 KiB.
+constexpr int64_t kSerialBytes = 256 * 1024;
 
 inline void prefetch_row(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
@@ -81,12 +91,39 @@ inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
 inline float vsum(vf x) { return _mm512_reduce_add_ps(x); }
+inline float vhmax(vf x) { return _mm512_reduce_max_ps(x); }
 inline vf vround(vf x) {
   return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 inline vf vpow2n(vf p, vf n) { return _mm512_scalef_ps(p, n); }  // p * 2^n
 inline vf vzero_below(vf y, vf x, float lo) {
   return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, vset(lo), _CMP_GE_OQ), y);
+}
+// Lane p of the result = the sum of the lanes of a[p] (p < C <= 16): a transpose-and-add tree
+// (8 + 4 + 2 + 1 shuffle pairs, ~45 instructions for 16 sums). Vector p enters at slot(p), the
+// position the tree's interleaving brings back to lane p.
+constexpr int hsum_slot(int p) {
+  constexpr int part[4] = {0, 2, 1, 3}, quarter[4] = {0, 8, 4, 12};
+  return part[p & 3] + quarter[p >> 2];
+}
+template <int C>
+__attribute__((always_inline)) inline vf hsum_lanes(const vf* a) {
+  vf s[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) s[i] = vzero();
+#pragma GCC unroll 16
+  for (int p = 0; p < C; ++p) s[hsum_slot(p)] = a[p];
+  vf w[8], x[4], y[2];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i)  // 256-bit halves: [s_i folded | s_i+8 folded]
+    w[i] = vadd(_mm512_shuffle_f32x4(s[i], s[i + 8], 0x44), _mm512_shuffle_f32x4(s[i], s[i + 8], 0xEE));
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i)  // 128-bit quarters
+    x[i] = vadd(_mm512_shuffle_f32x4(w[i], w[i + 4], 0x88), _mm512_shuffle_f32x4(w[i], w[i + 4], 0xDD));
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i)  // pairs within quarters
+    y[i] = vadd(_mm512_shuffle_ps(x[i], x[i + 2], 0x44), _mm512_shuffle_ps(x[i], x[i + 2], 0xEE));
+  return vadd(_mm512_shuffle_ps(y[0], y[1], 0x88), _mm512_shuffle_ps(y[0], y[1], 0xDD));
 }
 #elif AVL_SIMD == 8
 constexpr int W = 8;
@@ -114,6 +151,12 @@ inline float vsum(vf x) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
+inline float vhmax(vf x) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
 inline vf vround(vf x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 inline vf vpow2n(vf p, vf n) {  // n in [-126, 127]
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
@@ -121,6 +164,16 @@ inline vf vpow2n(vf p, vf n) {  // n in [-126, 127]
 }
 inline vf vzero_below(vf y, vf x, float lo) {
   return _mm256_and_ps(y, _mm256_cmp_ps(x, vset(lo), _CMP_GE_OQ));
+}
+// Lane p of the result = the sum of the lanes of a[p] (p < C <= 8): a horizontal-add tree.
+template <int C>
+__attribute__((always_inline)) inline vf hsum_lanes(const vf* a) {
+  vf s[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) s[i] = i < C ? a[i] : vzero();
+  const vf u0 = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+  const vf u1 = _mm256_hadd_ps(_mm256_hadd_ps(s[4], s[5]), _mm256_hadd_ps(s[6], s[7]));
+  return vadd(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 #else
 constexpr int W = 1;
@@ -146,7 +199,20 @@ inline vf vexp(vf x) {
 }
 #endif
 
-// s[j] = exp(s[j] - m) for j in [0, n), returning the sum (m finite; -inf scores give 0).
+// max of s[0, n) (-inf when n = 0); vectorised (a scalar max is a 3-cycle dependency chain).
+inline float max_of(const float* s, int64_t n) {
+  float m = kNegInf;
+  int64_t j = 0;
+#if AVL_SIMD
+  vf mv = vset(kNegInf);
+  for (; j + W <= n; j += W) mv = vmax(mv, vld(s + j));
+  m = vhmax(mv);
+#endif
+  for (; j < n; ++j) m = std::max(m, s[j]);
+  return m;
+}
+
+// s[j] = exp(s[j] - m) for j in [0, n), returning the sum (m finite).
 inline float exp_shift_sum(float* s, int64_t n, float m) {
   float l = 0.f;
   int64_t j = 0;
@@ -204,35 +270,83 @@ inline void axpy(float p, const T* r, float* acc, int64_t D) {  // acc += p * r
   for (int64_t d = 0; d < D; ++d) acc[d] += p * static_cast<float>(r[d]);
 }
 
-// GQA row kernels: one K or V row applied to GB (<= kMaxGB) query heads of its group with the
-// row loaded (and, for bf16/fp16, converted) once. kdots: s[g] = q_g . row for the GB query
-// vectors at q + g * D (GB accumulators, one per query head). vblock: acc_g += p_g[j] * V[row j]
-// for the rows of a block, acc (stride D per query head) kept in registers DV vectors at a time
-// while the block's rows stream through.
+constexpr int kBatch = W;  // GQA pass 1: rows per batch of scores
+
+// GQA scores (pass 1): nr <= kBatch rows of one kv head against its G query vectors at
+// q + g * D; s[g * ss + r] = q_g . rows[r]. A row is loaded (and converted) once for GB <= 8
+// query heads, R = W / GB rows at a time (R * GB accumulators reduced by one tree).
 constexpr int kMaxGB = 8;
 #if AVL_SIMD
-// V sweeps: kDV vectors of D for up to kMaxGBV query heads at a time, kMaxGBV * kDV
-// accumulators + kDV row vectors + a broadcast within the 32 (AVX-512) / 16 (AVX2) registers.
+template <int NV, int GB, typename T>
+__attribute__((always_inline)) inline void group_dots(const float* q, const T* const* rows, int64_t nr, int64_t D, float* s,
+                       int64_t ss) {
+  constexpr int R = W / GB > 0 ? W / GB : 1;
+  const int64_t nv = NV > 0 ? NV : D / W;
+  for (int64_t r0 = 0; r0 < nr; r0 += R) {
+    const T* rr[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) rr[r] = rows[r0 + r < nr ? r0 + r : r0];  // tail: repeat a row
+    vf acc[R * GB];
+#pragma GCC unroll 16
+    for (int a = 0; a < R * GB; ++a) acc[a] = vzero();
+    // Per step of W dims: the R row vectors, then each query vector once for all R rows
+    // (R * GB + R + 1 registers; the steps are not unrolled, which would spill).
+#pragma GCC unroll 1
+    for (int64_t i = 0; i < nv; ++i) {
+      vf x[R];
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) x[r] = vld(rr[r] + i * W);
+#pragma GCC unroll 8
+      for (int g = 0; g < GB; ++g) {
+        vf qv = vld(q + g * D + i * W);
+        asm("" : "+v"(qv));  // keep it in a register: folded into each FMA it is loaded R times
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) acc[r * GB + g] = vfma(qv, x[r], acc[r * GB + g]);
+      }
+    }
+    alignas(64) float t[W];
+    vst(t, hsum_lanes<R * GB>(acc));
+    for (int64_t r = 0; r < std::min<int64_t>(R, nr - r0); ++r)
+#pragma GCC unroll 8
+      for (int g = 0; g < GB; ++g) s[g * ss + r0 + r] = t[r * GB + g];
+  }
+}
+#endif
+
+template <int NV, typename T>
+inline void group_scores(const float* q, const T* const* rows, int64_t nr, int64_t G, int64_t D,
+                         float* s, int64_t ss) {
+#if AVL_SIMD
+  if constexpr (NV >= 0) {
+    for (int64_t g0 = 0; g0 < G; g0 += kMaxGB) {
+      const float* qg = q + g0 * D;
+      float* sg = s + g0 * ss;
+      switch (std::min<int64_t>(kMaxGB, G - g0)) {
+        case 1: group_dots<NV, 1>(qg, rows, nr, D, sg, ss); break;
+        case 2: group_dots<NV, 2>(qg, rows, nr, D, sg, ss); break;
+        case 3: group_dots<NV, 3>(qg, rows, nr, D, sg, ss); break;
+        case 4: group_dots<NV, 4>(qg, rows, nr, D, sg, ss); break;
+        case 5: group_dots<NV, 5>(qg, rows, nr, D, sg, ss); break;
+        case 6: group_dots<NV, 6>(qg, rows, nr, D, sg, ss); break;
+        case 7: group_dots<NV, 7>(qg, rows, nr, D, sg, ss); break;
+        default: group_dots<NV, 8>(qg, rows, nr, D, sg, ss); break;
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t r = 0; r < nr; ++r) s[g * ss + r] = dot<NV>(q + g * D, rows[r], D);
+}
+
+// GQA V pass: acc_g += p_g[j] * V[row j] for a block of rows, acc (stride D per query head)
+// kept in registers kDV vectors of D at a time for up to kMaxGBV query heads while the block's
+// rows stream through (kMaxGBV * kDV accumulators + kDV row vectors + a broadcast fit the 32
+// (AVX-512) / 16 (AVX2) registers).
+#if AVL_SIMD
 constexpr int kDV = AVL_SIMD == 16 ? 4 : 1;
 constexpr int kMaxGBV = AVL_SIMD == 16 ? 6 : 8;
 
-template <int NV, int GB, typename T>
-inline void kdots(const float* q, const T* row, int64_t D, float* s) {
-  vf acc[GB];
-#pragma GCC unroll 8
-  for (int g = 0; g < GB; ++g) acc[g] = vzero();
-#pragma GCC unroll 16
-  for (int i = 0; i < NV; ++i) {
-    const vf r = vld(row + i * W);
-#pragma GCC unroll 8
-    for (int g = 0; g < GB; ++g) acc[g] = vfma(vld(q + g * D + i * W), r, acc[g]);
-  }
-#pragma GCC unroll 8
-  for (int g = 0; g < GB; ++g) s[g] = vsum(acc[g]);
-}
-
-// rows: the block's row pointers (nullptr = padding); p: probabilities of query head g at
-// p[g * pstride + j] for the block's j-th row.
 template <int NV, int GB, typename T>
 inline void vblock(const T* const* rows, int64_t nrows, const float* p, int64_t pstride,
                    float* acc, int64_t D) {
@@ -245,7 +359,6 @@ inline void vblock(const T* const* rows, int64_t nrows, const float* p, int64_t 
       for (int u = 0; u < kDV; ++u) a[g][u] = vld(acc + g * D + (dc + u) * W);
     }
     for (int64_t j = 0; j < nrows; ++j) {
-      if (rows[j] == nullptr) continue;
       vf r[kDV];
 #pragma GCC unroll 8
       for (int u = 0; u < kDV; ++u) r[u] = vld(rows[j] + (dc + u) * W);
@@ -263,308 +376,431 @@ inline void vblock(const T* const* rows, int64_t nrows, const float* p, int64_t 
     }
   }
 }
-
-// The G query heads of a group in chunks of at most kMaxGB (a runtime count mapped onto the
-// compile-time kernels).
-template <int NV, typename T>
-inline void kdots_chunk(const float* q, const T* row, int64_t gb, int64_t D, float* s) {
-  switch (gb) {
-    case 1: kdots<NV, 1>(q, row, D, s); break;
-    case 2: kdots<NV, 2>(q, row, D, s); break;
-    case 3: kdots<NV, 3>(q, row, D, s); break;
-    case 4: kdots<NV, 4>(q, row, D, s); break;
-    case 5: kdots<NV, 5>(q, row, D, s); break;
-    case 6: kdots<NV, 6>(q, row, D, s); break;
-    case 7: kdots<NV, 7>(q, row, D, s); break;
-    default: kdots<NV, 8>(q, row, D, s); break;
-  }
-}
-
-template <int NV, typename T>
-inline void vblock_group(const T* const* rows, int64_t nrows, const float* p, int64_t pstride,
-                         float* acc, int64_t G, int64_t D) {
-  const int64_t nch = (G + kMaxGBV - 1) / kMaxGBV;  // balanced chunks: G = 7 -> 4 + 3
-  for (int64_t c = 0, g0 = 0; c < nch; ++c) {
-    const int64_t gb = G / nch + (c < G % nch ? 1 : 0);
-    const float* pg = p + g0 * pstride;
-    float* ag = acc + g0 * D;
-    switch (gb) {
-      case 1: vblock<NV, 1>(rows, nrows, pg, pstride, ag, D); break;
-      case 2: vblock<NV, 2>(rows, nrows, pg, pstride, ag, D); break;
-      case 3: vblock<NV, 3>(rows, nrows, pg, pstride, ag, D); break;
-      case 4: vblock<NV, 4>(rows, nrows, pg, pstride, ag, D); break;
-      case 5: vblock<NV, 5>(rows, nrows, pg, pstride, ag, D); break;
-      case 6: vblock<NV, 6>(rows, nrows, pg, pstride, ag, D); break;
-      case 7: vblock<NV, 7>(rows, nrows, pg, pstride, ag, D); break;
-      default: vblock<NV, 8>(rows, nrows, pg, pstride, ag, D); break;
-    }
-    g0 += gb;
-  }
-}
 #endif
 
+template <int NV, typename T>
+inline void group_values(const T* const* rows, int64_t nrows, const float* p, int64_t pstride,
+                         float* acc, int64_t G, int64_t D) {
+#if AVL_SIMD
+  if constexpr (NV > 0 && NV % kDV == 0) {
+    const int64_t nch = (G + kMaxGBV - 1) / kMaxGBV;  // balanced chunks: G = 7 -> 4 + 3
+    for (int64_t c = 0, g0 = 0; c < nch; ++c) {
+      const int64_t gb = G / nch + (c < G % nch ? 1 : 0);
+      const float* pg = p + g0 * pstride;
+      float* ag = acc + g0 * D;
+      switch (gb) {
+        case 1: vblock<NV, 1>(rows, nrows, pg, pstride, ag, D); break;
+        case 2: vblock<NV, 2>(rows, nrows, pg, pstride, ag, D); break;
+        case 3: vblock<NV, 3>(rows, nrows, pg, pstride, ag, D); break;
+        case 4: vblock<NV, 4>(rows, nrows, pg, pstride, ag, D); break;
+        case 5: vblock<NV, 5>(rows, nrows, pg, pstride, ag, D); break;
+        case 6: vblock<NV, 6>(rows, nrows, pg, pstride, ag, D); break;
+        case 7: vblock<NV, 7>(rows, nrows, pg, pstride, ag, D); break;
+        default: vblock<NV, 8>(rows, nrows, pg, pstride, ag, D); break;
+      }
+      g0 += gb;
+    }
+    return;
+  }
+#endif
+  for (int64_t j = 0; j < nrows; ++j)
+    for (int64_t g = 0; g < G; ++g) axpy<NV>(p[g * pstride + j], rows[j], acc + g * D, D);
+}
+
 struct Shape {
-  int64_t B, Hq, Hkv, G, N, D, n, nsplit, chunk;
+  int64_t B, Hq, Hkv, G, D, n, nsplit, chunk;
+  int64_t hper, nchunks;  // kv heads per unit, head ranges per batch row
   int64_t k_sb, k_sh, k_sn, v_sb, v_sh, v_sn;  // strides in elements
   int64_t a_sb, a_sh;  // index strides: per batch row, per kv head (0 = shared by all heads)
   int64_t P;           // probs rows per batch row: 1 (all heads averaged) or Hkv
-  bool token_outer;  // loop rows outside heads (token-major caches)
+  bool token_outer;  // shared rows of a token-major cache: visit tokens outside heads
   float scale;
 };
 
-// Visit (head, row) pairs of a task in the order that matches the cache layout. A head-major
-// cache [B, Hkv, N, D] is read head by head (each head's rows form one slab). A token-major one
-// ([B, N, Hkv, D] viewed as [B, Hkv, N, D]) is read in blocks of kTokenBlock tokens, head by head
-// inside a block; while a block is processed, its successor is prefetched chunk by chunk
-// (prefetch distance = one block), so the selected tokens stream in as Hkv * D runs.
-template <typename F>
-inline void for_pairs(bool token_outer, int64_t h0, int64_t h1, int64_t j0, int64_t j1, F&& f) {
-  if (token_outer) {
-    for (int64_t jb = j0; jb < j1; jb += kTokenBlock)
-      for (int64_t h = h0; h < h1; ++h)
-        for (int64_t j = jb; j < std::min(j1, jb + kTokenBlock); ++j) f(h, j);
-  } else {
-    for (int64_t h = h0; h < h1; ++h)
-      for (int64_t j = j0; j < j1; ++j) f(h, j);
-  }
+// Where units leave their results. Without row splits: out, and probs (P = Hkv) or one
+// partial sum per unit in `psum` (P = 1, reduced over units after the region). With splits:
+// per split the max, sum of exponentials and V accumulator, and the exponentials in E[b, hq, j].
+template <typename T>
+struct Sink {
+  T* out;
+  float* probs;
+  float* psum;
+  float* E;
+  float *part_m, *part_l, *part_acc;
+};
+
+// Per-thread scratch, reused across calls (fresh allocations would page-fault).
+struct Scratch {
+  std::vector<float> q, s, acc, m, l, t;
+  std::vector<int32_t> pos;  // valid positions (index entries >= 0), one list per kv head
+  std::vector<int64_t> cnt;
+};
+Scratch& scratch() {
+  static thread_local Scratch w;
+  return w;
+}
+template <typename V>
+inline void grow(V& vec, int64_t size) {
+  if (vec.size() < static_cast<size_t>(size)) vec.resize(size);
 }
 
-// One task: kv heads [h0, h1) of batch b, rows [j0, j1) of `active` (split `split`). For its
-// query heads hq it leaves exp(s - m) in S[b, hq, j], and m, l = sum exp and
-// acc = sum exp * V in the split's slots of part_m / part_l / part_acc.
+template <typename T>
+inline const T* row_ptr(const T* base, const int64_t* idx, int32_t j, int64_t sn) {
+  return base + idx[j] * sn;
+}
+
+// One unit: kv heads [h0, h0 + hper) of batch row b, index entries [j0, j1) of split `split`.
 template <typename T, int NV>
-void attend_task(const Shape& sh, const T* q, const T* k, const T* v, const int64_t* act,
-                 int64_t b, int64_t h0, int64_t h1, int64_t split, float* S, float* part_m,
-                 float* part_l, float* part_acc, std::vector<float>& qf,
-                 std::vector<float>& accf, std::vector<float>& m) {
+void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const int64_t* act,
+                 int64_t b, int64_t h0, int64_t split, const Sink<T>& o) {
   const int64_t G = sh.G, D = sh.D, n = sh.n, ns = sh.nsplit;
-  const int64_t j0 = split * sh.chunk, j1 = std::min(n, j0 + sh.chunk);
-  const int64_t hq0 = h0 * G, nq = (h1 - h0) * G;  // query heads of the task
-  const int64_t row_bytes = D * static_cast<int64_t>(sizeof(T));
-  const int64_t pf = sh.token_outer ? kTokenBlock : kPrefetchRows;
-  const int64_t* ab = act + b * sh.a_sb;  // kv head h reads the rows ab + h * sh.a_sh
-  const T* kb = k + b * sh.k_sb;
-  const T* vb = v + b * sh.v_sb;
+  const int64_t h1 = std::min(sh.Hkv, h0 + sh.hper), hc = h1 - h0;
+  const int64_t j0 = split * sh.chunk, j1 = std::min(n, j0 + sh.chunk), cap = j1 - j0;
+  const int64_t nq = hc * G, hq0 = h0 * G;
+  const bool shared = sh.a_sh == 0;
+  const int64_t rb = D * static_cast<int64_t>(sizeof(T));
+  Scratch& w = scratch();
+  grow(w.q, nq * D), grow(w.acc, nq * D), grow(w.s, nq * cap), grow(w.t, cap);
+  grow(w.m, nq), grow(w.l, nq), grow(w.pos, hc * cap), grow(w.cnt, hc);
+  float* qf = w.q.data();
+  float* S = w.s.data();  // S[i * cap + c]: query head i, c-th valid position of its kv head
+  float* acc = w.acc.data();
+  const int64_t* ab = act + b * sh.a_sb;
+
+  // Valid positions: the -1 entries (padding, or rows a wide index leaves out) are skipped
+  // once here, so neither pass touches them.
+  for (int64_t hl = 0; hl < (shared ? 1 : hc); ++hl) {
+    const int64_t* idx = ab + (h0 + hl) * sh.a_sh;
+    int32_t* p = w.pos.data() + hl * cap;
+    int64_t c = 0;
+    for (int64_t j = j0; j < j1; ++j) {
+      p[c] = static_cast<int32_t>(j);
+      c += idx[j] >= 0;
+    }
+    w.cnt[hl] = c;
+  }
+  auto list = [&](int64_t hl) { return w.pos.data() + (shared ? 0 : hl) * cap; };
+  auto count = [&](int64_t hl) { return w.cnt[shared ? 0 : hl]; };
+  auto idx_of = [&](int64_t hl) { return ab + (h0 + hl) * sh.a_sh; };
+
   const T* qb = q + (b * sh.Hq + hq0) * D;
   for (int64_t i = 0; i < nq * D; ++i) qf[i] = static_cast<float>(qb[i]) * sh.scale;
-  float* Sb = S + (b * sh.Hq + hq0) * n;  // query head i of the task at Sb + i * n
-  std::fill(m.begin(), m.begin() + nq, kNegInf);
+  const T* kb = k + b * sh.k_sb + h0 * sh.k_sh;  // kv head h0 + hl at + hl * k_sh
+  const T* vb = v + b * sh.v_sb + h0 * sh.v_sh;
+  const int64_t pf_tok = std::max<int64_t>(1, kPrefetchBytes / (hc * rb));  // GQA, tokens
+  const int64_t pf_row = kPrefetchRows;
 
-  // Pass 1: scores from the K rows, prefetching the row `pf` rows (or tokens) ahead.
-  bool grouped = false;
-#if AVL_SIMD
-  if constexpr (NV > 0) {
-    if (G > 1) {  // GQA: each row loaded once for (chunks of kMaxGB of) the group's query heads
-      grouped = true;
-      for_pairs(sh.token_outer, h0, h1, j0, j1, [&](int64_t h, int64_t j) {
-        const int64_t* idx = ab + h * sh.a_sh;
-        if (j + pf < j1 && idx[j + pf] >= 0)
-          prefetch_row(kb + h * sh.k_sh + idx[j + pf] * sh.k_sn, row_bytes);
-        const int64_t a = idx[j], i0 = (h - h0) * G;
-        const T* row = kb + h * sh.k_sh + a * sh.k_sn;
-        for (int64_t g0 = 0; g0 < G; g0 += kMaxGB) {
-          const int64_t gb = std::min<int64_t>(kMaxGB, G - g0);
-          float s[kMaxGB];
-          if (a < 0) std::fill(s, s + gb, kNegInf);
-          else kdots_chunk<NV>(qf.data() + (i0 + g0) * D, row, gb, D, s);
-          for (int64_t g = 0; g < gb; ++g) {
-            Sb[(i0 + g0 + g) * n + j] = s[g];
-            m[i0 + g0 + g] = std::max(m[i0 + g0 + g], s[g]);
+  // Pass 1: scores. Token order (token-major shared rows): blocks of tokens, head by head
+  // inside a block; head order: each head's rows in index order.
+  if (G == 1) {  // memory-bound: one dot per row as it arrives
+    if (sh.token_outer) {
+      const int32_t* p = list(0);
+      const int64_t c = count(0), *idx = idx_of(0);
+      for (int64_t t0 = 0; t0 < c; t0 += kTokenBlock) {
+        const int64_t t1 = std::min(c, t0 + kTokenBlock);
+        for (int64_t hl = 0; hl < hc; ++hl) {
+          for (int64_t t = t0; t < t1; ++t) {
+            if (t + kTokenBlock < c) prefetch_row(kb + idx[p[t + kTokenBlock]] * sh.k_sn + hl * sh.k_sh, rb);
+            S[hl * cap + t] = dot<NV>(qf + hl * D, kb + idx[p[t]] * sh.k_sn + hl * sh.k_sh, D);
           }
         }
-      });
+      }
+    } else {
+      for (int64_t hl = 0; hl < hc; ++hl) {
+        const int32_t* p = list(hl);
+        const int64_t c = count(hl), *idx = idx_of(hl);
+        const T* kh = kb + hl * sh.k_sh;
+        for (int64_t t = 0; t < c; ++t) {
+          if (t + pf_row < c) prefetch_row(row_ptr(kh, idx, p[t + pf_row], sh.k_sn), rb);
+          S[hl * cap + t] = dot<NV>(qf + hl * D, row_ptr(kh, idx, p[t], sh.k_sn), D);
+        }
+      }
+    }
+  } else {
+    const T* rows[kBatch];
+    if (sh.token_outer) {
+      const int32_t* p = list(0);
+      const int64_t c = count(0), *idx = idx_of(0);
+      for (int64_t t0 = 0; t0 < c; t0 += kBatch) {
+        const int64_t nr = std::min<int64_t>(kBatch, c - t0);
+        for (int64_t hl = 0; hl < hc; ++hl) {
+          for (int64_t r = 0; r < nr; ++r) {
+            if (t0 + r + pf_tok < c) prefetch_row(kb + idx[p[t0 + r + pf_tok]] * sh.k_sn + hl * sh.k_sh, rb);
+            rows[r] = kb + idx[p[t0 + r]] * sh.k_sn + hl * sh.k_sh;
+          }
+          group_scores<NV>(qf + hl * G * D, rows, nr, G, D, S + hl * G * cap + t0, cap);
+        }
+      }
+    } else {
+      for (int64_t hl = 0; hl < hc; ++hl) {
+        const int32_t* p = list(hl);
+        const int64_t c = count(hl), *idx = idx_of(hl);
+        const T* kh = kb + hl * sh.k_sh;
+        for (int64_t t0 = 0; t0 < c; t0 += kBatch) {
+          const int64_t nr = std::min<int64_t>(kBatch, c - t0);
+          for (int64_t r = 0; r < nr; ++r) {
+            if (t0 + r + pf_row < c) prefetch_row(row_ptr(kh, idx, p[t0 + r + pf_row], sh.k_sn), rb);
+            rows[r] = row_ptr(kh, idx, p[t0 + r], sh.k_sn);
+          }
+          group_scores<NV>(qf + hl * G * D, rows, nr, G, D, S + hl * G * cap + t0, cap);
+        }
+      }
     }
   }
-#endif
-  if (!grouped) {
-    for_pairs(sh.token_outer, h0, h1, j0, j1, [&](int64_t h, int64_t j) {
-      const int64_t* idx = ab + h * sh.a_sh;
-      if (j + pf < j1 && idx[j + pf] >= 0)
-        prefetch_row(kb + h * sh.k_sh + idx[j + pf] * sh.k_sn, row_bytes);
-      const int64_t a = idx[j], i0 = (h - h0) * G;
-      const T* row = kb + h * sh.k_sh + a * sh.k_sn;
-      for (int64_t g = 0; g < G; ++g) {
-        const float s = a < 0 ? kNegInf : dot<NV>(qf.data() + (i0 + g) * D, row, D);
-        Sb[(i0 + g) * n + j] = s;
-        m[i0 + g] = std::max(m[i0 + g], s);
-      }
-    });
-  }
-  // Start the first V rows while the exponentials are computed.
-  for (int64_t h = h0; h < (sh.token_outer ? h1 : h0 + 1); ++h) {
-    const int64_t* idx = ab + h * sh.a_sh;
-    for (int64_t j = j0; j < std::min(j1, j0 + pf); ++j)
-      if (idx[j] >= 0) prefetch_row(vb + h * sh.v_sh + idx[j] * sh.v_sn, row_bytes);
+
+  // Start the first V rows of the first head while the exponentials are computed (in head
+  // order the V pass would otherwise begin with pf_row demand misses per unit).
+  if (!sh.token_outer) {
+    const int32_t* p = list(0);
+    const int64_t* idx = idx_of(0);
+    for (int64_t t = 0; t < std::min(count(0), pf_row); ++t)
+      prefetch_row(row_ptr(vb, idx, p[t], sh.v_sn), rb);
   }
 
+  // Scores -> exponentials, per query head: m = max, l = sum of exp(s - m).
+  float* m = w.m.data();
+  float* l = w.l.data();
   for (int64_t i = 0; i < nq; ++i) {
-    float* s = Sb + i * n + j0;
-    if (m[i] == kNegInf) std::fill(s, s + (j1 - j0), 0.f);  // no valid row in this split
-    part_l[(b * sh.Hq + hq0 + i) * ns + split] =
-        m[i] == kNegInf ? 0.f : exp_shift_sum(s, j1 - j0, m[i]);
-    part_m[(b * sh.Hq + hq0 + i) * ns + split] = m[i];
+    const int64_t c = count(i / G);
+    m[i] = max_of(S + i * cap, c);
+    l[i] = c > 0 ? exp_shift_sum(S + i * cap, c, m[i]) : 0.f;
   }
 
-  // Pass 2: weighted sum of the V rows into a float accumulator [nq, D].
-  float* out0 = part_acc + ((b * sh.Hq + hq0) * ns + split) * D;  // head i at + i * ns * D
+  // Pass 2: weighted sum of the V rows into acc [nq, D].
+  std::fill(acc, acc + nq * D, 0.f);
+  if (G == 1 && sh.token_outer) {  // blocks of tokens, head by head inside a block
+    const int32_t* p = list(0);
+    const int64_t c = count(0), *idx = idx_of(0);
+    for (int64_t t0 = 0; t0 < c; t0 += kTokenBlock) {
+      const int64_t t1 = std::min(c, t0 + kTokenBlock);
+      for (int64_t hl = 0; hl < hc; ++hl) {
+        const T* vh = vb + hl * sh.v_sh;
+        const float* ph = S + hl * cap;
+        float* o = acc + hl * D;
 #if AVL_SIMD
-  if constexpr (NV > 0 && NV <= 8) {
-    if (G == 1) {  // per head, the accumulator lives in registers for a whole block of rows
-      const int64_t blk = sh.token_outer ? kTokenBlock : j1 - j0;
-      for (int64_t h = h0; h < h1; ++h)
-        for (int i = 0; i < NV; ++i) vst(out0 + (h - h0) * ns * D + i * W, vzero());
-      for (int64_t jb = j0; jb < j1; jb += blk) {
-        for (int64_t h = h0; h < h1; ++h) {
-          float* o = out0 + (h - h0) * ns * D;
-          const T* vh = vb + h * sh.v_sh;
-          const float* p = Sb + (h - h0) * n;
-          const int64_t* idx = ab + h * sh.a_sh;
-          vf acc[NV];
-          for (int i = 0; i < NV; ++i) acc[i] = vld(o + i * W);
-          for (int64_t j = jb; j < std::min(j1, jb + blk); ++j) {
-            if (j + pf < j1 && idx[j + pf] >= 0) prefetch_row(vh + idx[j + pf] * sh.v_sn, row_bytes);
-            if (idx[j] < 0) continue;
-            const vf pj = vset(p[j]);
-            const T* row = vh + idx[j] * sh.v_sn;
+        if constexpr (NV > 0 && NV <= 8) {  // the head's accumulator in registers over the block
+          vf a[NV];
+          for (int i = 0; i < NV; ++i) a[i] = vld(o + i * W);
+          for (int64_t t = t0; t < t1; ++t) {
+            if (t + kTokenBlock < c) prefetch_row(vh + idx[p[t + kTokenBlock]] * sh.v_sn, rb);
+            const vf pj = vset(ph[t]);
+            const T* row = vh + idx[p[t]] * sh.v_sn;
 #pragma GCC unroll 8
-            for (int i = 0; i < NV; ++i) acc[i] = vfma(pj, vld(row + i * W), acc[i]);
+            for (int i = 0; i < NV; ++i) a[i] = vfma(pj, vld(row + i * W), a[i]);
           }
-          for (int i = 0; i < NV; ++i) vst(o + i * W, acc[i]);
+          for (int i = 0; i < NV; ++i) vst(o + i * W, a[i]);
+          continue;
+        }
+#endif
+        for (int64_t t = t0; t < t1; ++t) {
+          if (t + kTokenBlock < c) prefetch_row(vh + idx[p[t + kTokenBlock]] * sh.v_sn, rb);
+          axpy<NV>(ph[t], vh + idx[p[t]] * sh.v_sn, o, D);
         }
       }
-      return;
     }
-  }
-#endif
-  std::fill(accf.begin(), accf.begin() + nq * D, 0.f);
+  } else if (G == 1) {  // head by head, the accumulator in registers over all its rows
+    for (int64_t hl = 0; hl < hc; ++hl) {
+      const int32_t* p = list(hl);
+      const int64_t c = count(hl), *idx = idx_of(hl);
+      const T* vh = vb + hl * sh.v_sh;
+      const float* ph = S + hl * cap;
+      float* o = acc + hl * D;
 #if AVL_SIMD
-  if constexpr (NV > 0) {
-    if (G > 1) {  // blocks of rows, each loaded once for the G query heads
-      const int64_t blk = kVBlock;  // register accumulators live over a block of rows
-      const T* rows[kVBlock];
-      auto block = [&](int64_t h, int64_t jb) {
-        const int64_t je = std::min(j1, jb + blk), i0 = (h - h0) * G;
-        const T* vh = vb + h * sh.v_sh;
-        const int64_t* idx = ab + h * sh.a_sh;
-        for (int64_t j = jb; j < je; ++j) {
-          if (j + pf < j1 && idx[j + pf] >= 0) prefetch_row(vh + idx[j + pf] * sh.v_sn, row_bytes);
-          rows[j - jb] = idx[j] < 0 ? nullptr : vh + idx[j] * sh.v_sn;
+      if constexpr (NV > 0 && NV <= 8) {
+        vf a[NV];
+        for (int i = 0; i < NV; ++i) a[i] = vzero();
+        for (int64_t t = 0; t < c; ++t) {
+          if (t + pf_row < c) prefetch_row(row_ptr(vh, idx, p[t + pf_row], sh.v_sn), rb);
+          const vf pj = vset(ph[t]);
+          const T* row = row_ptr(vh, idx, p[t], sh.v_sn);
+#pragma GCC unroll 8
+          for (int i = 0; i < NV; ++i) a[i] = vfma(pj, vld(row + i * W), a[i]);
         }
-        vblock_group<NV>(rows, je - jb, Sb + i0 * n + jb, n, accf.data() + i0 * D, G, D);
-      };
-      if (sh.token_outer) {
-        for (int64_t jb = j0; jb < j1; jb += blk)
-          for (int64_t h = h0; h < h1; ++h) block(h, jb);
-      } else {
-        for (int64_t h = h0; h < h1; ++h)
-          for (int64_t jb = j0; jb < j1; jb += blk) block(h, jb);
+        for (int i = 0; i < NV; ++i) vst(o + i * W, a[i]);
+        continue;
       }
-      for (int64_t i = 0; i < nq; ++i)
-        std::copy(accf.begin() + i * D, accf.begin() + (i + 1) * D, out0 + i * ns * D);
-      return;
+#endif
+      for (int64_t t = 0; t < c; ++t) {
+        if (t + pf_row < c) prefetch_row(row_ptr(vh, idx, p[t + pf_row], sh.v_sn), rb);
+        axpy<NV>(ph[t], row_ptr(vh, idx, p[t], sh.v_sn), o, D);
+      }
+    }
+  } else {  // GQA: blocks of rows, each loaded once for the group's query heads
+    const T* rows[kVBlock];
+    if (sh.token_outer) {
+      const int32_t* p = list(0);
+      const int64_t c = count(0), *idx = idx_of(0);
+      for (int64_t t0 = 0; t0 < c; t0 += kVBlock) {
+        const int64_t nr = std::min<int64_t>(kVBlock, c - t0);
+        for (int64_t hl = 0; hl < hc; ++hl) {
+          for (int64_t r = 0; r < nr; ++r) {
+            if (t0 + r + pf_tok < c) prefetch_row(vb + idx[p[t0 + r + pf_tok]] * sh.v_sn + hl * sh.v_sh, rb);
+            rows[r] = vb + idx[p[t0 + r]] * sh.v_sn + hl * sh.v_sh;
+          }
+          group_values<NV>(rows, nr, S + hl * G * cap + t0, cap, acc + hl * G * D, G, D);
+        }
+      }
+    } else {
+      for (int64_t hl = 0; hl < hc; ++hl) {
+        const int32_t* p = list(hl);
+        const int64_t c = count(hl), *idx = idx_of(hl);
+        const T* vh = vb + hl * sh.v_sh;
+        for (int64_t t0 = 0; t0 < c; t0 += kVBlock) {
+          const int64_t nr = std::min<int64_t>(kVBlock, c - t0);
+          for (int64_t r = 0; r < nr; ++r) {
+            if (t0 + r + pf_row < c) prefetch_row(row_ptr(vh, idx, p[t0 + r + pf_row], sh.v_sn), rb);
+            rows[r] = row_ptr(vh, idx, p[t0 + r], sh.v_sn);
+          }
+          group_values<NV>(rows, nr, S + hl * G * cap + t0, cap, acc + hl * G * D, G, D);
+        }
+      }
     }
   }
-#endif
-  for_pairs(sh.token_outer, h0, h1, j0, j1, [&](int64_t h, int64_t j) {
-    const int64_t* idx = ab + h * sh.a_sh;
-    if (j + pf < j1 && idx[j + pf] >= 0)
-      prefetch_row(vb + h * sh.v_sh + idx[j + pf] * sh.v_sn, row_bytes);
-    const int64_t a = idx[j], i0 = (h - h0) * G;
-    if (a < 0) return;
-    const T* row = vb + h * sh.v_sh + a * sh.v_sn;
-    for (int64_t g = 0; g < G; ++g)
-      axpy<NV>(Sb[(i0 + g) * n + j], row, accf.data() + (i0 + g) * D, D);
-  });
-  for (int64_t i = 0; i < nq; ++i)
-    std::copy(accf.begin() + i * D, accf.begin() + (i + 1) * D, out0 + i * ns * D);
+
+  if (ns > 1) {  // partial results of this split; merged after the parallel region
+    for (int64_t i = 0; i < nq; ++i) {
+      const int64_t bh = b * sh.Hq + hq0 + i;
+      o.part_m[bh * ns + split] = m[i];
+      o.part_l[bh * ns + split] = l[i];
+      std::copy(acc + i * D, acc + (i + 1) * D, o.part_acc + (bh * ns + split) * D);
+      float* e = o.E + bh * n;
+      std::fill(e + j0, e + j1, 0.f);
+      const int32_t* p = list(i / G);
+      for (int64_t t = 0; t < count(i / G); ++t) e[p[t]] = S[i * cap + t];
+    }
+    return;
+  }
+  // Complete softmaxes: normalise, write out and this unit's probabilities.
+  for (int64_t i = 0; i < nq; ++i) {
+    const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+    l[i] = inv;
+    T* dst = o.out + (b * sh.Hq + hq0 + i) * D;
+    for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<T>(acc[i * D + d] * inv);
+  }
+  // Probabilities: sums over query heads in compact order (vectorised over positions), then
+  // scattered to their positions in the index.
+  float* x = w.t.data();
+  auto head_sum = [&](int64_t i0, int64_t i1, int64_t c, float f) {
+    std::fill(x, x + c, 0.f);
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* s = S + i * cap;
+      const float li = l[i] * f;
+      for (int64_t t = 0; t < c; ++t) x[t] += s[t] * li;
+    }
+  };
+  if (sh.P == 1) {  // sum over the unit's query heads (shared rows), reduced over units later
+    float* ps = o.psum + (b * sh.nchunks + h0 / sh.hper) * n;
+    std::fill(ps, ps + n, 0.f);
+    const int32_t* p = list(0);
+    head_sum(0, nq, count(0), 1.f);
+    for (int64_t t = 0; t < count(0); ++t) ps[p[t]] = x[t];
+    return;
+  }
+  const float inv_g = 1.f / static_cast<float>(G);
+  for (int64_t hl = 0; hl < hc; ++hl) {  // probs [B, Hkv, n]: mean over the group
+    float* pr = o.probs + (b * sh.Hkv + h0 + hl) * n;
+    std::fill(pr, pr + n, 0.f);
+    const int32_t* p = list(hl);
+    head_sum(hl * G, (hl + 1) * G, count(hl), inv_g);
+    for (int64_t t = 0; t < count(hl); ++t) pr[p[t]] = x[t];
+  }
 }
 
 template <typename T>
 void run(const Shape& sh, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-         const at::Tensor& active, at::Tensor& out, at::Tensor& probs) {
-  const int64_t B = sh.B, Hq = sh.Hq, G = sh.G, D = sh.D, n = sh.n, ns = sh.nsplit;
-  // Scratch reused across calls by this thread (fresh allocations would page-fault).
+         const at::Tensor& active, at::Tensor& out, at::Tensor& probs, bool serial) {
+  const int64_t B = sh.B, Hq = sh.Hq, D = sh.D, n = sh.n, ns = sh.nsplit;
+  // Scratch of the calling thread, reused across calls: unit partial sums of probs (shared
+  // rows), or the split partials and exponentials.
   static thread_local std::vector<float> ws;
-  const size_t need = static_cast<size_t>(B * Hq * (n + ns * (2 + D)));
+  const size_t need = ns > 1 ? static_cast<size_t>(B * Hq * (n + ns * (2 + D)))
+                             : static_cast<size_t>(sh.P == 1 ? B * sh.nchunks * n : 0);
   if (ws.size() < need) ws.resize(need);
-  float* S = ws.data();
-  float* part_m = S + B * Hq * n;
-  float* part_l = part_m + B * Hq * ns;
-  float* part_acc = part_l + B * Hq * ns;
-
+  Sink<T> o{out.data_ptr<T>(), probs.data_ptr<float>(), ws.data(), ws.data(), nullptr,
+            nullptr, nullptr};
+  if (ns > 1) {
+    o.part_m = o.E + B * Hq * n;
+    o.part_l = o.part_m + B * Hq * ns;
+    o.part_acc = o.part_l + B * Hq * ns;
+  }
   const T* qp = q.data_ptr<T>();
   const T* kp = k.data_ptr<T>();
   const T* vp = v.data_ptr<T>();
   const int64_t* ap = active.data_ptr<int64_t>();
 
-  // Tasks: (batch, split) with all kv heads when token-outer, else (batch, kv head, split).
-  const int64_t hper = sh.token_outer ? sh.Hkv : 1;
-  const int64_t tasks = B * (sh.Hkv / hper) * ns;
   // Row kernels: D fixed at compile time for the common head dims, else generic.
-  auto task = &attend_task<T, -1>;
-  if (AVL_SIMD && D == 128) task = &attend_task<T, 128 / W>;
-  else if (AVL_SIMD && D == 64) task = &attend_task<T, 64 / W>;
-  else if (AVL_SIMD && D % W == 0) task = &attend_task<T, 0>;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    const int64_t nq = hper * G;
-    std::vector<float> qf(nq * D), accf(nq * D), m(nq);
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t split = t % ns, bh = t / ns;
-      const int64_t b = bh / (sh.Hkv / hper), h0 = (bh % (sh.Hkv / hper)) * hper;
-      task(sh, qp, kp, vp, ap, b, h0, h0 + hper, split, S, part_m, part_l, part_acc, qf, accf, m);
+  auto unit = &attend_unit<T, -1>;
+  if (AVL_SIMD && D == 128) unit = &attend_unit<T, 128 / W>;
+  else if (AVL_SIMD && D == 64) unit = &attend_unit<T, 64 / W>;
+  else if (AVL_SIMD && D % W == 0) unit = &attend_unit<T, 0>;
+  const int64_t units = B * sh.nchunks * ns;
+  // One parallel region for the whole call (each region wakes the workers again).
+  at::parallel_for(0, units, serial ? units : 1, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t split = u % ns, bc = u / ns;
+      unit(sh, qp, kp, vp, ap, bc / sh.nchunks, (bc % sh.nchunks) * sh.hper, split, o);
     }
   });
+
+  float* pp = probs.data_ptr<float>();
+  if (ns == 1) {
+    if (sh.P == 1) {  // probs[b] = sum over units / Hq
+      const float inv = 1.f / static_cast<float>(Hq);
+      for (int64_t b = 0; b < B; ++b) {
+        float* pb = pp + b * n;
+        const float* ps = o.psum + b * sh.nchunks * n;
+        std::copy(ps, ps + n, pb);
+        for (int64_t c = 1; c < sh.nchunks; ++c)
+          for (int64_t j = 0; j < n; ++j) pb[j] += ps[c * n + j];
+        for (int64_t j = 0; j < n; ++j) pb[j] *= inv;
+      }
+    }
+    return;
+  }
 
   // Merge the splits of each (batch, query head); part_m becomes the per-split weight
   // exp(m_s - M) / L that turns stored exponentials into probabilities.
   T* op = out.data_ptr<T>();
-  at::parallel_for(0, B * Hq, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> o(D);
-    for (int64_t bh = begin; bh < end; ++bh) {
-      float* m = part_m + bh * ns;
-      const float* l = part_l + bh * ns;
-      const float* acc = part_acc + bh * ns * D;
-      float M = kNegInf;
-      for (int64_t s = 0; s < ns; ++s) M = std::max(M, m[s]);
-      float L = 0.f;
-      for (int64_t s = 0; s < ns; ++s) {
-        m[s] = (m[s] == kNegInf) ? 0.f : std::exp(m[s] - M);
-        L += m[s] * l[s];
-      }
-      std::fill(o.begin(), o.end(), 0.f);
-      if (L > 0.f) {
-        for (int64_t s = 0; s < ns; ++s) {
-          m[s] /= L;
-          for (int64_t d = 0; d < D; ++d) o[d] += m[s] * acc[s * D + d];
-        }
-      } else {
-        for (int64_t s = 0; s < ns; ++s) m[s] = 0.f;
-      }
-      for (int64_t d = 0; d < D; ++d) op[bh * D + d] = static_cast<T>(o[d]);
+  std::vector<float> ov(D);
+  for (int64_t bh = 0; bh < B * Hq; ++bh) {
+    float* m = o.part_m + bh * ns;
+    const float* l = o.part_l + bh * ns;
+    const float* acc = o.part_acc + bh * ns * D;
+    float M = kNegInf;
+    for (int64_t s = 0; s < ns; ++s) M = std::max(M, m[s]);
+    float L = 0.f;
+    for (int64_t s = 0; s < ns; ++s) {
+      m[s] = (m[s] == kNegInf) ? 0.f : std::exp(m[s] - M);
+      L += m[s] * l[s];
     }
-  });
-
+    std::fill(ov.begin(), ov.end(), 0.f);
+    if (L > 0.f) {
+      for (int64_t s = 0; s < ns; ++s) {
+        m[s] /= L;
+        for (int64_t d = 0; d < D; ++d) ov[d] += m[s] * acc[s * D + d];
+      }
+    } else {
+      for (int64_t s = 0; s < ns; ++s) m[s] = 0.f;
+    }
+    for (int64_t d = 0; d < D; ++d) op[bh * D + d] = static_cast<T>(ov[d]);
+  }
   // probs[b, r, j] = mean over the query heads of row r (all Hq heads when P = 1, the G heads
   // of kv head r when P = Hkv) of the normalised probabilities.
-  float* pp = probs.data_ptr<float>();
   const int64_t hpr = Hq / sh.P;  // query heads per probs row
   const float inv_h = 1.f / static_cast<float>(hpr);
-  at::parallel_for(0, B * sh.P, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t br = begin; br < end; ++br) {
-      float* pb = pp + br * n;
-      std::fill(pb, pb + n, 0.f);
-      for (int64_t hq = br * hpr; hq < (br + 1) * hpr; ++hq) {  // br * hpr = b * Hq + r * hpr
-        const float* s = S + hq * n;
-        const float* w = part_m + hq * ns;
-        for (int64_t sp = 0; sp < ns; ++sp) {
-          const int64_t j0 = sp * sh.chunk, j1 = std::min(n, j0 + sh.chunk);
-          const float ws_ = w[sp];
-          for (int64_t j = j0; j < j1; ++j) pb[j] += ws_ * s[j];
-        }
+  for (int64_t br = 0; br < B * sh.P; ++br) {
+    float* pb = pp + br * n;
+    std::fill(pb, pb + n, 0.f);
+    for (int64_t hq = br * hpr; hq < (br + 1) * hpr; ++hq) {  // br * hpr = b * Hq + r * hpr
+      const float* e = o.E + hq * n;
+      const float* wt = o.part_m + hq * ns;
+      for (int64_t sp = 0; sp < ns; ++sp) {
+        const int64_t j0 = sp * sh.chunk, j1 = std::min(n, j0 + sh.chunk);
+        for (int64_t j = j0; j < j1; ++j) pb[j] += wt[sp] * e[j];
       }
-      for (int64_t j = 0; j < n; ++j) pb[j] *= inv_h;
     }
-  });
+    for (int64_t j = 0; j < n; ++j) pb[j] *= inv_h;
+  }
 }
 
 // True when every kv head of every batch row reads the same rows (per-head indices that are a
@@ -606,9 +842,10 @@ std::vector<at::Tensor> core_attention_cpu(const at::Tensor& q, const at::Tensor
               "core_attention_cpu: per-head active must be [B, Hkv, n] with Hkv = k.size(1)");
   TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0, "core_attention_cpu: Hq must be a multiple of Hkv");
   const int64_t* ap = active.data_ptr<int64_t>();
-  for (int64_t i = 0; i < active.numel(); ++i)
-    TORCH_CHECK(ap[i] >= -1 && ap[i] < N, "core_attention_cpu: active index ", ap[i],
-                " outside [-1, ", N, ")");
+  int64_t lo = 0, hi = -1;  // one vectorisable min/max pass, then a single check
+  for (int64_t i = 0; i < active.numel(); ++i) lo = std::min(lo, ap[i]), hi = std::max(hi, ap[i]);
+  TORCH_CHECK(lo >= -1 && hi < N, "core_attention_cpu: active index ", lo < -1 ? lo : hi,
+              " outside [-1, ", N, ")");
 
   const int64_t P = (per_head || per_head_probs) ? Hkv : 1;  // probs rows per batch row
   auto out = at::empty({B, Hq, 1, D}, q.options());
@@ -618,7 +855,7 @@ std::vector<at::Tensor> core_attention_cpu(const at::Tensor& q, const at::Tensor
   if (n == 0) return {out.zero_(), probs};
 
   Shape sh{};
-  sh.B = B, sh.Hq = Hq, sh.Hkv = Hkv, sh.G = Hq / Hkv, sh.N = N, sh.D = D, sh.n = n;
+  sh.B = B, sh.Hq = Hq, sh.Hkv = Hkv, sh.G = Hq / Hkv, sh.D = D, sh.n = n;
   sh.k_sb = k.stride(0), sh.k_sh = k.stride(1), sh.k_sn = k.stride(2);
   sh.v_sb = v.stride(0), sh.v_sh = v.stride(1), sh.v_sn = v.stride(2);
   sh.P = P;
@@ -627,21 +864,28 @@ std::vector<at::Tensor> core_attention_cpu(const at::Tensor& q, const at::Tensor
   sh.a_sb = per_head ? Hkv * n : n;
   sh.a_sh = distinct ? n : 0;
   sh.scale = static_cast<float>(scale);
-  // Token-major caches (heads inside tokens) are read token by token, all heads per task.
-  sh.token_outer = Hkv > 1 && k.stride(1) < k.stride(2) && v.stride(1) < v.stride(2);
-  // Split the rows only when tasks are too few to keep every thread busy.
-  const int64_t units = sh.token_outer ? B : B * Hkv;
-  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
-  const int64_t by_threads = (want + units - 1) / units;
-  const int64_t by_rows = std::max<int64_t>(1, n / (sh.token_outer ? 32 : kMinRowsPerSplit));
+  // Shared rows of a token-major cache (heads inside tokens) are read token by token; a unit
+  // then takes a range of heads (as many ranges as threads need), otherwise one kv head.
+  sh.token_outer =
+      !distinct && Hkv > 1 && k.stride(1) < k.stride(2) && v.stride(1) < v.stride(2);
+  const int64_t threads = at::get_num_threads();
+  const int64_t bytes = 2 * B * Hkv * n * D * static_cast<int64_t>(q.element_size());
+  const bool serial = threads == 1 || bytes < kSerialBytes;
+  const int64_t ranges = sh.token_outer ? std::min(Hkv, serial ? 1 : (threads + B - 1) / B) : Hkv;
+  sh.hper = (Hkv + ranges - 1) / ranges;
+  sh.nchunks = (Hkv + sh.hper - 1) / sh.hper;
+  // Split the rows only when units are too few to keep every thread busy.
+  const int64_t units = B * sh.nchunks;
+  const int64_t by_threads = serial ? 1 : (threads + units - 1) / units;
+  const int64_t by_rows = std::max<int64_t>(1, n / kMinRowsPerSplit);
   sh.nsplit = std::max<int64_t>(1, std::min(by_threads, by_rows));
   sh.chunk = (n + sh.nsplit - 1) / sh.nsplit;
   sh.nsplit = (n + sh.chunk - 1) / sh.chunk;
 
   switch (q.scalar_type()) {
-    case at::kFloat: run<float>(sh, q, k, v, active, out, probs); break;
-    case at::kBFloat16: run<c10::BFloat16>(sh, q, k, v, active, out, probs); break;
-    case at::kHalf: run<c10::Half>(sh, q, k, v, active, out, probs); break;
+    case at::kFloat: run<float>(sh, q, k, v, active, out, probs, serial); break;
+    case at::kBFloat16: run<c10::BFloat16>(sh, q, k, v, active, out, probs, serial); break;
+    case at::kHalf: run<c10::Half>(sh, q, k, v, active, out, probs, serial); break;
     default: TORCH_CHECK(false, "core_attention_cpu: dtype must be float32, bfloat16 or float16");
   }
   return {out, probs};
