@@ -14,9 +14,15 @@ $(PY):
 
 # Torch first: keep a torch the user already has (e.g. a CUDA build), else pin the CPU wheel,
 # so that pip never resolves a multi-GB CUDA torch on its own.
+# The `lmms` extra (lmms-eval, for its integration test) requires torchvision; where none is
+# installed pip takes PyPI's CUDA build, which does not import beside a CPU torch (and breaks
+# transformers' image code). avl_lab needs no torchvision: one that does not import is removed.
 $(STAMP): $(PY) pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -q -e ".[dev]" --constraint <($(PY) -c "from importlib.metadata import version; print('torch==' + version('torch').split('+')[0])")
+	$(PY) -m pip install -q -e ".[dev,lmms]" --constraint <($(PY) -c "from importlib.metadata import version; print('torch==' + version('torch').split('+')[0])")
+	@$(PY) -c "import sys; from avl_lab.torchvision_check import torchvision_problem as p; sys.exit(p() is not None)" || \
+	  { echo "note: uninstalling torchvision: it does not import beside this torch (README: lmms-eval)"; \
+	    $(PY) -m pip uninstall -q -y torchvision; }
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -37,6 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"error: unknown verb {verb!r}; choose one of: {', '.join(VERBS)}", file=sys.stderr)
         return 2
+    from avl_lab.torchvision_check import torchvision_problem
+
+    problem = torchvision_problem()  # before Lightning or transformers import it and fail
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     return importlib.import_module(VERBS[verb]).main(rest)
 
 

@@ -7,7 +7,11 @@
   does, then stops); ``--help`` commands run as they are. Commands that need the network or a
   package manager (``pip``, ``hf``, ``export``) and the ``make`` targets, which are what CI
   itself runs, are listed in :data:`NOT_RUN_HERE`; a command of any other kind fails the test,
-  so a new kind of command cannot slip past.
+  so a new kind of command cannot slip past. ``lmms-eval --model avl_lab`` commands are
+  checked without lmms-eval's run: the ``avl_lab`` model is built from their ``--model_args``
+  (the stand-in checkpoint loaded, the policy validated and fitted to it) and every ``--tasks``
+  name must be lmms-eval's DocVQA or one of the shipped ``avl_synth*`` tasks
+  (``tests/test_lmms_eval_cli.py`` runs the command line itself).
 
 Stand-ins (the only edits made to a block): the checkpoints and datasets under ``/data`` are
 tiny models and a tiny DocVQA copy built offline under a temporary directory, ``cuda`` / ``gpu``
@@ -103,6 +107,9 @@ def test_bash_block_commands_are_valid(index, stand_ins):
     for words in commands(substitute(blocks("bash")[index], stand_ins)):
         if words[0] in NOT_RUN_HERE:
             continue
+        if words[0] == "lmms-eval":
+            _check_lmms_eval(words)
+            continue
         assert words[:2] == ["python", "-m"] and words[2].startswith("avl_lab"), (
             f"README bash block {index}: {shlex.join(words)} is neither an avl_lab command nor "
             f"one of {NOT_RUN_HERE}")
@@ -116,3 +123,18 @@ def test_bash_block_commands_are_valid(index, stand_ins):
             assert proc.stdout.startswith("usage:")
         else:
             assert proc.stdout.startswith("ok: the"), proc.stdout
+
+
+def _check_lmms_eval(words: list[str]) -> None:
+    """Build the ``avl_lab`` model from the command's ``--model_args`` (without running it)."""
+    from avl_lab.harness import TASKS
+    from avl_lab.harness.model import AVLLab
+
+    opts = dict(zip(words[1::2], words[2::2]))
+    assert opts.get("--model") == "avl_lab", shlex.join(words)
+    tasks = opts["--tasks"].split(",")
+    assert set(tasks) <= {*TASKS, "avl_synth", "docvqa_val"}, tasks
+    device = opts.get("--device", "cpu").replace("cuda:0", "cpu")
+    model = AVLLab.create_from_arg_string(opts["--model_args"], {
+        "batch_size": opts.get("--batch_size"), "max_batch_size": None, "device": device})
+    assert model.batch_size == int(opts.get("--batch_size", 1))
