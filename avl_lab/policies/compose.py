@@ -10,6 +10,11 @@ from torch import Tensor
 from avl_lab.policies.base import Context, DropRows, InputCut, Policy, both
 
 
+def _overrides(part: Policy, hook: str) -> bool:
+    """Whether ``part`` has its own ``hook`` (the base one returns None: nothing to call)."""
+    return getattr(type(part), hook) is not getattr(Policy, hook)
+
+
 def _all(masks: list[Tensor | None]) -> Tensor | None:
     out = None
     for m in masks:
@@ -34,6 +39,9 @@ class Compose(Policy):
             if not isinstance(p, Policy):
                 raise ValueError(f"`parts` must hold Policy objects, got {type(p).__name__}")
         pruning = [p for p in self.parts if p.prune_layers or p.prune_before_layers or p.prunes_input]
+        # The parts a decode step calls (per layer): those that override the hook.
+        self._active = [p for p in self.parts if _overrides(p, "decode_active")]
+        self._keepers = [p for p in self.parts if _overrides(p, "decode_keep")]
         modes = {p.prune_positions for p in pruning}
         if len(modes) > 1:
             raise ValueError(f"`parts` prune the prefill with different positions {sorted(modes)}: "
@@ -121,11 +129,11 @@ class Compose(Policy):
         return any(p.is_update_step(step) for p in self.parts)
 
     def decode_active(self, layer, ctx: Context) -> Tensor | None:
-        return _all([p.decode_active(layer, ctx) for p in self.parts])
+        return _all([p.decode_active(layer, ctx) for p in self._active])
 
     def decode_keep(self, layer, ctx: Context) -> Tensor | DropRows | None:
         """The parts' keep masks intersected; their drop lists joined (a mask when both)."""
-        out = [p.decode_keep(layer, ctx) for p in self.parts]
+        out = [p.decode_keep(layer, ctx) for p in self._keepers]
         drops = [o for o in out if isinstance(o, DropRows)]
         keep = _all([o for o in out if not isinstance(o, DropRows)])
         if not drops:
