@@ -53,7 +53,10 @@ VARIANTS: dict[str, Any] = {
     "avl": {"name": "avl", "S": 45, "C": 30, "K": 3, "T": 50},
     "h2o": {"name": "h2o", "ratio": 0.5},
     "snapkv": {"name": "snapkv", "ratio": 0.5},
+    # A-VL's vision tiering alone (engine_generate.py's `avl`): not in the default set
+    "avl_sc": {"name": "avl", "S": 45, "C": 30},
 }
+DEFAULT_VARIANTS = ["stock", "full", "avl", "h2o", "snapkv"]
 LAYOUTS = {  # 7B decoder sizes
     "llava15": dict(kind="llava", hidden_size=4096, num_attention_heads=32, num_key_value_heads=32,
                     intermediate_size=11008),
@@ -202,7 +205,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     ap.add_argument("--max-gib", type=float, default=2.0,
                     help="skip a (batch, rows) point whose K/V for one variant exceeds this")
     ap.add_argument("--tiny", action="store_true", help="small decoder sizes (a dry run of the script)")

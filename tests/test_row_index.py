@@ -134,3 +134,23 @@ def test_compose_joins_drops_and_masks():
     mask[:, 0] = False
     out = Compose([_Mask(mask), _Drop(a)]).decode_keep(layer, None)
     assert torch.equal(out, mask & clear_rows(layer.valid, a))
+
+
+def test_bookkeeping_buffers_give_the_same_run(llava, monkeypatch):
+    """Bookkeeping appended into buffers with room to grow (what large layers use) gives the run
+    that per-step concatenation gives (what small ones use), under decode evictions per head."""
+    import avl_lab.engine.cache as cache_mod
+    from avl_lab.testing import run_policy
+    from tests.helpers import make_inputs
+
+    model, processor = llava
+    inputs = make_inputs(processor, n=2)
+    spec = {"name": "avl", "S": 45, "C": 30, "K": 2, "T": 40}
+    small, s0 = run_policy(model, inputs, spec, 10)
+    monkeypatch.setattr(cache_mod, "APPEND_COPY", 0)
+    buffered, s1 = run_policy(model, inputs, spec, 10)
+    assert torch.equal(small.tokens, buffered.tokens)
+    torch.testing.assert_close(small.logits, buffered.logits, atol=0, rtol=0)
+    assert s0.stats == s1.stats
+    layer = s1.last_run.cache.layers[0]
+    assert any(buf is not None for buf, _ in layer._meta.values())  # the buffer path ran

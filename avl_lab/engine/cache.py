@@ -51,6 +51,9 @@ _META = ("valid", "pos", "tok", "mod")
 #: its rows (whichever is larger); see :meth:`AVLCache.compact`.
 SLACK = 16
 SLACK_SHARE = 1 / 16
+#: Bookkeeping tensors smaller than this (elements) are concatenated each step, larger ones
+#: written into a buffer with room to grow (see :meth:`AVLLayer._append`).
+APPEND_COPY = 1 << 16
 
 
 class RowSource(Protocol):
@@ -221,10 +224,12 @@ class AVLLayer(DynamicLayer):
         """``rows`` ``[B, (Hkv,) n]`` followed by ``new`` ``[B, (Hkv,) q]``. A tensor left as the
         last step returned it (positions, modalities: most bookkeeping) goes into a buffer with
         the K/V storage's room to grow, so later steps write one column instead of copying it;
-        one a policy or an eviction replaces every step is concatenated (one op, its copy)."""
+        one a policy or an eviction replaces every step is concatenated (one op, its copy), and
+        so is a small one (below :data:`APPEND_COPY` elements the copy costs less than the
+        buffer's three ops: a slice, a write, a view)."""
         buf, last = self._meta.get(name, (None, None))
         n, q = rows.shape[-1], new.shape[-1]
-        if rows is not last:  # replaced since the last step
+        if rows is not last or rows.numel() < APPEND_COPY:  # replaced since the last step
             out = torch.cat([rows, new], dim=-1)
             self._meta[name] = (None, out)
             return out
