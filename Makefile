@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test sweep lint clean postgres
+.PHONY: install test sweep lint clean postgres lock
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,9 @@ $(PY):
 # The `lmms` extra (lmms-eval, for its integration test) requires torchvision; where none is
 # installed pip takes PyPI's CUDA build, which does not import beside a CPU torch (and breaks
 # transformers' image code). avl_lab needs no torchvision: one that does not import is removed.
-$(STAMP): $(PY) pyproject.toml
+$(STAMP): $(PY) pyproject.toml constraints.txt
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -q -e ".[dev,lmms]" --constraint <($(PY) -c "from importlib.metadata import version; print('torch==' + version('torch').split('+')[0])")
+	$(PY) -m pip install -q -e ".[dev,lmms]" --constraint constraints.txt --constraint <($(PY) -c "from importlib.metadata import version; print('torch==' + version('torch').split('+')[0])")
 	@$(PY) -c "import sys; from avl_lab.torchvision_check import torchvision_problem as p; sys.exit(p() is not None)" || \
 	  { echo "note: uninstalling torchvision: it does not import beside this torch (README: lmms-eval)"; \
 	    $(PY) -m pip uninstall -q -y torchvision; }
@@ -46,3 +46,8 @@ lint: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# After upgrading a dependency and a passing `make test`: pin what was tested (torch excluded).
+lock: install
+	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch|avl_lab)=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt

@@ -12,7 +12,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from avl_lab._versions import check as _check_versions
+
 __version__ = "0.1.0"
+
+_check_versions()  # a transformers outside the tested range: one line naming it
 
 __all__ = [
     "CacheStats", "__version__", "attach", "data", "engine", "evaluation", "ext", "metrics", "models",
