@@ -164,7 +164,7 @@ CASES = [
     (["evaluate", *TINY, "data=docvqa", "data.path={in}/no_answers"], "answers"),
     (["evaluate", *TINY, "data=docvqa", "data.path={in}/garbage"], "cannot read"),
     (["evaluate", *TINY, "data=docvqa", "data.path={in}/unreadable"], "could be scored"),
-    (["evaluate", *TINY, "data=docvqa", "data.path={in}/unreadable", "--check"], "none of its 1 rows has an image that decodes"),
+    (["evaluate", *TINY, "data=docvqa", "data.path={in}/unreadable", "--check"], "none of its 1 rows has reference answers and an image that decodes"),
     (["evaluate", *TINY, "data=docvqa", "data.path={in}/dupes", "data.limit=3"], "duplicate sample id"),
     (["evaluate", *TINY, "out_dir={in}/prev_run"], "line 2 is not valid JSON"),
     (["evaluate", *TINY, "out_dir={in}/other_run"], "holds results of another configuration"),

@@ -7,6 +7,7 @@ import pytest
 from datasets import Dataset, DatasetDict, Features, Image, List, Value
 from PIL import Image as PILImage
 
+import avl_lab.evaluation
 from avl_lab import data
 from avl_lab.data import DatasetNotAvailableError
 from avl_lab.data.schema import CAPTION_PROMPT, SHORT_ANSWER_SUFFIX, row_features
@@ -268,14 +269,28 @@ def test_wrong_schema_names_missing_columns(tmp_path):
         data.load("nocaps", "validation", path=tmp_path)
 
 
-def test_rows_without_answers_are_dropped_with_warning(tmp_path):
-    ds = _docvqa(3)
-    ds = ds.map(lambda r, i: {"answers": [] if i == 1 else r["answers"]}, with_indices=True)
+def test_rows_without_answers_stay_and_limit_counts_answered_rows(tmp_path):
+    ds = _docvqa(5)
+    ds = ds.map(lambda r, i: {"answers": [] if i in (1, 2) else r["answers"]}, with_indices=True)
     (tmp_path / "DocVQA").mkdir()
     ds.to_parquet(str(tmp_path / "DocVQA" / "validation-00000-of-00001.parquet"))
-    with pytest.warns(UserWarning, match="dropped 1 row"):
-        out = data.load("docvqa", "validation", path=tmp_path)
-    assert out["id"] == ["49153", "49155"]
+    out = data.load("docvqa", "validation", path=tmp_path)
+    assert out["id"] == ["49153", "49154", "49155", "49156", "49157"]
+    assert [bool(a) for a in out["answers"]] == [True, False, False, True, True]
+    two = data.load("docvqa", "validation", path=tmp_path, limit=2)  # two rows with answers
+    assert two["id"] == ["49153", "49154", "49155", "49156"]
+
+
+def test_rows_without_answers_are_skipped_and_counted(tmp_path):
+    ds = _docvqa(4).map(lambda r, i: {"answers": [] if i == 1 else r["answers"]}, with_indices=True)
+    (tmp_path / "DocVQA").mkdir()
+    ds.to_parquet(str(tmp_path / "DocVQA" / "validation-00000-of-00001.parquet"))
+    with pytest.warns(UserWarning, match="no reference answers"):
+        summary = avl_lab.evaluation.evaluate(
+            ["model=tiny-random-llava", "data=docvqa", f"data.path={tmp_path}", "data.limit=2",
+             "generation.max_new_tokens=2", "progress=false", f"out_dir={tmp_path / 'out'}"])
+    assert summary.n == 2 and summary.skipped == 1
+    assert summary.skipped_reasons == {"no reference answers": 1}
 
 
 def test_easy_vqa_package_data():

@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import pyarrow as pa
@@ -201,22 +200,32 @@ def _to_rows(ds: Dataset, b: Benchmark, where: Path) -> Dataset:
         )
     text = ds.remove_columns(["image"])
     mapped = [b.to_row(rec, i) for i, rec in enumerate(text.to_list())]
-    keep = [i for i, m in enumerate(mapped) if m[3]]
-    if len(keep) < len(mapped):
-        warnings.warn(
-            f"{b.name}: dropped {len(mapped) - len(keep)} row(s) without reference answers",
-            stacklevel=3,
-        )
     images = ds.select_columns(["image"]).cast_column("image", Image(decode=False))
-    if len(keep) < len(mapped):
-        images = images.select(keep)
-        mapped = [mapped[i] for i in keep]
+    # Rows without reference answers stay (an evaluation skips them and counts them, with the
+    # reason, in its summary); `limit` counts the rows that have answers (see load_benchmark).
     cols = {"id": 0, "question": 1, "prompt": 2, "answers": 3}
     for name, j in cols.items():
         images = images.add_column(name, [m[j] for m in mapped])
     images = images.add_column("metric", [b.metric] * len(mapped))
     images = images.add_column("meta", [dump_meta(m[4]) for m in mapped])
     return images.select_columns(list(COLUMNS)).cast_column("image", Image())
+
+
+def _first_answered(root: Path, b: Benchmark, split: str, ds: Dataset, limit: int | None) -> Dataset:
+    """The rows up to the ``limit``-th with reference answers (those without stay, to be skipped
+    and counted by the evaluation), reading further rows as long as some lack answers."""
+    want = limit
+    while True:
+        rows = _to_rows(ds, b, root)
+        has = [bool(a) for a in rows["answers"]]
+        if limit is None or sum(has) >= limit or len(ds) < want:
+            break
+        want = want + 2 * (limit - sum(has))  # more rows, to make up for those without answers
+        ds = _read_dir(root, b, split, want)
+    if limit is not None and sum(has) > limit:
+        cut = [i for i, h in enumerate(has) if h][limit - 1] + 1
+        rows = rows.select(range(cut))
+    return rows
 
 
 def load_benchmark(
@@ -261,7 +270,7 @@ def load_benchmark(
             raise InputFileError(f"{name}: cannot read the copy at {root}: {first}") from None
         if ds is not None:
             log.info("%s: reading %s", name, root)
-            return _to_rows(ds, b, root)
+            return _first_answered(root, b, split, ds, limit)
     raise _not_available(b, split, looked, hub_cache, explicit=path is not None)
 
 

@@ -20,6 +20,8 @@ from avl_lab.metrics.registry import SAMPLE_SCORERS
 
 #: The skip reason of a row whose image does not decode (the only one before reasons were logged).
 UNREADABLE = "unreadable image"
+#: The skip reason of a row without reference answers.
+NO_ANSWERS = "no reference answers"
 
 
 def context_length(model) -> int | None:
@@ -109,6 +111,10 @@ class EvalModule(L.LightningModule):
         """Decode each row's image; corrupt ones are skipped (warned) and logged in skipped.jsonl."""
         rows, images, skipped = [], [], []
         for row in batch:
+            if not len(row["answers"]):  # nothing to score it against
+                warnings.warn(f"row {row['id']}: {NO_ANSWERS}; skipped", stacklevel=2)
+                skipped.append({"id": row["id"], "reason": NO_ANSWERS})
+                continue
             image = safe_image(row["image"], row_id=row["id"])
             if image is None:
                 skipped.append({"id": row["id"], "reason": UNREADABLE})

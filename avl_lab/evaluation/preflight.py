@@ -139,8 +139,8 @@ def preflight(cfg: EvalConfig, policies: list[dict[str, Any]] | None = None) -> 
 
 
 def check_some_image(ds: Any, cfg: EvalConfig) -> None:
-    """At least one row's image decodes (the run skips undecodable ones and refuses when none
-    is left); stops at the first that does."""
+    """At least one row has reference answers and an image that decodes (the run skips the
+    others and refuses when none is left); stops at the first such row."""
     import warnings
 
     from datasets import Image
@@ -152,7 +152,9 @@ def check_some_image(ds: Any, cfg: EvalConfig) -> None:
     raw = ds.cast_column("image", Image(decode=False))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the run warns per row; one error here says it all
-        if any(safe_image(raw[i]["image"]) is not None for i in range(len(raw))):
+        if any(len(raw[i]["answers"]) and safe_image(raw[i]["image"]) is not None
+               for i in range(len(raw))):
             return
     raise InputFileError(f"`data`: no row of {cfg.data.name} could be scored: none of its "
-                         f"{len(raw)} rows has an image that decodes; nothing would be written")
+                         f"{len(raw)} rows has reference answers and an image that decodes; "
+                         "nothing would be written")
