@@ -19,7 +19,7 @@ from avl_lab import ext
 from avl_lab.engine import prefill_scores
 from avl_lab.engine.cache import AVLLayer
 from avl_lab.engine.generation import Run
-from avl_lab.policies.base import DropRows, both, rows_to_index
+from avl_lab.policies.base import DropRows, both, rows_to_index, token_mean
 
 ATTN_NAME = "avl_lab"
 
@@ -69,6 +69,8 @@ def _prefill(run, layer, module, query, key, value, mask, scale, **kwargs):
         out = prefill_scores.attention(module, query, key, value, mask, scale, plan, **kwargs)
     ctx.head_scores = last_query_scores(query, key, visible(mask, layer.valid), scale)
     ctx.scores = ctx.head_scores.mean(1)  # [B, R], paper Eq. 1
+    if policy.needs_kv_norms:
+        ctx.key_norms, ctx.value_norms = key.float().norm(dim=-1), value.float().norm(dim=-1)
     ctx.query_probs = functools.partial(query_probs, query, key, mask, layer.valid, scale)
     if run.trace is not None:
         run.trace.prefill[layer.layer_idx] = layer.tok.masked_fill(~layer.valid, -1)
@@ -87,6 +89,10 @@ def _prefill(run, layer, module, query, key, value, mask, scale, **kwargs):
                     ctx.colsum = ctx.colsum.gather(1, order)
                     ctx.head_colsum = ctx.head_colsum.gather(
                         2, order[:, None].expand(-1, ctx.head_colsum.shape[1], -1))
+                for name in ("key_norms", "value_norms"):
+                    t = getattr(ctx, name)
+                    if t is not None:
+                        setattr(ctx, name, t.gather(2, order[:, None].expand(-1, t.shape[1], -1)))
     keep = policy.prefill_keep(layer, ctx)
     window = kwargs.get("sliding_window")
     if window:  # rows the next query can no longer see leave, as in the stock sliding cache
@@ -213,7 +219,8 @@ def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | N
     R = active.shape[-1]
     idx = torch.where(active, run.cache.row_numbers(R), -1)  # [B, (Hkv,) R]: row r or -1
     per_head = idx.dim() == 3 or (run.want_probs and policy.needs_head_probs)
-    out, probs = ext.dispatch(query, key, value, idx, scale, per_head)  # checked by construction
+    out, probs = ext.dispatch(query, key, value, idx, scale, per_head,  # checked by construction
+                              want_probs=run.want_probs)  # None when not wanted: not computed
     held = _held(valid)
     run.decode_stats.record(layer.layer_idx, held, held if active is valid else _held(active), full)
     if run.trace is not None:
@@ -253,10 +260,8 @@ def _set_probs(run: Run, layer: AVLLayer, ctx, probs: Tensor) -> None:
     if not layer.per_head:
         ctx.probs = per_head.mean(1)
         return
-    valid, H = layer.valid, probs.shape[1]
     # Rows differ between heads: average each token over all heads (0 where a head lacks it).
-    B, T = valid.shape[0], run.tokens_seen
-    tok = layer.tok.masked_fill(~valid, T).flatten(1)  # [B, Hkv * R], T = a dump column
-    by_token = per_head.new_zeros(B, T + 1).scatter_add_(1, tok, per_head.flatten(1)) / H
-    ctx.token_probs = by_token[:, :T]
-    ctx.probs = by_token.gather(1, tok).view_as(per_head).masked_fill(~valid, 0.0)
+    valid, T = layer.valid, run.tokens_seen
+    ctx.token_probs = token_mean(per_head, layer, T)
+    tok = layer.tok.masked_fill(~valid, 0).flatten(1)
+    ctx.probs = ctx.token_probs.gather(1, tok).view_as(per_head).masked_fill(~valid, 0.0)

@@ -13,6 +13,7 @@ from avl_lab.policies.compose import Compose
 from avl_lab.policies.decode_tiering import check_tiering, text_part, vision_parts
 from avl_lab.policies.prefill_prune import PrefillPrune
 from avl_lab.policies.registry import register
+from avl_lab.policies.vision_tiering import SIGNALS
 
 
 @register("avl", example={"S": 45, "C": 30, "K": 3, "P": 90, "T": 50})
@@ -22,7 +23,8 @@ class AVL(Compose):
     text length (T), and a period in decode steps (K); ``layer`` and ``drop_early`` are
     PrefillPrune's, ``text_variant``, ``text_min_window`` and ``text_per_head`` TextH2O's
     ``variant``, ``min_window`` and ``per_head`` (see their modules; the defaults follow the
-    official code: the text window is chosen per KV head)."""
+    official code: the text window is chosen per KV head), ``signal`` VisionTiering's ranking
+    signal (default ``last_token``, the paper's)."""
 
     S: float | None = None
     C: float | None = None
@@ -34,6 +36,7 @@ class AVL(Compose):
     text_variant: str = "quantile"
     text_min_window: int = 1
     text_per_head: bool = True
+    signal: str = "last_token"
     parts: list[Policy] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -41,7 +44,11 @@ class AVL(Compose):
         check_percent("P", self.P)
         if self.S is not None and self.P is not None and self.S > self.P:
             raise ValueError(f"`S` ({self.S}) must not exceed `P` ({self.P})")
-        parts: list[Policy] = vision_parts(self.S, self.C, self.K)
+        if self.signal not in SIGNALS:
+            raise ValueError(f"`signal` must be one of {SIGNALS}, got {self.signal!r}")
+        if self.signal != "last_token" and self.S is None:
+            raise ValueError("`signal` ranks the image rows of `S`: give `S`")
+        parts: list[Policy] = vision_parts(self.S, self.C, self.K, self.signal)
         if self.P is not None:
             parts.append(PrefillPrune(P=self.P, layer=self.layer, drop_early=self.drop_early))
         parts += text_part(self.T, self.text_variant, self.text_min_window, self.text_per_head)

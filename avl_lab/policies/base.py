@@ -131,6 +131,9 @@ class Context:
     head_probs : Tensor or None
         Decode, when :attr:`Policy.needs_head_probs` or the rows are per KV head:
         ``[B, Hkv, R]`` this step's attention per KV head.
+    key_norms, value_norms : Tensor or None
+        Prefill, when :attr:`Policy.needs_kv_norms`: ``[B, Hkv, R]`` the L2 norm of each row's
+        key (RoPE applied, as cached) and value, per KV head.
     token_probs : Tensor or None
         Decode, with rows per KV head, where ``probs`` is set: ``[B, T]`` the average over all
         heads per token column (``T`` the tokens seen; what ``probs`` carries at each head's
@@ -180,6 +183,8 @@ class Context:
     head_colsum: Tensor | None = None
     head_probs: Tensor | None = None
     token_probs: Tensor | None = None
+    key_norms: Tensor | None = None
+    value_norms: Tensor | None = None
     query_probs: Callable[[Tensor], Tensor] | None = None
     inputs_embeds: Tensor | None = None
     prompt_mod: Tensor | None = None
@@ -211,6 +216,15 @@ class DropRows:
         rows = [d.rows[:, None].expand(-1, h, -1) if h and d.rows.dim() == 2 else d.rows
                 for d in drops]
         return DropRows(torch.cat(rows, dim=-1))
+
+
+def token_mean(per_head: Tensor, layer: Rows, tokens: int) -> Tensor:
+    """``[B, tokens]`` a per-(row, KV head) value ``[B, Hkv, R]`` of a layer with rows per KV head,
+    averaged over all heads per token column (0 where a head lacks the token: it counts as 0)."""
+    valid, H = layer.valid, per_head.shape[1]
+    tok = layer.tok.masked_fill(~valid, tokens).flatten(1)  # [B, Hkv * R], a dump column
+    out = per_head.new_zeros(valid.shape[0], tokens + 1)
+    return (out.scatter_add_(1, tok, per_head.flatten(1)) / H)[:, :tokens]
 
 
 def clear_rows(mask: Tensor, rows: Tensor) -> Tensor:
@@ -254,6 +268,7 @@ class Policy:
     needs_preview: ClassVar[bool] = False
     needs_prev_keys: ClassVar[bool] = False
     needs_vision: ClassVar[bool] = False
+    needs_kv_norms: ClassVar[bool] = False
 
     @property
     def prune_layer(self) -> int | None:

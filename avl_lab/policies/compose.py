@@ -60,6 +60,10 @@ class Compose(Policy):
         return any(p.needs_head_probs for p in self.parts)
 
     @property
+    def needs_kv_norms(self) -> bool:  # type: ignore[override]
+        return any(p.needs_kv_norms for p in self.parts)
+
+    @property
     def needs_prev_keys(self) -> bool:  # type: ignore[override]
         return any(p.needs_prev_keys for p in self.parts)
 

@@ -32,11 +32,12 @@ def check_tiering(S: float | None, C: float | None, K: int | None, T: float | No
         raise ValueError(f"`C` ({C}) must not exceed `S` ({S}): core ⊂ secondary")
 
 
-def vision_parts(S: float | None, C: float | None, K: int | None) -> list[Policy]:
-    """VisionTiering (S, C) and UpdateSchedule (K), those given."""
+def vision_parts(S: float | None, C: float | None, K: int | None,
+                 signal: str = "last_token") -> list[Policy]:
+    """VisionTiering (S, C, ranking by ``signal``) and UpdateSchedule (K), those given."""
     parts: list[Policy] = []
     if S is not None:
-        parts.append(VisionTiering(S=S, C=C))
+        parts.append(VisionTiering(S=S, C=C, signal=signal))
     if K is not None:
         parts.append(UpdateSchedule(K=K))
     return parts

@@ -81,6 +81,10 @@ class Scoped(Policy):
     def needs_head_probs(self) -> bool:  # type: ignore[override]
         return self.policy.needs_head_probs
 
+    @property
+    def needs_kv_norms(self) -> bool:  # type: ignore[override]
+        return self.policy.needs_kv_norms
+
     def probs_at(self, update: bool) -> bool:
         return self.policy.probs_at(update)
 
