@@ -15,6 +15,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["env", "build_op", "cuda_tests", "core_attention", "decode_step", "engine_generate",
          "decode_crossover"]
+# The CUDA tests the GPU run must reach (issue 33): each collected, and skipped in a dry run.
+NEW_CUDA_TESTS = [
+    "test_ext_cuda.py::test_cuda_paths_match_reference[tiles_per_split-torch.float32]",
+    "test_ext_cuda.py::test_cuda_paths_match_reference[one_split_n_gt_64-torch.float32]",
+    "test_ext_cuda.py::test_cuda_paths_match_reference[head_tiles_2-torch.bfloat16]",
+    "test_ext_cuda.py::test_cuda_paths_match_reference[head_tiles_4-torch.float32]",
+    "test_ext_cuda.py::test_cuda_paths_match_reference[D256_GT4-torch.bfloat16]",
+    "test_ext_cuda.py::test_cuda_storage_offset_and_odd_strides",
+    "test_ext_cuda.py::test_cuda_runs_on_the_current_stream",
+    "test_ext_cuda.py::test_cuda_batch_beyond_the_grid",
+    "test_ext_cuda.py::test_engine_decode_through_the_op_equals_masked_reference[cuda-fp32-avl]",
+    "test_ext_cuda.py::test_engine_decode_through_the_op_equals_masked_reference[cuda-bf16-h2o]",
+    "test_ext_dispatch.py::test_cuda_auto_warns_once_for_a_head_dim_the_kernel_lacks",
+    "test_ext_dispatch.py::test_cuda_bad_inputs_raise_value_error_naming_the_argument[q0]",
+    "test_ext_dispatch.py::test_cuda_failed_build_warns_once_and_falls_back",
+]
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
@@ -31,6 +47,19 @@ def test_gpu_check_dry_run_writes_tables_and_summary(tmp_path):
     assert summary["dry_run"] and summary["ok"]
     assert [s["step"] for s in summary["steps"]] == STEPS
     assert all(s["exit"] == 0 and "--device cuda" not in s["command"] for s in summary["steps"])
+    # Per step: whether the kernel (here the CPU op) ran, not the reference.
+    kernel_lines = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip().startswith("kernel:")]
+    assert len(kernel_lines) == len(STEPS), proc.stdout
+    ops = {s["step"]: s["ops"] for s in summary["steps"]}
+    assert ops["core_attention"]["cpu"] > 0 and ops["decode_step"]["cpu"] > 0
+    assert ops["engine_generate"]["cpu"] > 0 and "fallback" not in ops["engine_generate"]
+    assert f"kernel: cpu op ran {ops['engine_generate']['cpu']} calls" in proc.stdout
+    assert ops["cuda_tests"] == {} and "kernel: not called" in proc.stdout  # all skipped
+    # The CUDA tests: collected (by -m cuda) and skipped, each with its reason.
+    listing = (tmp_path / "cuda_tests.md").read_text()
+    for test in NEW_CUDA_TESTS:
+        assert f"tests/{test} SKIPPED (needs a CUDA device)" in listing, test
+    assert " passed" not in listing.splitlines()[-1] and " skipped" in listing.splitlines()[-1]
     (table,) = summary["engine_generate"]["tables"]
     assert set(table["rows"]) == {"stock", "full", "avl", "avl P T", "fastv", "h2o"}
     assert table["rows"]["full"]["prefill_x"] > 0 and table["rows"]["avl"]["stored"] < 1

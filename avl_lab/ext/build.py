@@ -6,6 +6,9 @@ so later processes only load it (~1.5 s). A failed build is remembered: :func:`l
 :class:`ExtensionBuildError` with the build's message, and :func:`try_load` warns once and
 returns None so that ``impl="auto"`` can fall back to the reference. Setting the environment
 variable ``AVL_LAB_NO_EXT=1`` skips the builds (the reference is used, with one warning).
+The message of a failed build is the compiler's first ``error:`` lines (the last lines of a
+ninja build are "N errors detected" / "ninja: build stopped", which say nothing) and the path
+of the full log, written to the extension's build directory as ``build_error.log``.
 
 The CPU op is compiled for the ISA torch reports (AVX-512 or AVX2 code paths, else portable
 C++), and the ISA is part of the extension's name, so a shared extensions directory never
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sysconfig
@@ -38,6 +42,7 @@ __all__ = [
     "reset",
     "toolchain_problem",
     "nvcc_compile",
+    "first_errors",
 ]
 
 CSRC = Path(__file__).parent / "csrc"
@@ -47,6 +52,9 @@ _lock = threading.Lock()
 _modules: dict[str, ModuleType] = {}
 _errors: dict[str, str] = {}
 _warned: set[str] = set()
+# A compiler's (gcc, clang, nvcc, ld) or the loader's error lines; not "RuntimeError: ...".
+_ERROR_LINE = re.compile(r"\berror\b\s*:|undefined reference|undefined symbol", re.IGNORECASE)
+ERROR_LOG = "build_error.log"
 
 
 class ExtensionBuildError(RuntimeError):
@@ -65,33 +73,66 @@ def _cpu_isa_flags() -> tuple[str, list[str]]:
     return "generic", []
 
 
-def _source_hash(name: str) -> str:
+def _source_hash(src: Path) -> str:
     """Short hash of a source file: part of the extension's name, so that checkouts with
     different sources sharing one extensions directory never load each other's binary."""
-    return hashlib.sha1((CSRC / name).read_bytes()).hexdigest()[:10]
+    return hashlib.sha1(src.read_bytes()).hexdigest()[:10]
 
 
-def _build(kind: str) -> ModuleType:
+def first_errors(log: str, limit: int = 6) -> str:
+    """The first ``limit`` error lines of a build log joined by " | " (the last non-ninja
+    lines when none looks like an error, e.g. a Python exception)."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    picked = [ln for ln in lines if _ERROR_LINE.search(ln)][:limit]
+    picked = picked or [ln for ln in lines if not ln.startswith("ninja:")][-limit:]
+    return " | ".join(picked) or "(no message)"
+
+
+def _build_dir(name: str) -> Path:
+    """Where torch builds extension ``name`` (its private helper adds a python/CUDA tag)."""
+    from torch.utils import cpp_extension
+
+    helper = getattr(cpp_extension, "_get_build_directory", None)
+    if helper is not None:
+        return Path(helper(name, False))
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    return Path(root, name)
+
+
+def _build(kind: str, csrc: Path = CSRC, build_dir: str | Path | None = None) -> ModuleType:
+    """Compile and import op ``kind`` from the sources in ``csrc`` (tests pass a broken copy)
+    in ``build_dir`` (default: torch's build directory for the extension's name).
+
+    Raises
+    ------
+    ExtensionBuildError
+        With the compiler's first error lines and the path of the full log.
+    """
     from torch.utils import cpp_extension
 
     if kind == "cpu":
         tag, isa = _cpu_isa_flags()
-        return cpp_extension.load(
-            name=f"avl_core_attention_cpu_{tag}_{_source_hash('core_attention_cpu.cpp')}",
-            sources=[str(CSRC / "core_attention_cpu.cpp")],
-            extra_cflags=["-O3", "-fopenmp", *isa],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
-    if not torch.cuda.is_available():
-        raise ExtensionBuildError("torch has no usable CUDA device/runtime")
-    return cpp_extension.load(
-        name=f"avl_core_attention_cuda_{_source_hash('core_attention_cuda.cu')}",
-        sources=[str(CSRC / "core_attention_cuda.cu")],
-        extra_cflags=["-O3"],
-        extra_cuda_cflags=["-O3", "-lineinfo"],
-        verbose=False,
-    )
+        src = Path(csrc, "core_attention_cpu.cpp")
+        name = f"avl_core_attention_cpu_{tag}_{_source_hash(src)}"
+        flags = dict(extra_cflags=["-O3", "-fopenmp", *isa], extra_ldflags=["-fopenmp"])
+    else:
+        if not torch.cuda.is_available():
+            raise ExtensionBuildError("torch has no usable CUDA device/runtime")
+        src = Path(csrc, "core_attention_cuda.cu")
+        name = f"avl_core_attention_cuda_{_source_hash(src)}"
+        flags = dict(extra_cflags=["-O3"], extra_cuda_cflags=["-O3", "-lineinfo"])
+    directory = Path(build_dir) if build_dir is not None else _build_dir(name)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        return cpp_extension.load(name=name, sources=[str(src)], build_directory=str(directory),
+                                  verbose=False, **flags)
+    except Exception as err:  # compiler, linker, ninja or import failure
+        # torch's message holds ninja's whole output: keep it whole in a file, the errors here.
+        log = directory / ERROR_LOG
+        log.write_text(f"{type(err).__name__}: {err}\n")
+        raise ExtensionBuildError(
+            f"{type(err).__name__}: {first_errors(str(err))} (full log: {log})"
+        ) from err
 
 
 def toolchain_problem(kind: str = "cpu") -> str | None:
@@ -136,7 +177,8 @@ def nvcc_compile(arch: str = "90", out_dir: str | Path | None = None) -> Path:
     Raises
     ------
     ExtensionBuildError
-        If nvcc is missing or the compile fails, with nvcc's last error lines.
+        If nvcc is missing or the compile fails, with nvcc's first error lines and the path
+        of the full log.
     """
     from torch.utils import cpp_extension
 
@@ -174,8 +216,11 @@ def nvcc_compile(arch: str = "90", out_dir: str | Path | None = None) -> Path:
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         tmp.unlink(missing_ok=True)
-        errors = [ln for ln in (res.stderr + res.stdout).splitlines() if "error" in ln]
-        raise ExtensionBuildError("nvcc failed: " + " | ".join(errors[-6:] or ["(no message)"]))
+        log = root / f"core_attention_cuda_sm{arch}_{key}.{ERROR_LOG}"
+        log.write_text(" ".join(cmd) + "\n" + res.stderr + res.stdout)
+        raise ExtensionBuildError(
+            f"nvcc failed: {first_errors(res.stderr + res.stdout)} (full log: {log})"
+        )
     tmp.replace(obj)
     return obj
 
@@ -200,9 +245,10 @@ def load(kind: str) -> ModuleType:
                 try:
                     _modules[kind] = _build(kind)
                     return _modules[kind]
-                except Exception as err:  # compiler, linker, ninja or import failure
-                    msg = str(err).strip().splitlines()
-                    _errors[kind] = f"{type(err).__name__}: " + " | ".join(msg[-6:])
+                except ExtensionBuildError as err:  # already summarised, with its log
+                    _errors[kind] = str(err)
+                except Exception as err:  # anything else, e.g. a missing toolchain
+                    _errors[kind] = f"{type(err).__name__}: {first_errors(str(err))}"
         raise ExtensionBuildError(f"the {kind} core_attention op is unavailable: {_errors[kind]}")
 
 

@@ -13,7 +13,8 @@ def core_attention_ref(
     active: Tensor,
     scale: float | None = None,
     per_head_probs: bool = False,
-) -> tuple[Tensor, Tensor]:
+    want_probs: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """Decode attention over a subset of cache rows.
 
     Parameters
@@ -31,14 +32,17 @@ def core_attention_ref(
         Softmax scale; ``D ** -0.5`` when None.
     per_head_probs : bool
         Return ``probs`` per kv head (see below). Implied by a ``[B, Hkv, n]`` ``active``.
+    want_probs : bool
+        False: the caller drops the probabilities; ``probs`` is None (the fast ops then skip
+        computing them).
 
     Returns
     -------
     out : Tensor
         ``[B, Hq, 1, D]`` in ``q.dtype``: ``softmax(q K[a]^T * scale) V[a]``. A query head
         whose kv head has no active index gives zeros.
-    probs : Tensor
-        float32 attention probabilities aligned with ``active`` (0 where ``active == -1``):
+    probs : Tensor or None
+        None when not ``want_probs``; else float32 attention probabilities aligned with ``active`` (0 where ``active == -1``):
         ``[B, Hkv, n]`` averaged over the ``G`` query heads of each kv head when
         ``per_head_probs`` or ``active`` is per head (with per-head rows, an average over all
         heads of "row ``j``" would mix different rows); else ``[B, n]`` averaged over all
@@ -61,6 +65,8 @@ def core_attention_ref(
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # no valid row -> 0
     out = torch.einsum("bhgn,bhnd->bhgd", p, v_a)  # [B, Hkv, G, D]
     out = out.reshape(B, Hq, 1, D).to(q.dtype)
+    if not want_probs:
+        return out, None
     if per_head or per_head_probs:
         return out, p.mean(dim=2)  # [B, Hkv, n]
     return out, p.mean(dim=(1, 2))  # [B, n]

@@ -19,7 +19,10 @@
 //            for the probabilities.
 //   stage 2  (only with several splits) log-sum-exp merge of the splits per (batch, head).
 //   stage 3  probs[b, j] (or probs[b, h, j] per kv head) = mean over the query heads (of kv
-//            head h) of exp2(s - M) / L.
+//            head h) of exp2(s - M) / L. Skipped, with the raw scores, when the caller does not
+//            want the probabilities (want_probs = false).
+// Batches beyond the grid's limit (gridDim.z and stage 3's gridDim.y = B * P must be <= 65535)
+// run as several launches over batch chunks (pointers offset per chunk), so any B works.
 // Per-head rows change only where a block reads its indices (those of its kv head h). A block
 // reads D-runs of one kv head with shared rows too, so per-head rows should cost about the same
 // on a GPU (not measured yet), unlike on a CPU (see core_attention_cpu.cpp).
@@ -32,6 +35,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -97,13 +101,13 @@ struct Params {
   const void* v;
   const int64_t* active;
   void* out;
-  float* scores;    // [B, Hq, n] raw scores, log2 domain
+  float* scores;    // [B, Hq, n] raw scores, log2 domain; nullptr: probabilities not wanted
   float* part_m;    // [B, Hq, nsplit]
   float* part_l;    // [B, Hq, nsplit]
   float* part_acc;  // [B, Hq, nsplit, D]
   float* fin_m;     // [B, Hq]
   float* fin_l;     // [B, Hq]
-  float* probs;     // [B, P, n]
+  float* probs;     // [B, P, n]; nullptr when not wanted
   int64_t k_sb, k_sh, k_sn, v_sb, v_sh, v_sn;
   int64_t a_sb, a_sh;  // index strides per batch row and per kv head (0: shared by all heads)
   int P;               // probs rows per batch row: 1 (all query heads) or Hkv (per kv head)
@@ -142,7 +146,8 @@ __global__ void __launch_bounds__(kThreads) stage1(const Params p) {
   const T* Kb = static_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh + lane * VEC;
   const T* Vb = static_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh + lane * VEC;
   const int64_t* act = p.active + b * p.a_sb + h * p.a_sh;
-  float* S = p.scores + (static_cast<int64_t>(b) * p.Hq + hq0) * p.n;
+  float* S = p.scores == nullptr ? nullptr
+                                  : p.scores + (static_cast<int64_t>(b) * p.Hq + hq0) * p.n;
 
   float m[GT], l[GT], acc[GT][VEC];
 #pragma unroll
@@ -187,7 +192,7 @@ __global__ void __launch_bounds__(kThreads) stage1(const Params p) {
           s[r][g] = (a[r] >= 0 && g < ng) ? d : neg_inf();
         }
       }
-      if (lane < R && base + lane < tn) {  // lane r writes row r's scores
+      if (S != nullptr && lane < R && base + lane < tn) {  // lane r writes row r's scores
 #pragma unroll
         for (int r = 0; r < R; ++r) {
           if (r != lane) continue;
@@ -311,8 +316,10 @@ void launch(const Params& p, cudaStream_t stream) {
     merge_splits<T, D><<<p.B * p.Hq, D, 0, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  head_mean_probs<<<dim3((p.n + 255) / 256, p.B * p.P), 256, 0, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (p.probs != nullptr) {
+    head_mean_probs<<<dim3((p.n + 255) / 256, p.B * p.P), 256, 0, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 template <typename T, int D>
@@ -339,7 +346,7 @@ void dispatch_d(const Params& p, int D, int GT, cudaStream_t stream) {
 
 std::vector<at::Tensor> core_attention_cuda(const at::Tensor& q, const at::Tensor& k,
                                             const at::Tensor& v, const at::Tensor& active,
-                                            double scale, bool per_head_probs) {
+                                            double scale, bool per_head_probs, bool want_probs) {
   TORCH_CHECK(q.is_cuda() && k.device() == q.device() && v.device() == q.device() &&
                   active.device() == q.device(),
               "core_attention_cuda: q, k, v and active must be on one CUDA device");
@@ -361,8 +368,8 @@ std::vector<at::Tensor> core_attention_cuda(const at::Tensor& q, const at::Tenso
               "core_attention_cuda: per-head active must be [B, Hkv, n] with Hkv = k.size(1)");
   TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0, "core_attention_cuda: Hq must be a multiple of Hkv");
   TORCH_CHECK(D == 64 || D == 128 || D == 256, "core_attention_cuda: head_dim must be 64, 128 or 256");
-  TORCH_CHECK(B <= 65535 && N < (int64_t{1} << 31) && n < (int64_t{1} << 31),
-              "core_attention_cuda: batch must be <= 65535 and N, n < 2^31");
+  TORCH_CHECK(N < (int64_t{1} << 31) && n < (int64_t{1} << 31),
+              "core_attention_cuda: N and n must be < 2^31");
   const int64_t vec = D / 32, esize = q.element_size();
   for (const at::Tensor* t : {&k, &v}) {
     TORCH_CHECK(t->stride(3) == 1, "core_attention_cuda: k and v need a unit stride on D");
@@ -374,11 +381,23 @@ std::vector<at::Tensor> core_attention_cuda(const at::Tensor& q, const at::Tenso
   const c10::cuda::CUDAGuard guard(q.device());
   auto out = at::empty({B, Hq, 1, D}, q.options());
   const int64_t P = (per_head || per_head_probs) ? Hkv : 1;  // probs rows per batch row
-  auto probs = per_head || per_head_probs
-                   ? at::empty({B, Hkv, n}, q.options().dtype(at::kFloat))
-                   : at::empty({B, n}, q.options().dtype(at::kFloat));
-  if (B == 0 || Hq == 0) return {out, probs.zero_()};
-  if (n == 0) return {out.zero_(), probs};
+  at::Tensor probs;
+  if (want_probs)
+    probs = per_head || per_head_probs ? at::empty({B, Hkv, n}, q.options().dtype(at::kFloat))
+                                       : at::empty({B, n}, q.options().dtype(at::kFloat));
+  // [out, probs], or [out] alone when the probabilities are not wanted.
+  const auto result = [&]() -> std::vector<at::Tensor> {
+    if (want_probs) return {out, probs};
+    return {out};
+  };
+  if (B == 0 || Hq == 0) {
+    if (want_probs) probs.zero_();
+    return result();
+  }
+  if (n == 0) {
+    out.zero_();
+    return result();
+  }
 
   const int G = static_cast<int>(Hq / Hkv);
   const int GT = G > 4 ? 8 : (G > 2 ? 4 : G);  // query heads per block: next power of 2, <= 8
@@ -391,11 +410,17 @@ std::vector<at::Tensor> core_attention_cuda(const at::Tensor& q, const at::Tenso
   int64_t nsplit = std::max<int64_t>(1, std::min(by_sms, by_rows));
   const int64_t chunk = (n + nsplit - 1) / nsplit;
   nsplit = (n + chunk - 1) / chunk;
-  TORCH_CHECK(nsplit <= 65535 && Hkv * head_tiles <= 65535 && B * P <= 65535,
-              "core_attention_cuda: grid too large");
+  // The Python wrapper refuses these shapes first (avl_lab.ext.op.cuda_unsupported); nsplit is
+  // at most 4 * SMs. The batch has no limit: it is launched in chunks below.
+  TORCH_CHECK(nsplit <= 65535 && Hkv * head_tiles <= 65535,
+              "core_attention_cuda: grid.y = Hkv x query-head tiles = ", Hkv * head_tiles,
+              " exceeds CUDA's limit 65535");
+  // Batch rows per launch: stage 1's gridDim.z and stage 3's gridDim.y = rows * P <= 65535.
+  const int64_t bchunk = want_probs ? 65535 / P : 65535;
 
   auto f32 = q.options().dtype(at::kFloat);
-  auto scores = at::empty({B, Hq, n}, f32);
+  at::Tensor scores;  // raw scores for the probabilities only
+  if (want_probs) scores = at::empty({B, Hq, n}, f32);
   auto fin = at::empty({2, B, Hq}, f32);
   at::Tensor part_ml, part_acc;
   if (nsplit > 1) {
@@ -409,7 +434,7 @@ std::vector<at::Tensor> core_attention_cuda(const at::Tensor& q, const at::Tenso
   p.v = v.data_ptr();
   p.active = active.data_ptr<int64_t>();
   p.out = out.data_ptr();
-  p.scores = scores.data_ptr<float>();
+  p.scores = want_probs ? scores.data_ptr<float>() : nullptr;
   p.fin_m = fin[0].data_ptr<float>();
   p.fin_l = fin[1].data_ptr<float>();
   if (nsplit > 1) {
@@ -417,7 +442,7 @@ std::vector<at::Tensor> core_attention_cuda(const at::Tensor& q, const at::Tenso
     p.part_l = part_ml[1].data_ptr<float>();
     p.part_acc = part_acc.data_ptr<float>();
   }
-  p.probs = probs.data_ptr<float>();
+  p.probs = want_probs ? probs.data_ptr<float>() : nullptr;
   p.k_sb = k.stride(0), p.k_sh = k.stride(1), p.k_sn = k.stride(2);
   p.v_sb = v.stride(0), p.v_sh = v.stride(1), p.v_sn = v.stride(2);
   p.a_sb = per_head ? Hkv * n : n;
@@ -430,18 +455,38 @@ std::vector<at::Tensor> core_attention_cuda(const at::Tensor& q, const at::Tenso
   p.scale_log2 = static_cast<float>(scale) * kLog2e;
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(q.get_device()).stream();
-  switch (q.scalar_type()) {
-    case at::kFloat: dispatch_d<float>(p, static_cast<int>(D), GT, stream); break;
-    case at::kBFloat16: dispatch_d<__nv_bfloat16>(p, static_cast<int>(D), GT, stream); break;
-    case at::kHalf: dispatch_d<__half>(p, static_cast<int>(D), GT, stream); break;
-    default: TORCH_CHECK(false, "core_attention_cuda: dtype must be float32, bfloat16 or float16");
+  for (int64_t b0 = 0; b0 < B; b0 += bchunk) {  // one chunk unless B is beyond the grid
+    const int64_t bc = std::min(bchunk, B - b0);
+    Params c = p;  // the same problem for batch rows b0 .. b0 + bc - 1
+    c.B = static_cast<int>(bc);
+    c.q = static_cast<const char*>(p.q) + b0 * Hq * D * esize;
+    c.k = static_cast<const char*>(p.k) + b0 * p.k_sb * esize;
+    c.v = static_cast<const char*>(p.v) + b0 * p.v_sb * esize;
+    c.active = p.active + b0 * p.a_sb;
+    c.out = static_cast<char*>(p.out) + b0 * Hq * D * esize;
+    if (p.scores != nullptr) c.scores = p.scores + b0 * Hq * n;
+    c.fin_m = p.fin_m + b0 * Hq;
+    c.fin_l = p.fin_l + b0 * Hq;
+    if (nsplit > 1) {
+      c.part_m = p.part_m + b0 * Hq * nsplit;
+      c.part_l = p.part_l + b0 * Hq * nsplit;
+      c.part_acc = p.part_acc + b0 * Hq * nsplit * D;
+    }
+    if (p.probs != nullptr) c.probs = p.probs + b0 * P * n;
+    switch (q.scalar_type()) {
+      case at::kFloat: dispatch_d<float>(c, static_cast<int>(D), GT, stream); break;
+      case at::kBFloat16: dispatch_d<__nv_bfloat16>(c, static_cast<int>(D), GT, stream); break;
+      case at::kHalf: dispatch_d<__half>(c, static_cast<int>(D), GT, stream); break;
+      default:
+        TORCH_CHECK(false, "core_attention_cuda: dtype must be float32, bfloat16 or float16");
+    }
   }
-  return {out, probs};
+  return result();
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("core_attention", &core_attention_cuda,
         "Core-cache decode attention over the active rows (CUDA)", py::arg("q"), py::arg("k"),
         py::arg("v"), py::arg("active"), py::arg("scale"), py::arg("per_head_probs") = false,
-        py::call_guard<py::gil_scoped_release>());
+        py::arg("want_probs") = true, py::call_guard<py::gil_scoped_release>());
 }
