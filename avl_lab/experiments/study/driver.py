@@ -222,9 +222,10 @@ def load(cfg: StudyConfig, method: Method, storage: str | RDBStorage, offset: in
 
 def check_stored(cfg: StudyConfig, base: EvalConfig, out: Path, storage: str | None) -> None:
     """What :func:`run` refuses about the studies already in the storage (other settings),
-    checked without writing: a default SQLite file that does not exist yet holds none."""
+    checked without writing, in a SQLite file that exists (one not there yet holds none; a
+    database server is not contacted by ``--check``)."""
     url = storage_url(storage, out)
-    if storage is None and not Path(url.removeprefix("sqlite:///")).exists():
+    if not url.startswith("sqlite:///") or not Path(url.removeprefix("sqlite:///")).exists():
         return
     rdb = make_storage(url, cfg)
     for method in resolve(cfg):
@@ -300,16 +301,20 @@ def _run_method(cfg: StudyConfig, method: Method, study: optuna.Study, base: Eva
             raise optuna.TrialPruned(f"the study already has {target} trials")
         policy = to_policy(suggest(trial, method), method)
         trial.set_user_attr("policy", policy)  # before the check: other workers compare it
+        mine.add(trial.number)
         same = _same_configuration(study, trial, policy)
-        if same is not None:  # never evaluated twice: the other trial has (or will have) it
-            repeats[0] += 1
+        if same is not None and same.state == TrialState.COMPLETE and same.number in mine:
+            # this worker's sampler drew a configuration again: its results are reused, not re-run
+            for key in ("score", "stored", "used", "n", "out_dir"):
+                trial.set_user_attr(key, same.user_attrs[key])
+            return tuple(same.values)
+        if same is not None:  # another worker has it, done or running: this one's sampler is in
+            repeats[0] += 1  # step with that worker's; leave its stream and draw again
             if repeats[0] > MAX_REPEATS:
                 raise ConfigError(f"study {study.study_name!r}: the sampler proposed {MAX_REPEATS} "
-                                  "configurations in a row that other trials already have; the "
-                                  "`space` may hold fewer distinct configurations than `n_trials`")
-            # a worker whose sampler drew what another's drew is in step with it: leave its stream
+                                  "configurations in a row that other workers had")
             study.sampler = make_sampler(cfg, offset=method.seed_offset + REPEAT_SEEDS + trial.number)
-            raise optuna.TrialPruned(f"the configuration of trial #{same}")
+            raise optuna.TrialPruned(f"the configuration of trial #{same.number}, another worker's")
         repeats[0] = 0
         res = evaluate_policy(base, policy, out)
         for key in ("score", "stored", "used", "n", "out_dir"):
@@ -317,6 +322,7 @@ def _run_method(cfg: StudyConfig, method: Method, study: optuna.Study, base: Eva
         return tuple(res[o] for o in cfg.objectives)
 
     repeats = [0]  # consecutive proposals pruned as repeats
+    mine: set[int] = set()  # this worker's trial numbers
     waiting: list[int] | None = None
     while (done := _count(study, TrialState.COMPLETE)) < target:
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -336,21 +342,21 @@ def _run_method(cfg: StudyConfig, method: Method, study: optuna.Study, base: Eva
         study.optimize(objective, n_trials=todo, show_progress_bar=progress, gc_after_trial=True)
 
 
-#: A worker gives up after this many proposals in a row that other trials already had.
+#: A worker gives up after this many proposals in a row that other workers were evaluating.
 MAX_REPEATS = 50
 #: Sampler seeds of a stream moved off another worker's start here (past any trial count).
 REPEAT_SEEDS = 1_000_003
 
 
-def _same_configuration(study: optuna.Study, trial: optuna.Trial, policy: dict[str, Any]) -> int | None:
-    """The number of another trial of the same ``policy`` (parameters after the study's
-    relations), complete or running. Each trial publishes its policy before it looks, so of two
-    that draw one policy at once the later to look always sees the other and yields (both
-    yield when each sees the other; neither goes on unseen)."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-        if t.number != trial.number and t.user_attrs.get("policy") == policy:
-            return t.number
-    return None
+def _same_configuration(study: optuna.Study, trial: optuna.Trial,
+                        policy: dict[str, Any]) -> optuna.trial.FrozenTrial | None:
+    """Another trial of the same ``policy`` (parameters after the study's relations): a complete
+    one (reused when this worker drew it before) before a running one. Each trial publishes its policy before it
+    looks, so of two that draw one policy at once the later to look always sees the other and
+    yields (both yield when each sees the other; neither goes on unseen)."""
+    others = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+              if t.number != trial.number and t.user_attrs.get("policy") == policy]
+    return min(others, key=lambda t: (t.state != TrialState.COMPLETE, t.number), default=None)
 
 
 def _full_dir(base: EvalConfig, out: Path) -> str:
