@@ -152,9 +152,9 @@ def test_decode_computes_over_only_the_active_rows(llava15_shaped, monkeypatch):
     rows_seen: list[int] = []
     real = avl_lab.ext.dispatch  # what the engine's decode step calls
 
-    def counting(q, k, v, active, scale, per_head_probs, impl="auto"):
+    def counting(q, k, v, active, scale, per_head_probs, impl="auto", want_probs=True):
         rows_seen.append(int((active >= 0).sum()))
-        return real(q, k, v, active, scale, per_head_probs, impl)
+        return real(q, k, v, active, scale, per_head_probs, impl, want_probs)
 
     monkeypatch.setattr(avl_lab.ext, "dispatch", counting)
     n_text = inputs["input_ids"].shape[1] - 576
