@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
@@ -145,18 +145,10 @@ class AVLLab(lmms):
         return self.args.batch_size
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        tasks = sorted({str(r.task_name) for r in requests})
-        raise NotImplementedError(
-            f"avl_lab: task(s) {', '.join(tasks)} ask for log-likelihoods (output_type "
-            "loglikelihood / multiple_choice); the avl_lab lmms-eval model runs generation tasks "
-            "(output_type generate_until) only: choose a generate_until task or variant")
+        _refuse(requests, "ask for log-likelihoods (output_type loglikelihood / multiple_choice)")
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
-        tasks = sorted({str(r.task_name) for r in requests})
-        raise NotImplementedError(
-            f"avl_lab: task(s) {', '.join(tasks)} are multi-round (output_type "
-            "generate_until_multi_round); the avl_lab lmms-eval model runs single-turn "
-            "generate_until tasks only")
+        _refuse(requests, "are multi-round (output_type generate_until_multi_round)")
 
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         """Generate every request under the policy, ``batch_size`` requests per ``generate``
@@ -235,3 +227,11 @@ class AVLLab(lmms):
         log_metrics(total_elapsed_time=elapsed, total_gen_tokens=new_tokens,
                     avg_speed=new_tokens / elapsed if elapsed > 0 else 0.0,
                     additional_metrics=extra)
+
+
+def _refuse(requests: list[Instance], what: str) -> NoReturn:
+    """One error naming the tasks and their output type: the model runs generate_until only."""
+    tasks = sorted({str(r.task_name) for r in requests})
+    raise NotImplementedError(f"avl_lab: task(s) {', '.join(tasks)} {what}; the avl_lab lmms-eval "
+                              "model runs single-turn generation tasks (output_type "
+                              "generate_until) only: choose a generate_until task or variant")
