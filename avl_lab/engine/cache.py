@@ -178,7 +178,7 @@ class AVLLayer(DynamicLayer):
         if name in _META:
             raise ValueError(f"{name!r} is engine bookkeeping, not policy state")
         if self.per_head and value.dim() == 2:  # one value per token: the same for every head
-            value = value[:, None].expand(-1, self._k.shape[2], -1).contiguous()
+            value = _per_head(value, self._k.shape[2])
         self.rows[name] = value
 
     def index(self, name: str) -> dict[str, Tensor] | None:

@@ -13,7 +13,6 @@ from avl_lab.policies.compose import Compose
 from avl_lab.policies.decode_tiering import check_tiering, text_part, vision_parts
 from avl_lab.policies.prefill_prune import PrefillPrune
 from avl_lab.policies.registry import register
-from avl_lab.policies.vision_tiering import SIGNALS
 
 
 @register("avl", example={"S": 45, "C": 30, "K": 3, "P": 90, "T": 50})
@@ -44,9 +43,7 @@ class AVL(Compose):
         check_percent("P", self.P)
         if self.S is not None and self.P is not None and self.S > self.P:
             raise ValueError(f"`S` ({self.S}) must not exceed `P` ({self.P})")
-        if self.signal not in SIGNALS:
-            raise ValueError(f"`signal` must be one of {SIGNALS}, got {self.signal!r}")
-        if self.signal != "last_token" and self.S is None:
+        if self.signal != "last_token" and self.S is None:  # VisionTiering checks the value
             raise ValueError("`signal` ranks the image rows of `S`: give `S`")
         parts: list[Policy] = vision_parts(self.S, self.C, self.K, self.signal)
         if self.P is not None:

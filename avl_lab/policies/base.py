@@ -417,9 +417,7 @@ def rows_to_index(rows: Tensor) -> Tensor:
 
 def _per_row(k: Tensor | int, like: Tensor) -> Tensor:
     """``k`` (``[B]``, ``[B, Hkv]`` or a scalar) broadcastable against ``like`` ``[B, (Hkv,) R]``."""
-    if not isinstance(k, Tensor):  # a Python number broadcasts as it is
-        return k
-    if not k.dim():
+    if not isinstance(k, Tensor) or not k.dim():  # a number broadcasts as it is
         return k
     return k.view(*k.shape, *([1] * (like.dim() - k.dim())))
 
