@@ -5,9 +5,11 @@ image / instruction tokens per decode step), Fig 3 (smallest fraction of image t
 of the image attention, per layer; heat map of one sample), Fig 4 (p% PPCI between layer 0 and
 every layer), Fig 5 (p% PPCI between decode step 0 and each later step, per layer). And two
 per-head ones: coverage (share of the answer's image tokens, where the task knows them, inside
-the top-S% set by the last prompt token's attention, per layer and head and for the head
-average) and drift (p% PPCI between the last prompt token's image attention and each decode
-step's, per layer and head). Keys: the evaluate CLI's (``model=...``, ``data=...``, ``data.limit=16``, ``batch_size=4``,
+the top-S% set by each of VisionTiering's ranking signals — the last prompt token's attention,
+the paper's, and window / colsum / attn_vnorm / key_norm — per layer and KV head and for the
+head average, with bootstrap intervals in ``coverage_intervals.csv``) and drift (p% PPCI
+between the last prompt token's image attention and each decode step's, per layer and query
+head). Keys: the evaluate CLI's (``model=...``, ``data=...``, ``data.limit=16``, ``batch_size=4``,
 ``generation.max_new_tokens=20``) and ``out_dir=DIR``. Writes ``<name>.csv`` and ``<name>.png``.
 """
 
@@ -26,7 +28,7 @@ from avl_lab.cli.helptext import Section, help_text
 from avl_lab.cli.loader import load_structured, split_keys
 from avl_lab.errors import ConfigError, InputFileError
 from avl_lab.evaluation.config import EvalConfig, load_config
-from avl_lab.experiments.analysis.run import ANALYSES, ENGINE_ANALYSES, HEAD_ANALYSES
+from avl_lab.experiments.analysis.run import ANALYSES
 
 __all__ = ["AnalyzeArgs", "main"]
 
@@ -94,9 +96,7 @@ def _main(argv: list[str]) -> int:
         print(usage())
         return 0
     from avl_lab.evaluation.preflight import check_model, check_out_dir
-    from avl_lab.experiments.analysis.collect import collect
-    from avl_lab.experiments.analysis.heads import collect_heads
-    from avl_lab.experiments.analysis.run import tabulate
+    from avl_lab.experiments.analysis.run import collect_for, tabulate
 
     opts, names, cfg = with_config_file(configure, args.dotlist)
     decode = [n for n in names if n in DECODE]
@@ -105,19 +105,19 @@ def _main(argv: list[str]) -> int:
     check_model(cfg)
     if args.check:
         return checked("analyze")
-    engine = collect(cfg) if set(names) & set(ENGINE_ANALYSES) else []
-    heads = collect_heads(cfg) if set(names) & set(HEAD_ANALYSES) else []
-    steps = [s.decode_image.shape[0] for s in engine] + [s.decode.shape[0] for s in heads]
+    samples = collect_for(names, cfg)
+    steps = [(s.decode_image if hasattr(s, "decode_image") else s.decode).shape[0]
+             for n in decode for s in samples[n]]
     if decode and not any(steps):
         raise InputFileError(f"{', '.join(decode)}: every sample ended after its first token, so "
                              "there is no decode step to compare; use other data or another model")
-    tables = {n: tabulate(n, heads if n in HEAD_ANALYSES else engine, out) for n in names}
+    tables = {n: tabulate(n, samples[n], out) for n in names}
     for name, df in tables.items():
         if df.empty:
             print(f"== {name}: nothing to measure on this task (see the warning)")
             continue
         num = df.select_dtypes("number")
-        keys = [c for c in ("step", "layer", "head", "S", "p", "modality") if c in df.columns]
+        keys = [c for c in ("signal", "step", "layer", "head", "S", "p", "modality") if c in df.columns]
         if "head" in keys:  # per-head tables: mean over steps
             keys = [k for k in keys if k != "step"]
         value = next(c for c in ("share", "fraction", "coverage", "ppci") if c in df.columns)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from avl_lab.experiments.analysis.measures import mass_fraction
 from avl_lab.experiments.figures import Grids, fig9, fig10
+from avl_lab.policies.vision_tiering import SIGNALS
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["model=tiny-random-llava", "data.limit=2", "generation.max_new_tokens=3", "batch_size=2"]
@@ -89,11 +90,17 @@ def test_analyze_cli_all(tmp_path):
     assert layer[layer["layer"] == 0]["ppci"].to_numpy() == pytest.approx(1.0)
     frac = pd.read_csv(tmp_path / "sparsity.csv")["fraction"]
     assert ((frac > 0) & (frac <= 1)).all()
-    cov = pd.read_csv(tmp_path / "coverage.csv")  # tiny-random-llava: 4 layers x 4 heads
-    assert set(cov["head"].astype(str)) == {"0", "1", "2", "3", "mean"}
+    cov = pd.read_csv(tmp_path / "coverage.csv")  # tiny-random-llava: 4 layers x 2 KV heads
+    assert set(cov["head"].astype(str)) == {"0", "1", "mean"} and set(cov["signal"]) == set(SIGNALS)
     assert set(cov["layer"]) == {0, 1, 2, 3} and set(cov["S"]) == {30, 45}
     assert cov["coverage"].between(0, 1).all()
     assert cov[cov["S"] == 45]["random"].iloc[0] == pytest.approx(28 / 64)  # floor(0.45 * 64)
+    means = pd.read_csv(tmp_path / "coverage_intervals.csv")  # means over the 2 samples
+    want = cov.groupby(["signal", "layer", "head", "S"])["coverage"].mean()
+    got = means.assign(head=means["head"].astype(str)).set_index(["signal", "layer", "head", "S"])
+    assert len(got) == len(want) == 5 * 4 * 3 * 2
+    assert got["coverage"].to_numpy() == pytest.approx(want.reindex(got.index).to_numpy())
+    assert ((got["lo"] <= got["coverage"] + 1e-12) & (got["coverage"] <= got["hi"] + 1e-12)).all()
     drift = pd.read_csv(tmp_path / "drift.csv")
     assert set(drift["step"]) <= {1, 2, 3} and drift["ppci"].between(0, 1).all()
 
@@ -109,6 +116,7 @@ def test_table_cli_reports_every_method_and_task_and_matches_direct_evaluation(t
     assert (full["stored"] == 1.0).all() and (full["used"] == 1.0).all()
     avl = df[df["method"] == "A-VL"]
     assert (avl["used"] < avl["stored"]).all() and (avl["stored"] < 0.7).all()
+    assert ((df["score_lo"] <= df["score"] + 1e-12) & (df["score"] <= df["score_hi"] + 1e-12)).all()
     md = (tmp_path / "table.md").read_text()
     assert sum(line.startswith("| ") for line in md.splitlines()) == len(METHODS) + 1
     assert "synth-ocr (ocrbench)" in md

@@ -70,14 +70,14 @@ def test_prefill_scores_follow_their_definitions():
                           key_norms=torch.rand(B, H, R, generator=g),
                           value_norms=torch.rand(B, H, R, generator=g))
     ctx.colsum = ctx.head_colsum.mean(1)
-    score = {s: VisionTiering(S=50, signal=s)._prefill_score(None, ctx) for s in SIGNALS
+    score = {s: VisionTiering(S=50, signal=s).prefill_score(None, ctx) for s in SIGNALS
              if s != "window"}
     torch.testing.assert_close(score["last_token"], head_scores.mean(1))
     torch.testing.assert_close(score["colsum"], ctx.head_colsum.mean(1))
     torch.testing.assert_close(score["attn_vnorm"], (head_scores * ctx.value_norms).mean(1))
     low = ctx.key_norms.mean(1).argmin(-1)  # the smallest mean key norm ranks first
     assert torch.equal(score["key_norm"].argmax(-1), low)
-    per_head = VisionTiering(S=50, signal="attn_vnorm", per_head=True)._prefill_score(None, ctx)
+    per_head = VisionTiering(S=50, signal="attn_vnorm", per_head=True).prefill_score(None, ctx)
     torch.testing.assert_close(per_head, head_scores * ctx.value_norms)
 
 

@@ -139,7 +139,7 @@ class VisionTiering(Policy):
         core = torch.cat([core, core.new_zeros(core.shape[0], 1)], 1)
         layer.set_state("core", ~img | core.gather(1, at).view_as(img))
 
-    def _prefill_score(self, layer, ctx: Context):
+    def prefill_score(self, layer, ctx: Context):
         """``[B, R]`` (``[B, Hkv, R]`` per head) the signal of each row after the prefill."""
         if self.signal == "last_token":
             return ctx.head_scores if self.per_head else ctx.scores  # scores = their head mean
@@ -154,7 +154,7 @@ class VisionTiering(Policy):
         return score if self.per_head else score.mean(1)
 
     def prefill_keep(self, layer, ctx: Context):
-        score = self._prefill_score(layer, ctx)
+        score = self.prefill_score(layer, ctx)
         if self.per_head:
             layer.split_heads()
         img = is_image(layer)

@@ -1,22 +1,28 @@
 """Per-head tables that explain a policy's choices: ``coverage`` and ``drift``.
 
 - ``coverage``: for samples whose answer's image tokens are known, the share of them inside
-  the top-S% image tokens by the last prompt token's attention (the set A-VL's VisionTiering and
-  FastV keep), per layer and per head, and for the head average (``head="mean"``, what A-VL
-  ranks by). ``random`` is the share a random S% set covers on average (S% itself, rounded
-  down). ``blank_share`` is the share of the head's image attention on blank grid cells and
-  ``answer_share`` the share on the answer's tokens.
+  the top-S% image tokens by each ranking signal of VisionTiering (``signal``: the last prompt
+  token's attention, the paper's; a window's, column sums, attention × value norm, key norm;
+  :mod:`avl_lab.experiments.analysis.signals`), per layer and per KV head, and for the head
+  average (``head="mean"``, what A-VL ranks by). ``random`` is the share a random S% set
+  covers on average (S% itself, rounded down). ``blank_share`` is the share of the signal's
+  mass on blank grid cells and ``answer_share`` the share on the answer's tokens (NaN for
+  ``key_norm``, a negated norm). :func:`coverage_intervals` gives their means over samples
+  with bootstrap intervals.
 - ``drift``: p% PPCI between the last prompt token's image attention and each decode step's,
-  per layer and per head (and the head average), with ``answer_share`` at that step and
+  per layer and per query head (and the head average), with ``answer_share`` at that step and
   ``peak_share``, the share of the head's image attention on its single most attended token.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import torch
 
 from avl_lab.experiments.analysis.heads import HeadAttention
+from avl_lab.experiments.analysis.signals import SignalRanks
+from avl_lab.experiments.study import bootstrap
 from avl_lab.metrics import ppci
 from avl_lab.policies.base import count_of
 
@@ -27,30 +33,52 @@ def _heads(per_head: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
 
 
 def _share(vec: torch.Tensor, where: torch.Tensor | None) -> float:
-    if where is None:
+    if where is None or float(vec.min()) < 0:  # no such tokens, or not a mass (key_norm)
         return float("nan")
     total = float(vec.sum())
     return float(vec[where].sum()) / total if total > 0 else float("nan")
 
 
-def coverage(samples: list[HeadAttention], shares=(30, 45)) -> pd.DataFrame:
-    """Answer coverage of the prefill top-S% set, per sample, layer, head and S."""
+def coverage(samples: list[SignalRanks], shares=(30, 45)) -> pd.DataFrame:
+    """Answer coverage of the prefill top-S% set, per sample, signal, layer, head and S."""
     rows = []
     for s in samples:
         if s.answer is None:
             continue
-        n = s.prefill.shape[-1]
-        for layer, per_head in enumerate(s.prefill):
-            for head, vec in _heads(per_head):
-                order = torch.argsort(vec, descending=True, stable=True)
-                base = {"sample": s.id, "layer": layer, "head": head,
-                        "blank_share": _share(vec, s.blank), "answer_share": _share(vec, s.answer)}
-                for S in shares:
-                    k = int(count_of(S, torch.tensor([n])))
-                    top = torch.zeros(n, dtype=torch.bool)
-                    top[order[:k]] = True
-                    rows.append({**base, "S": S, "coverage": float(top[s.answer].float().mean()),
-                                 "random": k / n})
+        for signal, per_layer in s.signals.items():
+            n = per_layer.shape[-1]
+            for layer, per_head in enumerate(per_layer):
+                for head, vec in _heads(per_head):
+                    order = torch.argsort(vec, descending=True, stable=True)
+                    base = {"sample": s.id, "signal": signal, "layer": layer, "head": head,
+                            "blank_share": _share(vec, s.blank),
+                            "answer_share": _share(vec, s.answer)}
+                    for S in shares:
+                        k = int(count_of(S, torch.tensor([n])))
+                        top = torch.zeros(n, dtype=torch.bool)
+                        top[order[:k]] = True
+                        rows.append({**base, "S": S, "random": k / n,
+                                     "coverage": float(top[s.answer].float().mean())})
+    return pd.DataFrame(rows)
+
+
+def coverage_intervals(df: pd.DataFrame, level: float = 0.95, resamples: int = 2000,
+                       seed: int = 0) -> pd.DataFrame:
+    """Mean ``coverage`` (and ``answer_share``) over samples per signal, layer, head and S, with
+    a percentile bootstrap interval of the coverage (``lo``, ``hi``; the same draws of samples
+    for every group, so two signals' intervals come from the same resampled sets)."""
+    keys = ["signal", "layer", "head", "S"]
+    if df.empty:
+        return pd.DataFrame(columns=[*keys, "n", "coverage", "lo", "hi", "random", "answer_share"])
+    ids = sorted(set(df["sample"]))
+    idx = bootstrap.draws(len(ids), resamples, seed)  # [B, n]
+    rows = []
+    for key, g in df.groupby(keys, sort=False):
+        vals = g.set_index("sample")["coverage"].reindex(ids).to_numpy(dtype=np.float64)
+        lo, hi = bootstrap.interval(bootstrap.resample(vals[None], idx)[0], level)
+        rows.append({**dict(zip(keys, key)), "n": len(ids), "coverage": float(vals.mean()),
+                     "lo": float(lo), "hi": float(hi), "random": float(g["random"].mean()),
+                     "answer_share": float(g["answer_share"].mean())})
     return pd.DataFrame(rows)
 
 

@@ -50,23 +50,22 @@ def plot_step_ppci(df: pd.DataFrame, path: Path) -> None:
     save(fig, path)
 
 
-def _grid(df: pd.DataFrame, value: str) -> pd.DataFrame:
-    """layer x head table of the mean ``value`` (heads in order, the head average last)."""
-    heads = sorted({h for h in df["head"] if h != "mean"}, key=int) + ["mean"]
-    return df.groupby(["layer", "head"])[value].mean().unstack("head")[heads]
-
-
 def plot_coverage(df: pd.DataFrame, path: Path, S: int = 45) -> None:
+    """Per signal and layer: coverage of the head average (left) and of the best KV head
+    (right), top S%."""
     plt, sns = pyplot()
     sub = df[df["S"] == S]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
     rand = float(sub["random"].mean())
-    sns.heatmap(_grid(sub, "coverage"), ax=a, annot=True, fmt=".2f", cmap="RdBu", center=rand,
-                vmin=0, vmax=1, cbar_kws={"label": f"answer tokens in the top {S}%"})
-    a.set(title=f"coverage of the answer's image tokens (random: {rand:.2f})")
-    sns.heatmap(_grid(sub, "blank_share"), ax=b, annot=True, fmt=".2f", cmap="viridis",
-                vmin=0, vmax=1, cbar_kws={"label": "share of image attention"})
-    b.set(title="last prompt token's image attention on blank cells")
+    per_head = sub.groupby(["signal", "layer", "head"], sort=False)["coverage"].mean().reset_index()
+    signals = list(dict.fromkeys(sub["signal"]))
+    mean = per_head[per_head["head"] == "mean"].pivot(index="signal", columns="layer", values="coverage")
+    best = per_head[per_head["head"] != "mean"].groupby(["signal", "layer"])["coverage"].max().unstack()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.6 * len(signals) + 2))
+    for ax, table, title in ((axes[0], mean, "head average (what A-VL ranks by)"),
+                             (axes[1], best, "best single KV head")):
+        sns.heatmap(table.loc[signals], ax=ax, annot=True, fmt=".2f", cmap="RdBu", center=rand,
+                    vmin=0, vmax=1, cbar_kws={"label": f"answer tokens in the top {S}%"})
+        ax.set(title=f"coverage, {title} (random: {rand:.2f})")
     save(fig, path)
 
 

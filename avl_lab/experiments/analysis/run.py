@@ -11,24 +11,31 @@ from avl_lab.evaluation import EvalConfig
 from avl_lab.experiments.analysis import head_measures, measures, plots
 from avl_lab.experiments.analysis.collect import SampleAttention, collect
 from avl_lab.experiments.analysis.heads import HeadAttention, collect_heads
+from avl_lab.experiments.analysis.signals import SignalRanks, collect_signals
 
 log = logging.getLogger(__name__)
 
 #: Read through the engine's recording policy (head-averaged).
 ENGINE_ANALYSES = ("modality-attention", "sparsity", "layer-ppci", "step-ppci")
-#: Read per head from the stock model (:mod:`avl_lab.experiments.analysis.heads`).
-HEAD_ANALYSES = ("coverage", "drift")
-ANALYSES = ENGINE_ANALYSES + HEAD_ANALYSES
+#: Read per query head from the stock model (:mod:`avl_lab.experiments.analysis.heads`).
+HEAD_ANALYSES = ("drift",)
+#: Every ranking signal per KV head (:mod:`avl_lab.experiments.analysis.signals`).
+SIGNAL_ANALYSES = ("coverage",)
+ANALYSES = (*ENGINE_ANALYSES, "coverage", "drift")
+
+Samples = list[SampleAttention] | list[HeadAttention] | list[SignalRanks]
 
 
-def tabulate(name: str, samples: list[SampleAttention] | list[HeadAttention], out: Path) -> pd.DataFrame:
-    """Compute analysis ``name`` from recorded ``samples``; write its CSV and PNG to ``out``."""
+def tabulate(name: str, samples: Samples, out: Path) -> pd.DataFrame:
+    """Compute analysis ``name`` from recorded ``samples``; write its CSV and PNG to ``out``
+    (and, for coverage, ``coverage_intervals.csv``: means over samples with intervals)."""
     if name not in ANALYSES:
         raise ValueError(f"unknown analysis {name!r}; choose one of {list(ANALYSES)}")
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"{name}.png"
     if name == "coverage":
         df = head_measures.coverage(samples)
+        head_measures.coverage_intervals(df).to_csv(out / "coverage_intervals.csv", index=False)
         if df.empty:  # e.g. `all` on a task without grid answers: an empty table, no figure
             log.warning("coverage: no sample has known answer tokens (the grid tasks on a model "
                         "with a square patch grid); %s not drawn", png.name)
@@ -53,8 +60,13 @@ def tabulate(name: str, samples: list[SampleAttention] | list[HeadAttention], ou
     return df
 
 
+def collect_for(names: list[str], cfg: EvalConfig) -> dict[str, Samples]:
+    """Each analysis in ``names`` → its recorded samples, collected once per kind."""
+    kinds = {ENGINE_ANALYSES: collect, HEAD_ANALYSES: collect_heads, SIGNAL_ANALYSES: collect_signals}
+    got = {kind: fn(cfg) for kind, fn in kinds.items() if set(names) & set(kind)}
+    return {n: next(v for kind, v in got.items() if n in kind) for n in names}
+
+
 def analyze(names: list[str], cfg: EvalConfig, out: Path) -> dict[str, pd.DataFrame]:
     """Collect attention once per kind for ``cfg`` and run each analysis in ``names``."""
-    engine = collect(cfg) if set(names) & set(ENGINE_ANALYSES) else []
-    heads = collect_heads(cfg) if set(names) & set(HEAD_ANALYSES) else []
-    return {n: tabulate(n, heads if n in HEAD_ANALYSES else engine, out) for n in names}
+    return {n: tabulate(n, samples, out) for n, samples in collect_for(names, cfg).items()}

@@ -4,7 +4,9 @@ SparseVLM, DART) and the pre-LLM ones (VisionZip, VisPruner, DivPrune) per task.
 
 Each cell is one cached, resumable evaluation (:func:`avl_lab.evaluation.cached.evaluate_policy`);
 the rows are :data:`METHODS` (about 50% stored cache for the compressed ones), the columns
-the tasks. Writes ``table.csv`` (tidy) and ``table.md`` (the README's layout).
+the tasks. Each score carries a 95% percentile bootstrap interval over the task's samples
+(``score_lo``, ``score_hi``; 1000 draws, seed 0). Writes ``table.csv`` (tidy) and ``table.md``
+(the README's layout).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from tqdm import tqdm
 
 from avl_lab.evaluation import EvalConfig
 from avl_lab.evaluation.cached import evaluate_policy
+from avl_lab.experiments.study.config import BootstrapConfig
+from avl_lab.experiments.study.uncertainty import score_interval
 
 __all__ = ["METHODS", "TASKS", "markdown", "run_table"]
 
@@ -37,7 +41,8 @@ def at_depth(layers: list[int], depth: int, paper_depth: int = 32, first: int = 
 Spec = dict[str, Any] | Callable[[int], dict[str, Any]]
 
 #: Row label -> policy: the paper's Table 2 (Full, FastV, H2O, A-VL = S=45 C=30 K=3) and the
-#: settings of its Table 3 (S=40; + P=90; + T=50), then the head-wise baselines at ~50% stored
+#: settings of its Table 3 (S=40; + P=90; + T=50), A-VL with each other ranking signal of
+#: VisionTiering (``signal``: the last prompt token's attention is the paper's), then the head-wise baselines at ~50% stored
 #: (ratio 0.5 of the prompt per KV head; decode keeps every new row). Baselines as the official
 #: code runs them: H2O and the text window T per KV head; "(shared)" rows keep one set of rows
 #: for all heads, scored by the head-averaged attention (avl_lab's earlier baselines). The
@@ -54,6 +59,8 @@ METHODS: dict[str, Spec] = {
     "H2O ratio=0.5 (shared)": {"name": "h2o", "ratio": 0.5, "per_head": False},
     "A-VL S=40": {"name": "avl", "S": 40},
     "A-VL": {"name": "avl", "S": 45, "C": 30, "K": 3},
+    **{f"A-VL signal={s}": {"name": "avl", "S": 45, "C": 30, "K": 3, "signal": s}
+       for s in ("window", "colsum", "attn_vnorm", "key_norm")},
     "A-VL + P=90": {"name": "avl", "S": 45, "C": 30, "K": 3, "P": 90},
     "A-VL + P=90 T=50 (T per head)": {"name": "avl", "S": 45, "C": 30, "K": 3, "P": 90, "T": 50},
     "A-VL + P=90 T=50 (T shared)": {"name": "avl", "S": 45, "C": 30, "K": 3, "P": 90, "T": 50,
@@ -130,7 +137,8 @@ def run_table(base: EvalConfig, out: Path, tasks: list[str] | None = None,
     for task, method in tqdm(cells, desc="table", unit="cell", disable=not progress):
         cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, name=task))
         res = evaluate_policy(cfg, spec_of(method, depth), out)
-        rows.append({"task": task, "method": method, **res})
+        lo, hi = score_interval(res["out_dir"], res["metric"], BootstrapConfig())
+        rows.append({"task": task, "method": method, **res, "score_lo": lo, "score_hi": hi})
     df = pd.DataFrame(rows)
     df.to_csv(out / "table.csv", index=False)
     (out / "table.md").write_text(markdown(df))
@@ -138,7 +146,7 @@ def run_table(base: EvalConfig, out: Path, tasks: list[str] | None = None,
 
 
 def markdown(df: pd.DataFrame) -> str:
-    """``method | task1 | ...`` with ``score / stored / used`` in each cell."""
+    """``method | task1 | ...`` with ``score [95% interval] / stored / used`` in each cell."""
     tasks = list(dict.fromkeys(df["task"]))
     metrics = {t: df[df["task"] == t]["metric"].iloc[0] for t in tasks}
     head = "| method | " + " | ".join(f"{t} ({metrics[t]})" for t in tasks) + " |"
@@ -147,8 +155,10 @@ def markdown(df: pd.DataFrame) -> str:
         cells = []
         for t in tasks:
             r = df[(df["task"] == t) & (df["method"] == method)].iloc[0]
-            cells.append(f"{r['score']:.3f} / {r['stored']:.3f} / {r['used']:.3f}")
+            cells.append(f"{r['score']:.3f} [{r['score_lo']:.2f}, {r['score_hi']:.2f}] / "
+                         f"{r['stored']:.3f} / {r['used']:.3f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     n = int(df["n"].min())
-    lines.append(f"\nscore / stored / used; n = {n} samples per task.")
+    lines.append(f"\nscore [95% bootstrap interval over samples] / stored / used; n = {n} samples "
+                 "per task.")
     return "\n".join(lines) + "\n"

@@ -21,7 +21,7 @@ from avl_lab.experiments.study.config import BootstrapConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Resampled", "method_table", "paired_table", "resampled"]
+__all__ = ["Resampled", "method_table", "paired_table", "per_sample", "resampled", "score_interval"]
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Resampled:
     cfg: BootstrapConfig
 
 
-def _per_sample(out_dir: str, metric: str, root: Path | None) -> dict[str, tuple[float, float]] | None:
+def per_sample(out_dir: str, metric: str, root: Path | None = None) -> dict[str, tuple[float, float]] | None:
     """``id -> (score, used)`` of one trial's evaluation; the evaluation is looked for where the
     trial recorded it, then under ``root/evals/`` (a study folder moved, or reported from
     another working directory)."""
@@ -66,7 +66,7 @@ def resampled(df: pd.DataFrame, metric: str, cfg: BootstrapConfig,
         return None
     tables = []
     for out_dir in df["out_dir"]:
-        table = _per_sample(out_dir, metric, root) if isinstance(out_dir, str) else None
+        table = per_sample(out_dir, metric, root) if isinstance(out_dir, str) else None
         if table is None:
             log.warning("no samples.jsonl in %s (trial run on another machine?): the report has "
                         "no intervals", out_dir)
@@ -83,6 +83,18 @@ def resampled(df: pd.DataFrame, metric: str, cfg: BootstrapConfig,
     used = np.array([[t[i][1] for i in ids] for t in tables], dtype=np.float64)  # [T, n]
     idx = bootstrap.draws(len(ids), cfg.resamples, cfg.seed)  # [B, n]
     return Resampled(bootstrap.resample(score, idx), bootstrap.resample(used, idx), len(ids), cfg)
+
+
+def score_interval(out_dir: str, metric: str, cfg: BootstrapConfig) -> tuple[float, float]:
+    """The bootstrap interval of one evaluation's score (the mean over its samples; CIDEr-D's
+    per-image scores average to the corpus score); NaN when its samples are not on disk."""
+    table = per_sample(out_dir, metric)
+    if not table or cfg.resamples == 0:
+        return float("nan"), float("nan")
+    scores = np.array([[v[0] for v in table.values()]], dtype=np.float64)  # [1, n]
+    draws = bootstrap.resample(scores, bootstrap.draws(scores.shape[1], cfg.resamples, cfg.seed))
+    lo, hi = bootstrap.interval(draws[0], cfg.level)
+    return float(lo), float(hi)
 
 
 def trial_intervals(df: pd.DataFrame, res: Resampled | None) -> pd.DataFrame:
