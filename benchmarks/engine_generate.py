@@ -88,6 +88,9 @@ POLICIES: dict[str, Any] = {
     "visionzip": {"name": "visionzip", "tokens": 64, "contextual_share": 15.6},
     "vispruner": {"name": "vispruner", "tokens": 64},
     "divprune": {"name": "divprune", "keep": 11.1},
+    # Issue 32: A-VL (S=45 C=30 K=3) with each ranking signal of VisionTiering.
+    **{f"avl K3 {s}": {"name": "avl", "S": 45, "C": 30, "K": 3, "signal": s}
+       for s in ("last_token", "window", "colsum", "attn_vnorm", "key_norm")},
 }
 #: What runs without ``--variants`` or a preset: the engine's own policies (issue 18).
 DEFAULT_VARIANTS = ["full", "avl", "avl P T", "fastv", "h2o"]
@@ -119,6 +122,11 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
     "pre_llm": [dict(hidden=4096, heads=32, mlp=11008, layers=2, prune_layer=0, new=3, rounds=3,
                      batch=[1], layouts=["llava15", "llava_next"],
                      variants=["full", "fastv", "visionzip", "vispruner", "divprune"])],
+    # Issue 32: what each ranking signal costs in prefill and per decode step (update steps
+    # every 3rd), LLaVA-1.5 and Qwen2.5-VL layouts, 4 layers of hidden 1,024, 24 new tokens.
+    "signals": [dict(layers=4, new=24, rounds=3, batch=[1, 8], layouts=["llava15", "qwen2_5_vl"],
+                     variants=["full", *(f"avl K3 {s}" for s in
+                                         ("last_token", "window", "colsum", "attn_vnorm", "key_norm"))])],
 }  # fmt: skip
 
 

@@ -11,7 +11,12 @@ import torch
 from avl_lab.engine.families import family_of
 from avl_lab.engine.session import attach
 from avl_lab.experiments.analysis.answer_cells import answer_tokens, blank_tokens, cell_patches
-from avl_lab.experiments.analysis.head_measures import coverage, coverage_intervals, drift
+from avl_lab.experiments.analysis.head_measures import (
+    complete_in_every_layer,
+    coverage,
+    coverage_intervals,
+    drift,
+)
 from avl_lab.experiments.analysis.heads import HeadAttention, HeadProbe
 from avl_lab.experiments.analysis.signals import SignalProbe, SignalRanks
 from avl_lab.policies.vision_tiering import SIGNALS
@@ -68,6 +73,16 @@ def test_coverage_intervals_by_hand():
     row = got[got["head"] == "0"].iloc[0]
     assert row["n"] == 2 and row["coverage"] == 0.5  # covered in s0, missed in s1
     assert row["lo"] == 0.0 and row["hi"] == 1.0  # draws of two samples: 0, 0.5 or 1
+    assert row["complete"] == 0.5
+
+
+def test_complete_in_every_layer_by_hand():
+    # two layers; sample a's answer (token 0) tops both layers, sample b's only layer 0
+    a = torch.tensor([[[0.9, 0.1]], [[0.8, 0.2]]])
+    b = torch.tensor([[[0.9, 0.1]], [[0.2, 0.8]]])
+    samples = [SignalRanks(i, {"last_token": t}, torch.tensor([0]), None) for i, t in (("a", a), ("b", b))]
+    got = complete_in_every_layer(coverage(samples, shares=(50,)))
+    assert got.set_index("signal").loc["last_token", "complete"] == 0.5
 
 
 def test_drift_by_hand():

@@ -8,7 +8,9 @@
   covers on average (S% itself, rounded down). ``blank_share`` is the share of the signal's
   mass on blank grid cells and ``answer_share`` the share on the answer's tokens (NaN for
   ``key_norm``, a negated norm). :func:`coverage_intervals` gives their means over samples
-  with bootstrap intervals.
+  with bootstrap intervals, and ``complete``, the share of samples whose answer tokens are
+  all in the set (what an exact-match metric needs); :func:`complete_in_every_layer` the share
+  whose answer tokens are all kept by every layer.
 - ``drift``: p% PPCI between the last prompt token's image attention and each decode step's,
   per layer and per query head (and the head average), with ``answer_share`` at that step and
   ``peak_share``, the share of the head's image attention on its single most attended token.
@@ -66,10 +68,12 @@ def coverage_intervals(df: pd.DataFrame, level: float = 0.95, resamples: int = 2
                        seed: int = 0) -> pd.DataFrame:
     """Mean ``coverage`` (and ``answer_share``) over samples per signal, layer, head and S, with
     a percentile bootstrap interval of the coverage (``lo``, ``hi``; the same draws of samples
-    for every group, so two signals' intervals come from the same resampled sets)."""
+    for every group, so two signals' intervals come from the same resampled sets), and
+    ``complete``: the share of samples with coverage 1."""
     keys = ["signal", "layer", "head", "S"]
     if df.empty:
-        return pd.DataFrame(columns=[*keys, "n", "coverage", "lo", "hi", "random", "answer_share"])
+        return pd.DataFrame(columns=[*keys, "n", "coverage", "lo", "hi", "complete", "random",
+                                     "answer_share"])
     ids = sorted(set(df["sample"]))
     idx = bootstrap.draws(len(ids), resamples, seed)  # [B, n]
     rows = []
@@ -77,9 +81,19 @@ def coverage_intervals(df: pd.DataFrame, level: float = 0.95, resamples: int = 2
         vals = g.set_index("sample")["coverage"].reindex(ids).to_numpy(dtype=np.float64)
         lo, hi = bootstrap.interval(bootstrap.resample(vals[None], idx)[0], level)
         rows.append({**dict(zip(keys, key)), "n": len(ids), "coverage": float(vals.mean()),
-                     "lo": float(lo), "hi": float(hi), "random": float(g["random"].mean()),
+                     "lo": float(lo), "hi": float(hi), "complete": float((vals == 1.0).mean()),
+                     "random": float(g["random"].mean()),
                      "answer_share": float(g["answer_share"].mean())})
     return pd.DataFrame(rows)
+
+
+def complete_in_every_layer(df: pd.DataFrame, head: str = "mean") -> pd.DataFrame:
+    """Per signal and S: the share of samples whose answer tokens are all inside every layer's
+    top-S% set by ``head`` (``"mean"``: the head average A-VL ranks by) — the samples a layer-wise
+    selection by that signal leaves readable in full."""
+    sub = df[df["head"].astype(str) == head]
+    whole = sub.groupby(["signal", "S", "sample"], sort=False)["coverage"].min().eq(1.0)
+    return whole.groupby(["signal", "S"], sort=False).mean().rename("complete").reset_index()
 
 
 def drift(samples: list[HeadAttention], ps=(10, 30, 50)) -> pd.DataFrame:
