@@ -179,7 +179,8 @@ def test_noncontiguous_query_and_index():
 # (B, Hkv, G, N, D, active): "heads:<n>" (every head its own sorted random rows, a different
 # count per head, -1 padded at the end; the last head of the last batch row has none),
 # "holes:<n>" (unsorted, -1 anywhere, repeats), "empty" (n = 0), "same:<n>" (one row set
-# for all heads).
+# for all heads), "wide:<n>" (the engine's decode index over n slots: entry j is j or -1, about
+# a third active, shared by the heads but for a few slots each head drops or adds).
 HEAD_SHAPES = [
     (1, 1, 1, 50, 64, "heads:20"),
     (1, 2, 4, 300, 128, "heads:90"),
@@ -192,6 +193,8 @@ HEAD_SHAPES = [
     (1, 32, 1, 640, 128, "heads:237"),  # LLaVA-1.5-like
     (3, 2, 4, 20, 64, "empty"),
     (3, 4, 1, 40, 128, "same:12"),
+    (2, 8, 1, 700, 128, "wide:700"),  # several position blocks and row splits
+    (1, 4, 7, 2100, 128, "wide:2100"),  # GQA
 ]
 
 
@@ -203,6 +206,11 @@ def make_head_active(spec: str, B: int, Hkv: int, N: int, gen: torch.Generator) 
     if kind == "same":
         rows = torch.randperm(N, generator=gen)[:n].sort().values
         return rows.expand(B, Hkv, n).contiguous()
+    if kind == "wide":
+        act = (torch.rand(B, 1, n, generator=gen) < 0.35).expand(B, Hkv, n).clone()
+        flip = torch.rand(B, Hkv, n, generator=gen) < 0.02  # each head's own few slots
+        act ^= flip
+        return torch.where(act, torch.arange(n), -1)
     if kind == "holes":
         a = torch.randint(0, N, (B, Hkv, n), generator=gen)
         return a.masked_fill(torch.rand(B, Hkv, n, generator=gen) < 0.3, -1)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import avl_lab
+from avl_lab.engine.cache import aligned
 from avl_lab.models import tiny_random
 from avl_lab.testing import masked_reference, run_policy
 from tests.helpers import assert_batch_invariant, family_inputs, make_inputs
@@ -117,30 +118,30 @@ def _layer(k, v):
 
 
 def _assert_holds(layer, k, v, kept):
-    """Each head's valid slots hold its kept rows of ``k``/``v`` in order."""
+    """Each head's valid slots hold its kept rows of ``k``/``v``, in order."""
     B, H = kept.shape[:2]
     valid = layer.valid if layer.per_head else layer.valid[:, None].expand(B, H, -1)
     for b in range(B):
         for h in range(H):
             rows = kept[b, h].nonzero().flatten()
-            c = len(rows)
-            assert int(valid[b, h].sum()) == c
-            assert torch.equal(layer.keys[b, h, :c], k[b, h, rows])
-            assert torch.equal(layer.values[b, h, :c], v[b, h, rows])
+            assert int(valid[b, h].sum()) == len(rows)
+            assert torch.equal(layer.keys[b, h][valid[b, h]], k[b, h, rows])
+            assert torch.equal(layer.values[b, h][valid[b, h]], v[b, h, rows])
 
 
 def test_per_head_compaction_keeps_each_heads_rows_head_major():
-    """Per-head eviction moves each (row, head) pair's values with it, and stores rows per KV
-    head head-major (each head's slots one run); later evictions, per head or shared, and
-    appends work on that storage."""
+    """Per-head eviction where the heads keep different rows (more than SLACK slots apart)
+    moves each (row, head) pair's values with it, and packs each KV head's rows on their own,
+    head-major (each head's slots one run); a later shared eviction on that storage moves
+    whole slots."""
     gen = torch.Generator().manual_seed(0)
-    B, H, R, D = 2, 3, 10, 8
+    B, H, R, D = 2, 3, 64, 8
     k, v = torch.randn(B, H, R, D, generator=gen), torch.randn(B, H, R, D, generator=gen)
     layer = _layer(k, v)
-    keep = torch.rand(B, H, R, generator=gen) > 0.4
-    keep[0, 0] = True  # one head keeps everything: the others are padded to R
+    keep = torch.rand(B, H, R, generator=gen) > 0.6
+    assert not aligned(int(keep.sum(-1).max()), int(keep.any(1).sum(-1).max()))
     layer.evict(keep)
-    assert layer.per_head
+    assert layer.per_head and layer.valid.shape[-1] == int(keep.sum(-1).max())
     assert layer.keys.stride(1) > layer.keys.stride(2) == D  # head-major: a head's rows one run
     _assert_holds(layer, k, v, keep)
     # A second, shared keep (the first kept slot of every head dropped) on head-major storage.
@@ -153,7 +154,31 @@ def test_per_head_compaction_keeps_each_heads_rows_head_major():
             kept2[b, h, keep[b, h].nonzero()[0]] = False
     layer.evict(keep2)
     _assert_holds(layer, k, v, kept2)
-    assert layer.keys.stride(1) > layer.keys.stride(2)
+    assert layer.keys.stride(2) == H * D  # one slot freed in every head: whole slots moved
+
+
+def test_per_head_compaction_of_a_few_differing_rows_stays_aligned():
+    """Heads that differ in a few rows (TextH2O's per-head text windows beside shared image
+    rows) are compacted into slots shared by every head, token-major: a slot holds one token
+    for all heads, a row one head dropped is that head's hole, and the slots number the union
+    of the kept rows."""
+    gen = torch.Generator().manual_seed(2)
+    B, H, R, D = 2, 4, 40, 8
+    k, v = torch.randn(B, H, R, D, generator=gen), torch.randn(B, H, R, D, generator=gen)
+    layer = _layer(k, v)
+    shared = torch.rand(B, R, generator=gen) > 0.5
+    keep = shared[:, None].expand(B, H, R).clone()
+    keep[:, 1, shared[0].nonzero()[0]] = False  # heads 1 and 3 each drop a row the others keep
+    keep[:, 3, shared[0].nonzero()[-1]] = False
+    layer.evict(keep)
+    union = keep.any(1)
+    assert layer.per_head and layer.valid.shape[-1] == int(union.sum(-1).max())
+    assert layer.keys.stride(1) == D and layer.keys.stride(2) == H * D  # token-major
+    _assert_holds(layer, k, v, keep)
+    tok = torch.arange(R).expand(B, R)
+    for b in range(B):  # every head's slot s holds the same token
+        n = int(union[b].sum())
+        assert torch.equal(layer.tok[b, :, :n], tok[b][union[b]].expand(H, n))
 
 
 def test_shared_compaction_stays_token_major():

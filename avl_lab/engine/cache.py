@@ -115,13 +115,17 @@ class AVLLayer(DynamicLayer):
     ) -> None:
         """Hold rows ``[B, n, Hkv, D]`` (any strides) in fresh buffers with room for the rows
         the run will still append (so a decode step writes one slot instead of copying),
-        head-major when the rows are per KV head (``head_major`` None) or asked."""
+        head-major if asked (``head_major`` None: as the layer holds them now)."""
         B, n, H, D = k_tok.shape
         cap = n + max(extra, self.cache.run.rows_to_come())
-        hm = self.per_head if head_major is None else head_major
+        hm = self._head_major() if head_major is None else head_major
         self._k, self._v = _alloc(k_tok, B, cap, H, D, hm), _alloc(v_tok, B, cap, H, D, hm)
         self._k[:, :n], self._v[:, :n] = k_tok, v_tok
         self._n = n
+
+    def _head_major(self) -> bool:
+        """Whether the storage is head-major (each head's slots one run)."""
+        return self._k is not None and self._k.shape[2] > 1 and self._k.stride(1) == self._k.shape[3]
 
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -303,10 +307,15 @@ class AVLLayer(DynamicLayer):
             self.cache.pending.add(self.layer_idx)
             return None
         counts = keep.sum(-1)  # [B] or [B, Hkv]
-        m = int(counts.max()) if counts.numel() else 0
+        if not counts.numel():
+            m = union = 0
+        elif keep.dim() == 3:
+            m, union = torch.stack([counts.max(), keep.any(1).sum(-1).max()]).tolist()
+        else:
+            m = union = int(counts.max())
         if m == self.num_rows and bool(keep.all()):
             return None
-        return self.compact(keep, counts, m)
+        return self.compact(keep, counts, m, union)
 
     def drop(self, rows: Tensor) -> None:
         """Deferred eviction (as ``evict(..., defer=True)``) of the rows numbered ``rows``
@@ -317,13 +326,37 @@ class AVLLayer(DynamicLayer):
         self.rows["valid"] = clear_rows(self.valid, rows)
         self.cache.pending.add(self.layer_idx)
 
-    def compact(self, keep: Tensor, counts: Tensor, m: int) -> Tensor:
-        """Hold only the ``keep`` rows (``counts`` per row / head, at most ``m``), in order."""
+    def compact(self, keep: Tensor, counts: Tensor, m: int, union: int | None = None) -> Tensor:
+        """Hold only the ``keep`` rows (``counts`` per row / head, at most ``m``), in order.
+
+        With rows per KV head, ``union`` is the most rows any batch row keeps for some head.
+        Where that exceeds ``m`` by little (:func:`aligned`: the heads differ in a few rows, as
+        TextH2O's per-head text windows beside shared image rows), whole slots are kept or
+        freed (*aligned*): a slot some head keeps stays for every head, token-major, and a row a
+        head dropped stays there as that head's invalid hole, so slots that held one token for
+        every head still do. A decode step then reads the
+        active rows of all heads from the same slots, as fast as shared rows (measured 1.00×
+        shared at LLaVA-1.5 32k rows, against 1.47× when each head's rows are packed on their
+        own). Otherwise each head's rows are packed on their own, head-major."""
+        if keep.dim() == 3 and union is not None and aligned(m, union):
+            return self._compact_aligned(keep, union)
         # Stable sort puts kept rows first, in their original order.
         order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[..., :m]
-        self._store(_take(self._k, order), _take(self._v, order))
+        self._store(_take(self._k, order), _take(self._v, order), head_major=keep.dim() == 3)
         rows = {k: t.gather(-1, order) for k, t in self.rows.items()}
         rows["valid"] = torch.arange(m, device=counts.device) < counts[..., None]
+        self.rows = rows
+        if self.indices:
+            self._renumber(keep, order)
+        return order
+
+    def _compact_aligned(self, keep: Tensor, union: int) -> Tensor:
+        """:meth:`compact` of rows per KV head into ``union`` slots shared by the heads."""
+        shared = torch.sort((~keep.any(1)).to(torch.int8), dim=-1, stable=True).indices[..., :union]
+        self._store(_take(self._k, shared), _take(self._v, shared), head_major=False)
+        order = shared[:, None].expand(-1, keep.shape[1], -1)  # [B, Hkv, union]
+        rows = {k: t.gather(-1, order) for k, t in self.rows.items()}
+        rows["valid"] = keep.gather(-1, order)  # a head's dropped rows: holes
         self.rows = rows
         if self.indices:
             self._renumber(keep, order)
@@ -344,6 +377,14 @@ class AVLLayer(DynamicLayer):
         if self._k is None:
             return 0
         return self._k.numel() * self._k.element_size() * 2
+
+
+def aligned(m: int, union: int) -> bool:
+    """Whether rows per KV head, at most ``m`` per head and ``union`` kept by some head, are
+    compacted into shared slots: the holes it leaves (at most ``union - m`` per head) stay
+    within the slack a deferred eviction may leave allocated (:data:`SLACK` rows or
+    :data:`SLACK_SHARE` of the slots)."""
+    return union - m <= max(SLACK, int(union * SLACK_SHARE))
 
 
 def _per_head(t: Tensor, H: int) -> Tensor:
@@ -444,11 +485,17 @@ class AVLCache(Cache):
             return
         layers = [self.layers[i] for i in sorted(self.pending)]
         counts = [layer.valid.sum(-1) for layer in layers]
-        sizes = torch.stack([c.max() for c in counts]).tolist()  # the one host sync
-        for layer, c, m in zip(layers, counts, sizes, strict=True):
-            free = layer.num_rows - int(m)
+        # the most rows per head and, with rows per KV head, the most slots some head holds
+        unions = [layer.valid.any(1).sum(-1).max() if layer.per_head else c.max()
+                  for layer, c in zip(layers, counts, strict=True)]
+        sizes = torch.stack([c.max() for c in counts] + unions).tolist()  # the one host sync
+        most, slots_held = sizes[: len(layers)], sizes[len(layers) :]
+        for layer, c, m, u in zip(layers, counts, most, slots_held, strict=True):
+            m, u = int(m), int(u)
+            slots = u if layer.per_head and aligned(m, u) else m
+            free = layer.num_rows - slots
             if free and (force or free >= max(SLACK, int(layer.num_rows * SLACK_SHARE))):
-                layer.compact(layer.valid, c, int(m))
+                layer.compact(layer.valid, c, m, u)
                 self.pending.discard(layer.layer_idx)
             elif not free:
                 self.pending.discard(layer.layer_idx)

@@ -11,10 +11,13 @@
 // Work is split into units (batch row, kv heads [h0, h1), row split) run in ONE parallel
 // region: a unit handles all G = Hq / Hkv query heads of its kv heads, so it owns complete
 // softmaxes and writes `out` and `probs` itself; row splits (and a merge after the region) only
-// happen when units are fewer than threads. Shared rows of a token-major cache give a unit a
-// contiguous range of heads (as many ranges as threads), so a selected token's rows of those
-// heads are one run (read in blocks of tokens, see kTokenBlock); otherwise (head-major caches,
-// per-head rows) a unit is one kv head, whose rows are one slab.
+// happen when units are fewer than threads. A token-major cache gives a unit a contiguous
+// range of heads (as many ranges as threads), so a selected token's rows of those heads are one
+// run: shared rows are read in blocks of tokens (kTokenBlock), rows per kv head in blocks of
+// index positions, every head's rows of a block in turn (kPosBlock; with the engine's wide
+// index position j is slot j for every head, so heads that hold mostly the same slots, as
+// beside TextH2O's per-head text windows, read them together); a head-major cache gives a
+// unit one kv head, whose rows are one slab.
 //
 // Inside a unit: the -1 entries are dropped first (a list of the valid positions, so a wide
 // index costs one scan, not row reads), then pass 1 reads the K rows into scores, the scores
@@ -57,6 +60,7 @@ constexpr int64_t kMinRowsPerSplit = 128;
 // stream at once (the hardware prefetcher follows each) and software prefetch runs one block
 // ahead (measured 1.1-1.2x the bandwidth limit against 1.3-1.4x reading token after token).
 constexpr int64_t kTokenBlock = 8;
+constexpr int64_t kPosBlock = 48;  // per-head rows of a token-major cache: index positions per block
 constexpr int64_t kVBlock = 32;            // GQA V pass: rows per register-accumulator block
 // Below this many K+V bytes a call runs on the calling thread: waking a sleeping OpenMP
 // worker (OMP_WAIT_POLICY=PASSIVE) costs ~15 us, what one core reads in ~300 KiB.
@@ -433,7 +437,7 @@ struct Sink {
 struct Scratch {
   std::vector<float> q, s, acc, m, l, t;
   std::vector<int32_t> pos;  // valid positions (index entries >= 0), one list per kv head
-  std::vector<int64_t> cnt;
+  std::vector<int64_t> cnt, cur;
 };
 Scratch& scratch() {
   static thread_local Scratch w;
@@ -461,7 +465,7 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const int6
   const int64_t rb = D * static_cast<int64_t>(sizeof(T));
   Scratch& w = scratch();
   grow(w.q, nq * D), grow(w.acc, nq * D), grow(w.s, nq * cap), grow(w.t, cap);
-  grow(w.m, nq), grow(w.l, nq), grow(w.pos, hc * cap), grow(w.cnt, hc);
+  grow(w.m, nq), grow(w.l, nq), grow(w.pos, hc * cap), grow(w.cnt, hc), grow(w.cur, hc);
   float* qf = w.q.data();
   float* S = w.s.data();  // S[i * cap + c]: query head i, c-th valid position of its kv head
   float* acc = w.acc.data();
@@ -482,6 +486,25 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const int6
   auto list = [&](int64_t hl) { return w.pos.data() + (shared ? 0 : hl) * cap; };
   auto count = [&](int64_t hl) { return w.cnt[shared ? 0 : hl]; };
   auto idx_of = [&](int64_t hl) { return ab + (h0 + hl) * sh.a_sh; };
+  // Per-head rows of a token-major cache (sh.token_outer, !shared): blocks of kPosBlock index
+  // positions, every head's rows of a block in turn, so that the heads' rows of one slot (one
+  // run of the cache) are read while the block is in cache. `visit(hl, t0, t1)` gets head hl's
+  // valid entries [t0, t1) (its list's order) whose positions fall in the block.
+  auto by_blocks = [&](auto&& visit) {
+    int64_t* cur = w.cur.data();
+    std::fill(cur, cur + hc, 0);
+    for (int64_t jb = j0; jb < j1; jb += kPosBlock) {
+      const int64_t je = std::min(j1, jb + kPosBlock);
+      for (int64_t hl = 0; hl < hc; ++hl) {
+        const int32_t* p = list(hl);
+        const int64_t c = count(hl), t0 = cur[hl];
+        int64_t t1 = t0;
+        while (t1 < c && p[t1] < je) ++t1;
+        if (t1 > t0) visit(hl, t0, t1);
+        cur[hl] = t1;
+      }
+    }
+  };
 
   const T* qb = q + (b * sh.Hq + hq0) * D;
   for (int64_t i = 0; i < nq * D; ++i) qf[i] = static_cast<float>(qb[i]) * sh.scale;
@@ -493,7 +516,17 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const int6
   // Pass 1: scores. Token order (token-major shared rows): blocks of tokens, head by head
   // inside a block; head order: each head's rows in index order.
   if (G == 1) {  // memory-bound: one dot per row as it arrives
-    if (sh.token_outer) {
+    if (sh.token_outer && !shared) {
+      by_blocks([&](int64_t hl, int64_t t0, int64_t t1) {
+        const int32_t* p = list(hl);
+        const int64_t c = count(hl), *idx = idx_of(hl);
+        const T* kh = kb + hl * sh.k_sh;
+        for (int64_t t = t0; t < t1; ++t) {
+          if (t + kTokenBlock < c) prefetch_row(row_ptr(kh, idx, p[t + kTokenBlock], sh.k_sn), rb);
+          S[hl * cap + t] = dot<NV>(qf + hl * D, row_ptr(kh, idx, p[t], sh.k_sn), D);
+        }
+      });
+    } else if (sh.token_outer) {
       const int32_t* p = list(0);
       const int64_t c = count(0), *idx = idx_of(0);
       for (int64_t t0 = 0; t0 < c; t0 += kTokenBlock) {
@@ -518,7 +551,21 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const int6
     }
   } else {
     const T* rows[kBatch];
-    if (sh.token_outer) {
+    if (sh.token_outer && !shared) {
+      by_blocks([&](int64_t hl, int64_t tb, int64_t te) {
+        const int32_t* p = list(hl);
+        const int64_t c = count(hl), *idx = idx_of(hl);
+        const T* kh = kb + hl * sh.k_sh;
+        for (int64_t t0 = tb; t0 < te; t0 += kBatch) {
+          const int64_t nr = std::min<int64_t>(kBatch, te - t0);
+          for (int64_t r = 0; r < nr; ++r) {
+            if (t0 + r + kTokenBlock < c) prefetch_row(row_ptr(kh, idx, p[t0 + r + kTokenBlock], sh.k_sn), rb);
+            rows[r] = row_ptr(kh, idx, p[t0 + r], sh.k_sn);
+          }
+          group_scores<NV>(qf + hl * G * D, rows, nr, G, D, S + hl * G * cap + t0, cap);
+        }
+      });
+    } else if (sh.token_outer) {
       const int32_t* p = list(0);
       const int64_t c = count(0), *idx = idx_of(0);
       for (int64_t t0 = 0; t0 < c; t0 += kBatch) {
@@ -568,7 +615,22 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const int6
 
   // Pass 2: weighted sum of the V rows into acc [nq, D].
   std::fill(acc, acc + nq * D, 0.f);
-  if (G == 1 && sh.token_outer) {  // blocks of tokens, head by head inside a block
+  if (sh.token_outer && !shared) {  // blocks of positions, head by head inside a block
+    const T* rows[kVBlock];
+    by_blocks([&](int64_t hl, int64_t tb, int64_t te) {
+      const int32_t* p = list(hl);
+      const int64_t c = count(hl), *idx = idx_of(hl);
+      const T* vh = vb + hl * sh.v_sh;
+      for (int64_t t0 = tb; t0 < te; t0 += kVBlock) {
+        const int64_t nr = std::min<int64_t>(kVBlock, te - t0);
+        for (int64_t r = 0; r < nr; ++r) {
+          if (t0 + r + kTokenBlock < c) prefetch_row(row_ptr(vh, idx, p[t0 + r + kTokenBlock], sh.v_sn), rb);
+          rows[r] = row_ptr(vh, idx, p[t0 + r], sh.v_sn);
+        }
+        group_values<NV>(rows, nr, S + hl * G * cap + t0, cap, acc + hl * G * D, G, D);
+      }
+    });
+  } else if (G == 1 && sh.token_outer) {  // blocks of tokens, head by head inside a block
     const int32_t* p = list(0);
     const int64_t c = count(0), *idx = idx_of(0);
     for (int64_t t0 = 0; t0 < c; t0 += kTokenBlock) {
@@ -864,10 +926,12 @@ std::vector<at::Tensor> core_attention_cpu(const at::Tensor& q, const at::Tensor
   sh.a_sb = per_head ? Hkv * n : n;
   sh.a_sh = distinct ? n : 0;
   sh.scale = static_cast<float>(scale);
-  // Shared rows of a token-major cache (heads inside tokens) are read token by token; a unit
-  // then takes a range of heads (as many ranges as threads need), otherwise one kv head.
-  sh.token_outer =
-      !distinct && Hkv > 1 && k.stride(1) < k.stride(2) && v.stride(1) < v.stride(2);
+  // A token-major cache (heads inside tokens) is read token by token (shared rows) or block by
+  // block (rows per head); a unit then takes a range of heads (as many ranges as threads need),
+  // otherwise one kv head.
+  // Rows per kv head of a token-major cache go by blocks of index positions (attend_unit's
+  // by_blocks): with a wide index every head's position j is slot j, one run for all heads.
+  sh.token_outer = Hkv > 1 && k.stride(1) < k.stride(2) && v.stride(1) < v.stride(2);
   const int64_t threads = at::get_num_threads();
   const int64_t bytes = 2 * B * Hkv * n * D * static_cast<int64_t>(q.element_size());
   const bool serial = threads == 1 || bytes < kSerialBytes;
