@@ -13,11 +13,11 @@
 // softmaxes and writes `out` and `probs` itself; row splits (and a merge after the region) only
 // happen when units are fewer than threads. A token-major cache gives a unit a contiguous
 // range of heads (as many ranges as threads), so a selected token's rows of those heads are one
-// run: shared rows are read in blocks of tokens (kTokenBlock), rows per kv head in blocks of
-// index positions, every head's rows of a block in turn (kPosBlock; with the engine's wide
-// index position j is slot j for every head, so heads that hold mostly the same slots, as
-// beside TextH2O's per-head text windows, read them together); a head-major cache gives a
-// unit one kv head, whose rows are one slab.
+// run: shared rows are read in blocks of tokens (kTokenBlock), rows per kv head of a wide index
+// (entry j is slot j or -1) in blocks of index positions, every head's rows of a block in turn
+// (kPosBlock: heads that hold mostly the same slots, as beside TextH2O's per-head text windows,
+// read them together); otherwise (head-major caches, other per-head indices) a unit is one kv
+// head, whose rows are one slab.
 //
 // Inside a unit: the -1 entries are dropped first (a list of the valid positions, so a wide
 // index costs one scan, not row reads), then pass 1 reads the K rows into scores, the scores
@@ -876,6 +876,18 @@ bool heads_coincide(const int64_t* ap, int64_t B, int64_t Hkv, int64_t n) {
   return true;
 }
 
+// True when every entry of a per-head index is -1 or its own position (the engine's wide
+// index, `slot j or -1`): position j then names the same slot for every kv head.
+bool positions_are_slots(const int64_t* ap, int64_t rows, int64_t n) {
+  bool ok = true;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t* a = ap + r * n;
+    for (int64_t j = 0; j < n; ++j) ok &= (a[j] < 0) | (a[j] == j);
+    if (!ok) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 std::vector<at::Tensor> core_attention_cpu(const at::Tensor& q, const at::Tensor& k,
@@ -930,8 +942,10 @@ std::vector<at::Tensor> core_attention_cpu(const at::Tensor& q, const at::Tensor
   // block (rows per head); a unit then takes a range of heads (as many ranges as threads need),
   // otherwise one kv head.
   // Rows per kv head of a token-major cache go by blocks of index positions (attend_unit's
-  // by_blocks): with a wide index every head's position j is slot j, one run for all heads.
-  sh.token_outer = Hkv > 1 && k.stride(1) < k.stride(2) && v.stride(1) < v.stride(2);
+  // by_blocks) when the index is wide (position j = slot j for every head, so a block's slots
+  // are read once for all heads); other per-head indices go head by head.
+  sh.token_outer = Hkv > 1 && k.stride(1) < k.stride(2) && v.stride(1) < v.stride(2) &&
+                   (!distinct || positions_are_slots(ap, B * Hkv, n));
   const int64_t threads = at::get_num_threads();
   const int64_t bytes = 2 * B * Hkv * n * D * static_cast<int64_t>(q.element_size());
   const bool serial = threads == 1 || bytes < kSerialBytes;
