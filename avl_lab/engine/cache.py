@@ -309,10 +309,10 @@ class AVLLayer(DynamicLayer):
         counts = keep.sum(-1)  # [B] or [B, Hkv]
         if not counts.numel():
             m = union = 0
-        elif keep.dim() == 3:
+        elif keep.dim() == 3 and not self._head_major():  # may stay aligned (see compact)
             m, union = torch.stack([counts.max(), keep.any(1).sum(-1).max()]).tolist()
         else:
-            m = union = int(counts.max())
+            m, union = int(counts.max()), None
         if m == self.num_rows and bool(keep.all()):
             return None
         return self.compact(keep, counts, m, union)
@@ -337,8 +337,9 @@ class AVLLayer(DynamicLayer):
         every head still do. A decode step then reads the
         active rows of all heads from the same slots, as fast as shared rows (measured 1.00×
         shared at LLaVA-1.5 32k rows, against 1.47× when each head's rows are packed on their
-        own). Otherwise each head's rows are packed on their own, head-major."""
-        if keep.dim() == 3 and union is not None and aligned(m, union):
+        own). Otherwise each head's rows are packed on their own, head-major, and stay so (a
+        layer packed per head is not realigned)."""
+        if keep.dim() == 3 and union is not None and aligned(m, union) and not self._head_major():
             return self._compact_aligned(keep, union)
         # Stable sort puts kept rows first, in their original order.
         order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[..., :m]
@@ -485,14 +486,16 @@ class AVLCache(Cache):
             return
         layers = [self.layers[i] for i in sorted(self.pending)]
         counts = [layer.valid.sum(-1) for layer in layers]
-        # the most rows per head and, with rows per KV head, the most slots some head holds
-        unions = [layer.valid.any(1).sum(-1).max() if layer.per_head else c.max()
-                  for layer, c in zip(layers, counts, strict=True)]
+        # the most rows per head and, for rows per KV head in aligned slots, the most slots
+        # some head holds
+        may_align = [layer.per_head and not layer._head_major() for layer in layers]
+        unions = [layer.valid.any(1).sum(-1).max()
+                  for layer, a in zip(layers, may_align, strict=True) if a]
         sizes = torch.stack([c.max() for c in counts] + unions).tolist()  # the one host sync
-        most, slots_held = sizes[: len(layers)], sizes[len(layers) :]
-        for layer, c, m, u in zip(layers, counts, most, slots_held, strict=True):
-            m, u = int(m), int(u)
-            slots = u if layer.per_head and aligned(m, u) else m
+        held = iter(sizes[len(layers) :])
+        for layer, c, m, a in zip(layers, counts, sizes[: len(layers)], may_align, strict=True):
+            m, u = int(m), int(next(held)) if a else None
+            slots = u if u is not None and aligned(m, u) else m
             free = layer.num_rows - slots
             if free and (force or free >= max(SLACK, int(layer.num_rows * SLACK_SHARE))):
                 layer.compact(layer.valid, c, m, u)
