@@ -490,6 +490,16 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const int6
   // positions, every head's rows of a block in turn, so that the heads' rows of one slot (one
   // run of the cache) are read while the block is in cache. `visit(hl, t0, t1)` gets head hl's
   // valid entries [t0, t1) (its list's order) whose positions fall in the block.
+  // rows[r] = head hl's rows of `base` (stride sn) at its valid entries t0 .. t0 + nr - 1,
+  // prefetching kTokenBlock entries ahead.
+  auto head_rows = [&](const T* base, int64_t sn, int64_t hl, int64_t t0, int64_t nr, const T** rows) {
+    const int32_t* p = list(hl);
+    const int64_t c = count(hl), *idx = idx_of(hl);
+    for (int64_t r = 0; r < nr; ++r) {
+      if (t0 + r + kTokenBlock < c) prefetch_row(row_ptr(base, idx, p[t0 + r + kTokenBlock], sn), rb);
+      rows[r] = row_ptr(base, idx, p[t0 + r], sn);
+    }
+  };
   auto by_blocks = [&](auto&& visit) {
     int64_t* cur = w.cur.data();
     std::fill(cur, cur + hc, 0);
@@ -553,15 +563,9 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const int6
     const T* rows[kBatch];
     if (sh.token_outer && !shared) {
       by_blocks([&](int64_t hl, int64_t tb, int64_t te) {
-        const int32_t* p = list(hl);
-        const int64_t c = count(hl), *idx = idx_of(hl);
-        const T* kh = kb + hl * sh.k_sh;
         for (int64_t t0 = tb; t0 < te; t0 += kBatch) {
           const int64_t nr = std::min<int64_t>(kBatch, te - t0);
-          for (int64_t r = 0; r < nr; ++r) {
-            if (t0 + r + kTokenBlock < c) prefetch_row(row_ptr(kh, idx, p[t0 + r + kTokenBlock], sh.k_sn), rb);
-            rows[r] = row_ptr(kh, idx, p[t0 + r], sh.k_sn);
-          }
+          head_rows(kb + hl * sh.k_sh, sh.k_sn, hl, t0, nr, rows);
           group_scores<NV>(qf + hl * G * D, rows, nr, G, D, S + hl * G * cap + t0, cap);
         }
       });
@@ -618,15 +622,9 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const int6
   if (sh.token_outer && !shared) {  // blocks of positions, head by head inside a block
     const T* rows[kVBlock];
     by_blocks([&](int64_t hl, int64_t tb, int64_t te) {
-      const int32_t* p = list(hl);
-      const int64_t c = count(hl), *idx = idx_of(hl);
-      const T* vh = vb + hl * sh.v_sh;
       for (int64_t t0 = tb; t0 < te; t0 += kVBlock) {
         const int64_t nr = std::min<int64_t>(kVBlock, te - t0);
-        for (int64_t r = 0; r < nr; ++r) {
-          if (t0 + r + kTokenBlock < c) prefetch_row(row_ptr(vh, idx, p[t0 + r + kTokenBlock], sh.v_sn), rb);
-          rows[r] = row_ptr(vh, idx, p[t0 + r], sh.v_sn);
-        }
+        head_rows(vb + hl * sh.v_sh, sh.v_sn, hl, t0, nr, rows);
         group_values<NV>(rows, nr, S + hl * G * cap + t0, cap, acc + hl * G * D, G, D);
       }
     });
