@@ -106,8 +106,7 @@ def _main(argv: list[str]) -> int:
     if args.check:
         return checked("analyze")
     samples = collect_for(names, cfg)
-    steps = [(s.decode_image if hasattr(s, "decode_image") else s.decode).shape[0]
-             for n in decode for s in samples[n]]
+    steps = [s.steps for n in decode for s in samples[n]]
     if decode and not any(steps):
         raise InputFileError(f"{', '.join(decode)}: every sample ended after its first token, so "
                              "there is no decode step to compare; use other data or another model")

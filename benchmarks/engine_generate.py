@@ -68,6 +68,7 @@ import avl_lab
 from avl_lab.engine.families import family_of
 from avl_lab.ext import build
 from avl_lab.models import tiny_random
+from avl_lab.policies.vision_tiering import SIGNALS
 
 POLICIES: dict[str, Any] = {
     "full": "full",
@@ -90,7 +91,7 @@ POLICIES: dict[str, Any] = {
     "divprune": {"name": "divprune", "keep": 11.1},
     # Issue 32: A-VL (S=45 C=30 K=3) with each ranking signal of VisionTiering.
     **{f"avl K3 {s}": {"name": "avl", "S": 45, "C": 30, "K": 3, "signal": s}
-       for s in ("last_token", "window", "colsum", "attn_vnorm", "key_norm")},
+       for s in SIGNALS},
 }
 #: What runs without ``--variants`` or a preset: the engine's own policies (issue 18).
 DEFAULT_VARIANTS = ["full", "avl", "avl P T", "fastv", "h2o"]
@@ -125,8 +126,7 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
     # Issue 32: what each ranking signal costs in prefill and per decode step (update steps
     # every 3rd), LLaVA-1.5 and Qwen2.5-VL layouts, 4 layers of hidden 1,024, 24 new tokens.
     "signals": [dict(layers=4, new=24, rounds=3, batch=[1, 8], layouts=["llava15", "qwen2_5_vl"],
-                     variants=["full", *(f"avl K3 {s}" for s in
-                                         ("last_token", "window", "colsum", "attn_vnorm", "key_norm"))])],
+                     variants=["full", *(f"avl K3 {s}" for s in SIGNALS)])],
 }  # fmt: skip
 
 

@@ -329,7 +329,8 @@ class AVLLayer(DynamicLayer):
     def compact(self, keep: Tensor, counts: Tensor, m: int, union: int | None = None) -> Tensor:
         """Hold only the ``keep`` rows (``counts`` per row / head, at most ``m``), in order.
 
-        With rows per KV head, ``union`` is the most rows any batch row keeps for some head.
+        With rows per KV head in token-major slots, ``union`` is the most slots any batch row
+        keeps for some head (None for a layer packed per head, which stays packed).
         Where that exceeds ``m`` by little (:func:`aligned`: the heads differ in a few rows, as
         TextH2O's per-head text windows beside shared image rows), whole slots are kept or
         freed (*aligned*): a slot some head keeps stays for every head, token-major, and a row a
@@ -337,9 +338,8 @@ class AVLLayer(DynamicLayer):
         every head still do. A decode step then reads the
         active rows of all heads from the same slots, as fast as shared rows (measured 1.00×
         shared at LLaVA-1.5 32k rows, against 1.47× when each head's rows are packed on their
-        own). Otherwise each head's rows are packed on their own, head-major, and stay so (a
-        layer packed per head is not realigned)."""
-        if keep.dim() == 3 and union is not None and aligned(m, union) and not self._head_major():
+        own). Otherwise each head's rows are packed on their own, head-major."""
+        if keep.dim() == 3 and union is not None and aligned(m, union):
             return self._compact_aligned(keep, union)
         # Stable sort puts kept rows first, in their original order.
         order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[..., :m]

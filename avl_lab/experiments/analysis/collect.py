@@ -32,6 +32,11 @@ class SampleAttention:
     decode_image: torch.Tensor
     shares: torch.Tensor
 
+    @property
+    def steps(self) -> int:
+        """Decode steps recorded."""
+        return self.decode_image.shape[0]
+
 
 def collect(cfg: EvalConfig) -> list[SampleAttention]:
     """Greedy generation of ``cfg.data`` (``limit`` rows) with ``cfg.model``, recording attention."""

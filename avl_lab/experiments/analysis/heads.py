@@ -46,6 +46,11 @@ class HeadAttention:
     answer: Tensor | None
     blank: Tensor | None
 
+    @property
+    def steps(self) -> int:
+        """Decode steps recorded."""
+        return self.decode.shape[0]
+
 
 def _newest_query_probs(query: Tensor, key: Tensor, mask: Tensor | None, scale: float) -> Tensor:
     """``[B, Hq, K]`` softmax of the newest query of each head (fp32)."""

@@ -55,10 +55,11 @@ class SignalProbe(Policy):
 
     def setup(self, cache, ctx: Context) -> None:
         self.prefill = {}
+        self._rankers = {s: VisionTiering(S=100, per_head=True, signal=s, window=self.window)
+                         for s in SIGNALS}
 
     def prefill_keep(self, layer, ctx: Context):
-        scores = {s: VisionTiering(S=100, per_head=True, signal=s, window=self.window)
-                  .prefill_score(layer, ctx).float().cpu() for s in SIGNALS}  # fmt: skip
+        scores = {s: r.prefill_score(layer, ctx).float().cpu() for s, r in self._rankers.items()}
         self.prefill[layer.layer_idx] = (scores, layer.mod.cpu())
         return None
 
