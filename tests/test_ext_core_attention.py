@@ -180,7 +180,11 @@ def test_noncontiguous_query_and_index():
 # count per head, -1 padded at the end; the last head of the last batch row has none),
 # "holes:<n>" (unsorted, -1 anywhere, repeats), "empty" (n = 0), "same:<n>" (one row set
 # for all heads), "wide:<n>" (the engine's decode index over n slots: entry j is j or -1, about
-# a third active, shared by the heads but for a few slots each head drops or adds).
+# a third active, shared by the heads but for the first and last 8 slots, which each head holds
+# or not on its own, as TextH2O's per-head text rows beside shared image rows: the op reads the
+# union of the heads' slots, masking each head's others; the last head of the last batch row
+# holds none), "scattered:<n>" (as wide, but every
+# head drops or adds 5% of all slots: too many for the union, read head by head).
 HEAD_SHAPES = [
     (1, 1, 1, 50, 64, "heads:20"),
     (1, 2, 4, 300, 128, "heads:90"),
@@ -193,8 +197,10 @@ HEAD_SHAPES = [
     (1, 32, 1, 640, 128, "heads:237"),  # LLaVA-1.5-like
     (3, 2, 4, 20, 64, "empty"),
     (3, 4, 1, 40, 128, "same:12"),
-    (2, 8, 1, 700, 128, "wide:700"),  # several position blocks and row splits
+    (2, 8, 1, 700, 128, "wide:700"),  # row splits
     (1, 4, 7, 2100, 128, "wide:2100"),  # GQA
+    (2, 8, 1, 700, 128, "scattered:700"),
+    (1, 4, 7, 2100, 128, "scattered:2100"),
 ]
 
 
@@ -206,10 +212,15 @@ def make_head_active(spec: str, B: int, Hkv: int, N: int, gen: torch.Generator) 
     if kind == "same":
         rows = torch.randperm(N, generator=gen)[:n].sort().values
         return rows.expand(B, Hkv, n).contiguous()
-    if kind == "wide":
+    if kind in ("wide", "scattered"):
         act = (torch.rand(B, 1, n, generator=gen) < 0.35).expand(B, Hkv, n).clone()
-        flip = torch.rand(B, Hkv, n, generator=gen) < 0.02  # each head's own few slots
-        act ^= flip
+        if kind == "wide":
+            own = torch.zeros(n, dtype=torch.bool)
+            own[:8], own[-8:] = True, True
+            act = torch.where(own, torch.rand(B, Hkv, n, generator=gen) < 0.5, act)
+            act[-1, -1] = False  # a head holding none of the union's slots
+        else:
+            act ^= torch.rand(B, Hkv, n, generator=gen) < 0.05  # each head's own 5% of slots
         return torch.where(act, torch.arange(n), -1)
     if kind == "holes":
         a = torch.randint(0, N, (B, Hkv, n), generator=gen)
@@ -249,7 +260,7 @@ def test_per_head_op_matches_reference(shape, dtype, layout, device):
     assert torch.all(probs[a < 0] == 0)  # padding gets no probability
     heads = probs.sum(-1)  # [B, Hkv]: 1 for a head with active rows, else 0
     torch.testing.assert_close(heads, (a >= 0).any(-1).float(), atol=1e-5, rtol=0)
-    if B * Hkv > 1 and shape[5].startswith("heads"):  # the last head has no rows: zeros
+    if B * Hkv > 1 and shape[5].startswith(("heads", "wide")):  # the last head has no rows
         assert torch.all(out[-1, (Hkv - 1) * G :] == 0)
 
 

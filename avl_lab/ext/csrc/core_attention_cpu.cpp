@@ -13,11 +13,11 @@
 // softmaxes and writes `out` and `probs` itself; row splits (and a merge after the region) only
 // happen when units are fewer than threads. A token-major cache gives a unit a contiguous
 // range of heads (as many ranges as threads), so a selected token's rows of those heads are one
-// run: shared rows are read in blocks of tokens (kTokenBlock), rows per kv head of a wide index
-// (entry j is slot j or -1) in blocks of index positions, every head's rows of a block in turn
-// (kPosBlock: heads that hold mostly the same slots, as beside TextH2O's per-head text windows,
-// read them together); otherwise (head-major caches, other per-head indices) a unit is one kv
-// head, whose rows are one slab.
+// run: shared rows are read in blocks of tokens (kTokenBlock), and so are rows per kv head of
+// a wide index (entry j is slot j or -1) whose heads hold nearly the same slots (as beside
+// TextH2O's per-head text windows): over the slots some head holds, each head's others masked
+// out of its softmax. Otherwise (head-major caches, other per-head indices) each head's rows
+// are read in turn, one slab per head on a head-major cache.
 //
 // Inside a unit: the -1 entries are dropped first (a list of the valid positions, so a wide
 // index costs one scan, not row reads), then pass 1 reads the K rows into scores, the scores
@@ -60,7 +60,11 @@ constexpr int64_t kMinRowsPerSplit = 128;
 // stream at once (the hardware prefetcher follows each) and software prefetch runs one block
 // ahead (measured 1.1-1.2x the bandwidth limit against 1.3-1.4x reading token after token).
 constexpr int64_t kTokenBlock = 8;
-constexpr int64_t kPosBlock = 48;  // per-head rows of a token-major cache: index positions per block
+// Rows per kv head of a wide index are read over the union of the heads' slots when it exceeds
+// the most any head holds by at most max(kAlignSlack, most / kAlignShare): the engine's
+// aligned() (engine/cache.py, SLACK and SLACK_SHARE), under which it keeps such slots shared.
+constexpr int64_t kAlignSlack = 16;
+constexpr int64_t kAlignShare = 16;
 constexpr int64_t kVBlock = 32;            // GQA V pass: rows per register-accumulator block
 // Below this many K+V bytes a call runs on the calling thread: waking a sleeping OpenMP
 // worker (OMP_WAIT_POLICY=PASSIVE) costs ~15 us, what one core reads in ~300 KiB.
@@ -417,7 +421,7 @@ struct Shape {
   int64_t k_sb, k_sh, k_sn, v_sb, v_sh, v_sn;  // strides in elements
   int64_t a_sb, a_sh;  // index strides: per batch row, per kv head (0 = shared by all heads)
   int64_t P;           // probs rows per batch row: 1 (all heads averaged) or Hkv
-  bool token_outer;  // shared rows of a token-major cache: visit tokens outside heads
+  bool token_outer;  // a token-major cache: a unit takes a range of heads
   float scale;
 };
 
@@ -437,7 +441,8 @@ struct Sink {
 struct Scratch {
   std::vector<float> q, s, acc, m, l, t;
   std::vector<int32_t> pos;  // valid positions (index entries >= 0), one list per kv head
-  std::vector<int64_t> cnt, cur;
+  std::vector<int64_t> cnt;
+  std::vector<uint8_t> any;  // positions some head of a wide index holds
 };
 Scratch& scratch() {
   static thread_local Scratch w;
@@ -446,6 +451,13 @@ Scratch& scratch() {
 template <typename V>
 inline void grow(V& vec, int64_t size) {
   if (vec.size() < static_cast<size_t>(size)) vec.resize(size);
+}
+
+// 0, 1, ..., n - 1 (the calling thread's, grown as needed).
+const int64_t* identity(int64_t n) {
+  static thread_local std::vector<int64_t> ids;
+  for (int64_t j = static_cast<int64_t>(ids.size()); j < n; ++j) ids.push_back(j);
+  return ids.data();
 }
 
 template <typename T>
@@ -465,54 +477,83 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const int6
   const int64_t rb = D * static_cast<int64_t>(sizeof(T));
   Scratch& w = scratch();
   grow(w.q, nq * D), grow(w.acc, nq * D), grow(w.s, nq * cap), grow(w.t, cap);
-  grow(w.m, nq), grow(w.l, nq), grow(w.pos, hc * cap), grow(w.cnt, hc), grow(w.cur, hc);
+  grow(w.m, nq), grow(w.l, nq), grow(w.pos, hc * cap), grow(w.cnt, hc), grow(w.any, cap);
   float* qf = w.q.data();
   float* S = w.s.data();  // S[i * cap + c]: query head i, c-th valid position of its kv head
   float* acc = w.acc.data();
   const int64_t* ab = act + b * sh.a_sb;
+  auto index_of = [&](int64_t hl) { return ab + (h0 + hl) * sh.a_sh; };
 
   // Valid positions: the -1 entries (padding, or rows a wide index leaves out) are skipped
-  // once here, so neither pass touches them.
-  for (int64_t hl = 0; hl < (shared ? 1 : hc); ++hl) {
-    const int64_t* idx = ab + (h0 + hl) * sh.a_sh;
-    int32_t* p = w.pos.data() + hl * cap;
+  // once here, so neither pass touches them. Rows per kv head of a wide index on a token-major
+  // cache (sh.token_outer, position j = slot j for every head) whose heads hold nearly the same
+  // positions (the union within aligned(): TextH2O's per-head text windows beside shared image
+  // rows) are read as shared rows over the union, each head's other positions masked out of its
+  // softmax (`masked`); otherwise every head gets its own list, read head by head.
+  bool masked = false;
+  if (sh.token_outer && !shared) {
+    uint8_t* any = w.any.data();
+    std::fill(any, any + cap, 0);
+    int64_t most = 0;
+    bool slots = true;  // every entry j0 + j is slot j0 + j or -1
+    for (int64_t hl = 0; hl < hc; ++hl) {
+      const int64_t* idx = index_of(hl) + j0;
+      int64_t c = 0;
+      for (int64_t j = 0; j < cap; ++j) {
+        const uint8_t on = idx[j] >= 0;
+        any[j] |= on;
+        c += on;
+        slots &= !on | (idx[j] == j0 + j);
+      }
+      most = std::max(most, c);
+    }
+    int32_t* p = w.pos.data();
+    int64_t c = 0;
+    for (int64_t j = 0; j < cap; ++j) {
+      p[c] = static_cast<int32_t>(j0 + j);
+      c += any[j];
+    }
+    masked = slots && c <= most + std::max<int64_t>(kAlignSlack, most / kAlignShare);
+    w.cnt[0] = c;
+  }
+  const bool one_list = shared || masked;  // every head reads list 0
+  if (!one_list) {
+    for (int64_t hl = 0; hl < hc; ++hl) {
+      const int64_t* idx = index_of(hl);
+      int32_t* p = w.pos.data() + hl * cap;
+      int64_t c = 0;
+      for (int64_t j = j0; j < j1; ++j) {
+        p[c] = static_cast<int32_t>(j);
+        c += idx[j] >= 0;
+      }
+      w.cnt[hl] = c;
+    }
+  } else if (shared) {
+    const int64_t* idx = index_of(0);
+    int32_t* p = w.pos.data();
     int64_t c = 0;
     for (int64_t j = j0; j < j1; ++j) {
       p[c] = static_cast<int32_t>(j);
       c += idx[j] >= 0;
     }
-    w.cnt[hl] = c;
+    w.cnt[0] = c;
   }
-  auto list = [&](int64_t hl) { return w.pos.data() + (shared ? 0 : hl) * cap; };
-  auto count = [&](int64_t hl) { return w.cnt[shared ? 0 : hl]; };
-  auto idx_of = [&](int64_t hl) { return ab + (h0 + hl) * sh.a_sh; };
-  // Per-head rows of a token-major cache (sh.token_outer, !shared): blocks of kPosBlock index
-  // positions, every head's rows of a block in turn, so that the heads' rows of one slot (one
-  // run of the cache) are read while the block is in cache. `visit(hl, t0, t1)` gets head hl's
-  // valid entries [t0, t1) (its list's order) whose positions fall in the block.
+  auto list = [&](int64_t hl) { return w.pos.data() + (one_list ? 0 : hl) * cap; };
+  auto count = [&](int64_t hl) { return w.cnt[one_list ? 0 : hl]; };
+  // A masked union's positions are slots (some heads' entries there are -1): read through
+  // the identity.
+  const int64_t* ident = masked ? identity(n) : nullptr;
+  auto idx_of = [&](int64_t hl) { return masked ? ident : index_of(hl); };
+  const bool token_order = sh.token_outer && one_list;
   // rows[r] = head hl's rows of `base` (stride sn) at its valid entries t0 .. t0 + nr - 1,
-  // prefetching kTokenBlock entries ahead.
-  auto head_rows = [&](const T* base, int64_t sn, int64_t hl, int64_t t0, int64_t nr, const T** rows) {
+  // prefetching `ahead` entries ahead.
+  auto head_rows = [&](const T* base, int64_t sn, int64_t hl, int64_t t0, int64_t nr, int64_t ahead,
+                       const T** rows) {
     const int32_t* p = list(hl);
     const int64_t c = count(hl), *idx = idx_of(hl);
     for (int64_t r = 0; r < nr; ++r) {
-      if (t0 + r + kTokenBlock < c) prefetch_row(row_ptr(base, idx, p[t0 + r + kTokenBlock], sn), rb);
+      if (t0 + r + ahead < c) prefetch_row(row_ptr(base, idx, p[t0 + r + ahead], sn), rb);
       rows[r] = row_ptr(base, idx, p[t0 + r], sn);
-    }
-  };
-  auto by_blocks = [&](auto&& visit) {
-    int64_t* cur = w.cur.data();
-    std::fill(cur, cur + hc, 0);
-    for (int64_t jb = j0; jb < j1; jb += kPosBlock) {
-      const int64_t je = std::min(j1, jb + kPosBlock);
-      for (int64_t hl = 0; hl < hc; ++hl) {
-        const int32_t* p = list(hl);
-        const int64_t c = count(hl), t0 = cur[hl];
-        int64_t t1 = t0;
-        while (t1 < c && p[t1] < je) ++t1;
-        if (t1 > t0) visit(hl, t0, t1);
-        cur[hl] = t1;
-      }
     }
   };
 
@@ -523,197 +564,125 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const int6
   const int64_t pf_tok = std::max<int64_t>(1, kPrefetchBytes / (hc * rb));  // GQA, tokens
   const int64_t pf_row = kPrefetchRows;
 
-  // Pass 1: scores. Token order (token-major shared rows): blocks of tokens, head by head
-  // inside a block; head order: each head's rows in index order.
+  // Pass 1: scores. Token order (one list, token-major): blocks of tokens, head by head inside
+  // a block; head order: each head's rows in index order.
   if (G == 1) {  // memory-bound: one dot per row as it arrives
-    if (sh.token_outer && !shared) {
-      by_blocks([&](int64_t hl, int64_t t0, int64_t t1) {
-        const int32_t* p = list(hl);
-        const int64_t c = count(hl), *idx = idx_of(hl);
-        const T* kh = kb + hl * sh.k_sh;
-        for (int64_t t = t0; t < t1; ++t) {
-          if (t + kTokenBlock < c) prefetch_row(row_ptr(kh, idx, p[t + kTokenBlock], sh.k_sn), rb);
-          S[hl * cap + t] = dot<NV>(qf + hl * D, row_ptr(kh, idx, p[t], sh.k_sn), D);
-        }
-      });
-    } else if (sh.token_outer) {
-      const int32_t* p = list(0);
-      const int64_t c = count(0), *idx = idx_of(0);
-      for (int64_t t0 = 0; t0 < c; t0 += kTokenBlock) {
-        const int64_t t1 = std::min(c, t0 + kTokenBlock);
-        for (int64_t hl = 0; hl < hc; ++hl) {
-          for (int64_t t = t0; t < t1; ++t) {
-            if (t + kTokenBlock < c) prefetch_row(kb + idx[p[t + kTokenBlock]] * sh.k_sn + hl * sh.k_sh, rb);
-            S[hl * cap + t] = dot<NV>(qf + hl * D, kb + idx[p[t]] * sh.k_sn + hl * sh.k_sh, D);
-          }
-        }
+    auto head_scores = [&](int64_t hl, int64_t t0, int64_t t1, int64_t ahead) {
+      const int32_t* p = list(hl);
+      const int64_t c = count(hl), *idx = idx_of(hl);
+      const T* kh = kb + hl * sh.k_sh;
+      for (int64_t t = t0; t < t1; ++t) {
+        if (t + ahead < c) prefetch_row(row_ptr(kh, idx, p[t + ahead], sh.k_sn), rb);
+        S[hl * cap + t] = dot<NV>(qf + hl * D, row_ptr(kh, idx, p[t], sh.k_sn), D);
       }
+    };
+    if (token_order) {
+      const int64_t c = count(0);
+      for (int64_t t0 = 0; t0 < c; t0 += kTokenBlock)
+        for (int64_t hl = 0; hl < hc; ++hl)
+          head_scores(hl, t0, std::min(c, t0 + kTokenBlock), kTokenBlock);
     } else {
-      for (int64_t hl = 0; hl < hc; ++hl) {
-        const int32_t* p = list(hl);
-        const int64_t c = count(hl), *idx = idx_of(hl);
-        const T* kh = kb + hl * sh.k_sh;
-        for (int64_t t = 0; t < c; ++t) {
-          if (t + pf_row < c) prefetch_row(row_ptr(kh, idx, p[t + pf_row], sh.k_sn), rb);
-          S[hl * cap + t] = dot<NV>(qf + hl * D, row_ptr(kh, idx, p[t], sh.k_sn), D);
-        }
-      }
+      for (int64_t hl = 0; hl < hc; ++hl) head_scores(hl, 0, count(hl), pf_row);
     }
   } else {
     const T* rows[kBatch];
-    if (sh.token_outer && !shared) {
-      by_blocks([&](int64_t hl, int64_t tb, int64_t te) {
-        for (int64_t t0 = tb; t0 < te; t0 += kBatch) {
-          const int64_t nr = std::min<int64_t>(kBatch, te - t0);
-          head_rows(kb + hl * sh.k_sh, sh.k_sn, hl, t0, nr, rows);
-          group_scores<NV>(qf + hl * G * D, rows, nr, G, D, S + hl * G * cap + t0, cap);
-        }
-      });
-    } else if (sh.token_outer) {
-      const int32_t* p = list(0);
-      const int64_t c = count(0), *idx = idx_of(0);
-      for (int64_t t0 = 0; t0 < c; t0 += kBatch) {
-        const int64_t nr = std::min<int64_t>(kBatch, c - t0);
-        for (int64_t hl = 0; hl < hc; ++hl) {
-          for (int64_t r = 0; r < nr; ++r) {
-            if (t0 + r + pf_tok < c) prefetch_row(kb + idx[p[t0 + r + pf_tok]] * sh.k_sn + hl * sh.k_sh, rb);
-            rows[r] = kb + idx[p[t0 + r]] * sh.k_sn + hl * sh.k_sh;
-          }
-          group_scores<NV>(qf + hl * G * D, rows, nr, G, D, S + hl * G * cap + t0, cap);
-        }
+    auto head_scores = [&](int64_t hl, int64_t tb, int64_t te, int64_t ahead) {
+      for (int64_t t0 = tb; t0 < te; t0 += kBatch) {
+        const int64_t nr = std::min<int64_t>(kBatch, te - t0);
+        head_rows(kb + hl * sh.k_sh, sh.k_sn, hl, t0, nr, ahead, rows);
+        group_scores<NV>(qf + hl * G * D, rows, nr, G, D, S + hl * G * cap + t0, cap);
       }
+    };
+    if (token_order) {
+      const int64_t c = count(0);
+      for (int64_t t0 = 0; t0 < c; t0 += kBatch)
+        for (int64_t hl = 0; hl < hc; ++hl)
+          head_scores(hl, t0, std::min<int64_t>(c, t0 + kBatch), pf_tok);
     } else {
-      for (int64_t hl = 0; hl < hc; ++hl) {
-        const int32_t* p = list(hl);
-        const int64_t c = count(hl), *idx = idx_of(hl);
-        const T* kh = kb + hl * sh.k_sh;
-        for (int64_t t0 = 0; t0 < c; t0 += kBatch) {
-          const int64_t nr = std::min<int64_t>(kBatch, c - t0);
-          for (int64_t r = 0; r < nr; ++r) {
-            if (t0 + r + pf_row < c) prefetch_row(row_ptr(kh, idx, p[t0 + r + pf_row], sh.k_sn), rb);
-            rows[r] = row_ptr(kh, idx, p[t0 + r], sh.k_sn);
-          }
-          group_scores<NV>(qf + hl * G * D, rows, nr, G, D, S + hl * G * cap + t0, cap);
-        }
-      }
+      for (int64_t hl = 0; hl < hc; ++hl) head_scores(hl, 0, count(hl), pf_row);
+    }
+  }
+  if (masked) {  // a head's positions outside its own rows take no part in its softmax
+    const int32_t* p = list(0);
+    const int64_t c = count(0);
+    for (int64_t hl = 0; hl < hc; ++hl) {
+      const int64_t* idx = index_of(hl);
+      for (int64_t t = 0; t < c; ++t)
+        if (idx[p[t]] < 0)
+          for (int64_t g = 0; g < G; ++g) S[(hl * G + g) * cap + t] = kNegInf;
     }
   }
 
   // Start the first V rows of the first head while the exponentials are computed (in head
   // order the V pass would otherwise begin with pf_row demand misses per unit).
-  if (!sh.token_outer) {
+  if (!token_order) {
     const int32_t* p = list(0);
     const int64_t* idx = idx_of(0);
     for (int64_t t = 0; t < std::min(count(0), pf_row); ++t)
       prefetch_row(row_ptr(vb, idx, p[t], sh.v_sn), rb);
   }
 
-  // Scores -> exponentials, per query head: m = max, l = sum of exp(s - m).
+  // Scores -> exponentials, per query head: m = max, l = sum of exp(s - m) (0 and all
+  // exponentials 0 for a head whose positions are all masked).
   float* m = w.m.data();
   float* l = w.l.data();
   for (int64_t i = 0; i < nq; ++i) {
     const int64_t c = count(i / G);
     m[i] = max_of(S + i * cap, c);
-    l[i] = c > 0 ? exp_shift_sum(S + i * cap, c, m[i]) : 0.f;
+    if (m[i] == kNegInf) std::fill(S + i * cap, S + i * cap + c, 0.f);
+    l[i] = m[i] > kNegInf ? exp_shift_sum(S + i * cap, c, m[i]) : 0.f;
   }
 
   // Pass 2: weighted sum of the V rows into acc [nq, D].
   std::fill(acc, acc + nq * D, 0.f);
-  if (sh.token_outer && !shared) {  // blocks of positions, head by head inside a block
-    const T* rows[kVBlock];
-    by_blocks([&](int64_t hl, int64_t tb, int64_t te) {
-      for (int64_t t0 = tb; t0 < te; t0 += kVBlock) {
-        const int64_t nr = std::min<int64_t>(kVBlock, te - t0);
-        head_rows(vb + hl * sh.v_sh, sh.v_sn, hl, t0, nr, rows);
-        group_values<NV>(rows, nr, S + hl * G * cap + t0, cap, acc + hl * G * D, G, D);
-      }
-    });
-  } else if (G == 1 && sh.token_outer) {  // blocks of tokens, head by head inside a block
-    const int32_t* p = list(0);
-    const int64_t c = count(0), *idx = idx_of(0);
-    for (int64_t t0 = 0; t0 < c; t0 += kTokenBlock) {
-      const int64_t t1 = std::min(c, t0 + kTokenBlock);
-      for (int64_t hl = 0; hl < hc; ++hl) {
-        const T* vh = vb + hl * sh.v_sh;
-        const float* ph = S + hl * cap;
-        float* o = acc + hl * D;
+  const T* rows[kVBlock];
+  auto head_values = [&](int64_t hl, int64_t tb, int64_t te, int64_t ahead) {  // blocks of rows
+    for (int64_t t0 = tb; t0 < te; t0 += kVBlock) {
+      const int64_t nr = std::min<int64_t>(kVBlock, te - t0);
+      head_rows(vb + hl * sh.v_sh, sh.v_sn, hl, t0, nr, ahead, rows);
+      group_values<NV>(rows, nr, S + hl * G * cap + t0, cap, acc + hl * G * D, G, D);
+    }
+  };
+  // MHA: the head's accumulator in registers over its entries [t0, t1).
+  auto head_values_mha = [&](int64_t hl, int64_t t0, int64_t t1, int64_t ahead) {
+    const int32_t* p = list(hl);
+    const int64_t c = count(hl), *idx = idx_of(hl);
+    const T* vh = vb + hl * sh.v_sh;
+    const float* ph = S + hl * cap;
+    float* o = acc + hl * D;
 #if AVL_SIMD
-        if constexpr (NV > 0 && NV <= 8) {  // the head's accumulator in registers over the block
-          vf a[NV];
-          for (int i = 0; i < NV; ++i) a[i] = vld(o + i * W);
-          for (int64_t t = t0; t < t1; ++t) {
-            if (t + kTokenBlock < c) prefetch_row(vh + idx[p[t + kTokenBlock]] * sh.v_sn, rb);
-            const vf pj = vset(ph[t]);
-            const T* row = vh + idx[p[t]] * sh.v_sn;
+    if constexpr (NV > 0 && NV <= 8) {
+      vf a[NV];
+      for (int i = 0; i < NV; ++i) a[i] = vld(o + i * W);
+      for (int64_t t = t0; t < t1; ++t) {
+        if (t + ahead < c) prefetch_row(row_ptr(vh, idx, p[t + ahead], sh.v_sn), rb);
+        const vf pj = vset(ph[t]);
+        const T* row = row_ptr(vh, idx, p[t], sh.v_sn);
 #pragma GCC unroll 8
-            for (int i = 0; i < NV; ++i) a[i] = vfma(pj, vld(row + i * W), a[i]);
-          }
-          for (int i = 0; i < NV; ++i) vst(o + i * W, a[i]);
-          continue;
-        }
+        for (int i = 0; i < NV; ++i) a[i] = vfma(pj, vld(row + i * W), a[i]);
+      }
+      for (int i = 0; i < NV; ++i) vst(o + i * W, a[i]);
+      return;
+    }
 #endif
-        for (int64_t t = t0; t < t1; ++t) {
-          if (t + kTokenBlock < c) prefetch_row(vh + idx[p[t + kTokenBlock]] * sh.v_sn, rb);
-          axpy<NV>(ph[t], vh + idx[p[t]] * sh.v_sn, o, D);
-        }
+    for (int64_t t = t0; t < t1; ++t) {
+      if (t + ahead < c) prefetch_row(row_ptr(vh, idx, p[t + ahead], sh.v_sn), rb);
+      axpy<NV>(ph[t], row_ptr(vh, idx, p[t], sh.v_sn), o, D);
+    }
+  };
+  if (token_order) {  // blocks of tokens (MHA) or of kVBlock rows (GQA), head by head inside
+    const int64_t c = count(0), blk = G == 1 ? kTokenBlock : kVBlock;
+    for (int64_t t0 = 0; t0 < c; t0 += blk) {
+      const int64_t t1 = std::min(c, t0 + blk);
+      for (int64_t hl = 0; hl < hc; ++hl) {
+        if (G == 1) head_values_mha(hl, t0, t1, kTokenBlock);
+        else head_values(hl, t0, t1, pf_tok);
       }
     }
-  } else if (G == 1) {  // head by head, the accumulator in registers over all its rows
+  } else {
     for (int64_t hl = 0; hl < hc; ++hl) {
-      const int32_t* p = list(hl);
-      const int64_t c = count(hl), *idx = idx_of(hl);
-      const T* vh = vb + hl * sh.v_sh;
-      const float* ph = S + hl * cap;
-      float* o = acc + hl * D;
-#if AVL_SIMD
-      if constexpr (NV > 0 && NV <= 8) {
-        vf a[NV];
-        for (int i = 0; i < NV; ++i) a[i] = vzero();
-        for (int64_t t = 0; t < c; ++t) {
-          if (t + pf_row < c) prefetch_row(row_ptr(vh, idx, p[t + pf_row], sh.v_sn), rb);
-          const vf pj = vset(ph[t]);
-          const T* row = row_ptr(vh, idx, p[t], sh.v_sn);
-#pragma GCC unroll 8
-          for (int i = 0; i < NV; ++i) a[i] = vfma(pj, vld(row + i * W), a[i]);
-        }
-        for (int i = 0; i < NV; ++i) vst(o + i * W, a[i]);
-        continue;
-      }
-#endif
-      for (int64_t t = 0; t < c; ++t) {
-        if (t + pf_row < c) prefetch_row(row_ptr(vh, idx, p[t + pf_row], sh.v_sn), rb);
-        axpy<NV>(ph[t], row_ptr(vh, idx, p[t], sh.v_sn), o, D);
-      }
-    }
-  } else {  // GQA: blocks of rows, each loaded once for the group's query heads
-    const T* rows[kVBlock];
-    if (sh.token_outer) {
-      const int32_t* p = list(0);
-      const int64_t c = count(0), *idx = idx_of(0);
-      for (int64_t t0 = 0; t0 < c; t0 += kVBlock) {
-        const int64_t nr = std::min<int64_t>(kVBlock, c - t0);
-        for (int64_t hl = 0; hl < hc; ++hl) {
-          for (int64_t r = 0; r < nr; ++r) {
-            if (t0 + r + pf_tok < c) prefetch_row(vb + idx[p[t0 + r + pf_tok]] * sh.v_sn + hl * sh.v_sh, rb);
-            rows[r] = vb + idx[p[t0 + r]] * sh.v_sn + hl * sh.v_sh;
-          }
-          group_values<NV>(rows, nr, S + hl * G * cap + t0, cap, acc + hl * G * D, G, D);
-        }
-      }
-    } else {
-      for (int64_t hl = 0; hl < hc; ++hl) {
-        const int32_t* p = list(hl);
-        const int64_t c = count(hl), *idx = idx_of(hl);
-        const T* vh = vb + hl * sh.v_sh;
-        for (int64_t t0 = 0; t0 < c; t0 += kVBlock) {
-          const int64_t nr = std::min<int64_t>(kVBlock, c - t0);
-          for (int64_t r = 0; r < nr; ++r) {
-            if (t0 + r + pf_row < c) prefetch_row(row_ptr(vh, idx, p[t0 + r + pf_row], sh.v_sn), rb);
-            rows[r] = row_ptr(vh, idx, p[t0 + r], sh.v_sn);
-          }
-          group_values<NV>(rows, nr, S + hl * G * cap + t0, cap, acc + hl * G * D, G, D);
-        }
-      }
+      if (G == 1) head_values_mha(hl, 0, count(hl), pf_row);
+      else head_values(hl, 0, count(hl), pf_row);
     }
   }
 
@@ -874,18 +843,6 @@ bool heads_coincide(const int64_t* ap, int64_t B, int64_t Hkv, int64_t n) {
   return true;
 }
 
-// True when every entry of a per-head index is -1 or its own position (the engine's wide
-// index, `slot j or -1`): position j then names the same slot for every kv head.
-bool positions_are_slots(const int64_t* ap, int64_t rows, int64_t n) {
-  bool ok = true;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t* a = ap + r * n;
-    for (int64_t j = 0; j < n; ++j) ok &= (a[j] < 0) | (a[j] == j);
-    if (!ok) return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 std::vector<at::Tensor> core_attention_cpu(const at::Tensor& q, const at::Tensor& k,
@@ -936,14 +893,10 @@ std::vector<at::Tensor> core_attention_cpu(const at::Tensor& q, const at::Tensor
   sh.a_sb = per_head ? Hkv * n : n;
   sh.a_sh = distinct ? n : 0;
   sh.scale = static_cast<float>(scale);
-  // A token-major cache (heads inside tokens) is read token by token (shared rows) or block by
-  // block (rows per head); a unit then takes a range of heads (as many ranges as threads need),
-  // otherwise one kv head.
-  // Rows per kv head of a token-major cache go by blocks of index positions (attend_unit's
-  // by_blocks) when the index is wide (position j = slot j for every head, so a block's slots
-  // are read once for all heads); other per-head indices go head by head.
-  sh.token_outer = Hkv > 1 && k.stride(1) < k.stride(2) && v.stride(1) < v.stride(2) &&
-                   (!distinct || positions_are_slots(ap, B * Hkv, n));
+  // A token-major cache (heads inside tokens) gives a unit a range of heads (as many ranges as
+  // threads need; its rows are read token by token where attend_unit can), a head-major one
+  // a unit per kv head.
+  sh.token_outer = Hkv > 1 && k.stride(1) < k.stride(2) && v.stride(1) < v.stride(2);
   const int64_t threads = at::get_num_threads();
   const int64_t bytes = 2 * B * Hkv * n * D * static_cast<int64_t>(q.element_size());
   const bool serial = threads == 1 || bytes < kSerialBytes;
