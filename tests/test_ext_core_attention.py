@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avl_lab.ext import core_attention, core_attention_ref
+from avl_lab.ext import build, core_attention, core_attention_ref
 from avl_lab.ext.build import toolchain_problem
 from avl_lab.ext.op import CUDA_HEAD_DIMS
 
@@ -260,6 +260,10 @@ def test_per_head_op_matches_reference(shape, dtype, layout, device):
     assert torch.all(probs[a < 0] == 0)  # padding gets no probability
     heads = probs.sum(-1)  # [B, Hkv]: 1 for a head with active rows, else 0
     torch.testing.assert_close(heads, (a >= 0).any(-1).float(), atol=1e-5, rtol=0)
+    if device == "cpu" and shape[5].startswith(("wide", "scattered")):  # the same as a mask
+        mask = build.load("cpu").core_attention(q, k, v, a >= 0, q.shape[3] ** -0.5, True)
+        torch.testing.assert_close(mask[0], out, atol=0, rtol=0)
+        torch.testing.assert_close(mask[1], probs, atol=0, rtol=0)
     if B * Hkv > 1 and shape[5].startswith(("heads", "wide")):  # the last head has no rows
         assert torch.all(out[-1, (Hkv - 1) * G :] == 0)
 
@@ -343,5 +347,11 @@ def test_cpu_kernels_match_reference(shape, dtype, layout, threads):
                 _, probs = assert_matches_ref(q, k, v, active, "cpu", per_head_probs=per_head_probs)
                 if active.dim() == probs.dim():  # aligned with the index: 0 at -1 entries
                     assert torch.all(probs[active < 0] == 0)
+                if active.shape[-1] == N:  # the same rows as a mask (the engine's decode step)
+                    mask = build.load("cpu").core_attention(
+                        q, k, v, active >= 0, D**-0.5, per_head_probs)
+                    ref = core_attention_ref(q, k, v, active, D**-0.5, per_head_probs)
+                    torch.testing.assert_close(mask[0], ref[0], **TOL[dtype])
+                    torch.testing.assert_close(mask[1], ref[1], atol=1e-6, rtol=1e-4)
     finally:
         torch.set_num_threads(saved)

@@ -91,6 +91,9 @@ def test_cpp_checks_reject_bad_inputs():
         mod.core_attention(q, k, v, a[:, None, None].contiguous(), 1.0)
     with pytest.raises(RuntimeError, match="outside"):
         mod.core_attention(q, k, v, heads(a) - 11, 1.0, True)
+    wide = torch.ones(q.shape[0], k.shape[2] + 1, dtype=torch.bool)  # a mask names rows 0..n-1
+    with pytest.raises(RuntimeError, match="mask of"):
+        mod.core_attention(q, k, v, wide, 1.0)
 
 
 @pytest.fixture
@@ -206,6 +209,23 @@ def test_want_probs_false_returns_no_probabilities(impl):
         torch.testing.assert_close(out, core_attention_ref(q, k, v, active)[0])
     with pytest.raises(ValueError, match="`want_probs`"):
         core_attention(q, k, v, a, want_probs=0)
+
+
+@pytest.mark.parametrize("impl", ["ref", pytest.param("cpu", marks=needs_cpu_op), "auto"])
+def test_dispatch_reads_a_mask_as_its_index(impl):
+    """``dispatch`` with a bool mask (the engine's decode step) answers as with the index
+    ``where(mask, j, -1)``, shared and per head, narrower than the cache too."""
+    q, k, v, _ = inputs(D=64)
+    gen = torch.Generator().manual_seed(3)
+    B, Hkv, N = k.shape[:3]
+    for shape in ((B, N), (B, Hkv, N), (B, Hkv, N - 3)):
+        mask = torch.rand(shape, generator=gen) < 0.5
+        index = torch.where(mask, torch.arange(shape[-1]), -1)
+        for per_head_probs in (False, True):
+            out, probs = op.dispatch(q, k, v, mask, 0.3, per_head_probs, impl=impl)
+            ref_out, ref_probs = core_attention_ref(q, k, v, index, 0.3, per_head_probs)
+            torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(probs, ref_probs, atol=1e-6, rtol=1e-4)
 
 
 def test_ran_counts_which_implementation_ran(monkeypatch):

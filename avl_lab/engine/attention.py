@@ -19,7 +19,7 @@ from avl_lab import ext
 from avl_lab.engine import prefill_scores
 from avl_lab.engine.cache import AVLLayer
 from avl_lab.engine.generation import Run
-from avl_lab.policies.base import DropRows, both, rows_to_index, token_mean
+from avl_lab.policies.base import DropRows, both, count_rows, rows_to_index, token_mean
 
 ATTN_NAME = "avl_lab"
 
@@ -199,8 +199,8 @@ def _rows_of(keep_tok: Tensor, tok: Tensor) -> Tensor:
 
 def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | None = None):
     """One layer of a decode step. No host sync and no data-dependent shape: the op reads the
-    active rows through an index as wide as the layer (``-1`` where a row is not active, so
-    its probabilities come back aligned with the rows), and what does not depend on the layer
+    active rows through their mask, as wide as the layer (so its probabilities come back
+    aligned with the rows; no index is built), and what does not depend on the layer
     (the step's full count, whether probabilities are needed, the new row's bookkeeping) was
     decided once per step."""
     policy = run.policy
@@ -216,10 +216,9 @@ def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | N
         active = valid
     else:  # the current token always attends to itself
         active = both(chosen, valid) | run.cache.last_row(valid.shape[-1])
-    R = active.shape[-1]
-    idx = torch.where(active, run.cache.row_numbers(R), -1)  # [B, (Hkv,) R]: row r or -1
-    per_head = idx.dim() == 3 or (run.want_probs and policy.needs_head_probs)
-    out, probs = ext.dispatch(query, key, value, idx, scale, per_head,  # checked by construction
+    per_head = active.dim() == 3 or (run.want_probs and policy.needs_head_probs)
+    # the mask as the op's index (row r where set), checked by construction
+    out, probs = ext.dispatch(query, key, value, active, scale, per_head,
                               want_probs=run.want_probs)  # None when not wanted: not computed
     held = _held(valid)
     run.decode_stats.record(layer.layer_idx, held, held if active is valid else _held(active), full)
@@ -243,7 +242,7 @@ def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | N
 def _held(rows: Tensor) -> Tensor:
     """``[B]`` rows per batch row, or ``[B, Hkv]`` per KV head (the stats average the heads at
     the end of the call)."""
-    return rows.sum(-1)
+    return count_rows(rows)
 
 
 def _set_probs(run: Run, layer: AVLLayer, ctx, probs: Tensor) -> None:

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicLayer
 
-from avl_lab.policies.base import clear_rows
+from avl_lab.policies.base import any_head, clear_rows, count_rows
 
 _META = ("valid", "pos", "tok", "mod")
 #: Deferred evictions are compacted once a layer could free this many rows, or this share of
@@ -306,11 +306,11 @@ class AVLLayer(DynamicLayer):
             self.rows["valid"] = keep
             self.cache.pending.add(self.layer_idx)
             return None
-        counts = keep.sum(-1)  # [B] or [B, Hkv]
+        counts = count_rows(keep)  # [B] or [B, Hkv]
         if not counts.numel():
             m = union = 0
         elif keep.dim() == 3 and not self._head_major():  # may stay aligned (see compact)
-            m, union = torch.stack([counts.max(), keep.any(1).sum(-1).max()]).tolist()
+            m, union = torch.stack([counts.max(), count_rows(any_head(keep)).max()]).tolist()
         else:
             m, union = int(counts.max()), None
         if m == self.num_rows and bool(keep.all()):
@@ -353,7 +353,7 @@ class AVLLayer(DynamicLayer):
 
     def _compact_aligned(self, keep: Tensor, union: int) -> Tensor:
         """:meth:`compact` of rows per KV head into ``union`` slots shared by the heads."""
-        shared = torch.sort((~keep.any(1)).to(torch.int8), dim=-1, stable=True).indices[..., :union]
+        shared = torch.sort((~any_head(keep)).to(torch.int8), dim=-1, stable=True).indices[..., :union]
         self._store(_take(self._k, shared), _take(self._v, shared), head_major=False)
         order = shared[:, None].expand(-1, keep.shape[1], -1)  # [B, Hkv, union]
         rows = {k: t.gather(-1, order) for k, t in self.rows.items()}
@@ -432,24 +432,16 @@ class AVLCache(Cache):
         self.state_defaults: dict[str, tuple[float | int | bool, torch.dtype]] = {}
         self.pending: set[int] = set()  # layers with deferred evictions (see compact)
         self._step_rows: dict[tuple[int, int, int], dict[str, Tensor]] = {}  # see new_rows
-        self._numbers: Tensor | None = None  # see row_numbers
         self._last: dict[int, Tensor] = {}  # see last_row
         super().__init__(layers=[AVLLayer(i, self) for i in range(num_layers)])
-
-    def row_numbers(self, n: int) -> Tensor:
-        """``[n]`` int64 ``0, 1, ..., n-1`` on the cache's device (a view of one tensor kept for
-        the run: a decode layer reads it without allocating)."""
-        if self._numbers is None or self._numbers.shape[0] < n:
-            dev = self.layers[0].device if self.layers[0].is_initialized else None
-            self._numbers = torch.arange(max(n, 2 * (n + self.run.rows_to_come())), device=dev)
-        return self._numbers[:n]
 
     def last_row(self, n: int) -> Tensor:
         """``[n]`` bool, True at the last row only (kept per row count: the layers of a step
         mostly share one)."""
         mask = self._last.get(n)
         if mask is None:
-            mask = self._last[n] = self.row_numbers(n) == n - 1
+            dev = self.layers[0].device if self.layers[0].is_initialized else None
+            mask = self._last[n] = torch.arange(n, device=dev) == n - 1
             if len(self._last) > 64:
                 self._last = {n: mask}
         return mask
@@ -485,11 +477,11 @@ class AVLCache(Cache):
         if not self.pending:
             return
         layers = [self.layers[i] for i in sorted(self.pending)]
-        counts = [layer.valid.sum(-1) for layer in layers]
+        counts = [count_rows(layer.valid) for layer in layers]
         # the most rows per head and, for rows per KV head in aligned slots, the most slots
         # some head holds
         may_align = [layer.per_head and not layer._head_major() for layer in layers]
-        unions = [layer.valid.any(1).sum(-1).max()
+        unions = [count_rows(any_head(layer.valid)).max()
                   for layer, a in zip(layers, may_align, strict=True) if a]
         sizes = torch.stack([c.max() for c in counts] + unions).tolist()  # the one host sync
         held = iter(sizes[len(layers) :])

@@ -305,15 +305,24 @@ def dispatch(
     want_probs: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """:func:`core_attention` without its input checks, for callers whose inputs are right by
-    construction (the engine's decode step, once per layer: no Python checks, no read-back)."""
+    construction (the engine's decode step, once per layer: no Python checks, no read-back).
+
+    ``active`` may also be a bool mask ``[B, (Hkv,) n]``, ``n <= N``: row ``j`` where set, the
+    index ``torch.where(active, j, -1)`` without building it. The CPU op reads the mask itself
+    (a byte per entry instead of eight); the CUDA op and the reference get the index."""
     dev = _device_type(q)
     res = None
+    if impl == "cpu" or (impl == "auto" and dev == "cpu"):
+        res = _cpu_op(q, k, v, active, scale, per_head_probs, impl == "cpu", want_probs)
+        if res is not None:
+            _count("cpu")
+            return res
+    if active.dtype == torch.bool:
+        active = torch.where(active, torch.arange(active.shape[-1], device=active.device), -1)
     if impl == "cuda" or (impl == "auto" and dev == "cuda"):
         res = _cuda_op(q, k, v, active, scale, per_head_probs, impl == "cuda", want_probs)
-    elif impl == "cpu" or (impl == "auto" and dev == "cpu"):
-        res = _cpu_op(q, k, v, active, scale, per_head_probs, impl == "cpu", want_probs)
     if res is None:
         _count("ref" if impl == "ref" else "fallback")
         return core_attention_ref(q, k, v, active, scale, per_head_probs, want_probs)
-    _count("cuda" if impl == "cuda" or (impl == "auto" and dev == "cuda") else "cpu")
+    _count("cuda")
     return res

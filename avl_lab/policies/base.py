@@ -227,6 +227,18 @@ def token_mean(per_head: Tensor, layer: Rows, tokens: int) -> Tensor:
     return (out.scatter_add_(1, tok, per_head.flatten(1)) / H)[:, :tokens]
 
 
+def count_rows(mask: Tensor) -> Tensor:
+    """``mask`` ``[B, (Hkv,) R]`` bool: the rows set per row (and KV head), int32. A byte sum:
+    a bool ``sum`` first copies the mask to int64 (twice the time at a decode step's widths)."""
+    return mask.view(torch.uint8).sum(-1, dtype=torch.int32)
+
+
+def any_head(mask: Tensor) -> Tensor:
+    """``mask`` ``[B, Hkv, R]`` bool: ``[B, R]`` the rows some KV head holds (a byte max over the
+    heads: ~10x a bool ``any`` over a strided dim)."""
+    return mask.view(torch.uint8).amax(1).view(torch.bool)
+
+
 def clear_rows(mask: Tensor, rows: Tensor) -> Tensor:
     """``mask`` ``[B, (Hkv,) R]`` bool with the rows numbered ``rows`` ``[B, (Hkv,) n]`` set
     False (``-1`` entries change nothing); a scatter over the ``n`` entries."""

@@ -5,8 +5,9 @@
 // contiguous by the caller), k/v [B, Hkv, N, D] with any strides but a unit stride on D (so a
 // slice of a larger buffer or a token-major [B, N, Hkv, D] buffer viewed as [B, Hkv, N, D] is
 // read in place), active [B, n] (rows shared by all kv heads) or [B, Hkv, n] (rows per kv head)
-// int64 with -1 padding (compact indices, or the engine's index as wide as the layer: the row
-// number where a row is active, -1 elsewhere).
+// int64 with -1 padding (compact indices, or an index as wide as the layer: the row number
+// where a row is active, -1 elsewhere), or a bool mask as wide as the layer (row j where set:
+// what the engine's decode step hands over, so that it builds no index).
 //
 // Work is split into units (batch row, kv heads [h0, h1), row split) run in ONE parallel
 // region: a unit handles all G = Hq / Hkv query heads of its kv heads, so it owns complete
@@ -36,6 +37,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__F16C__)
@@ -465,9 +467,15 @@ inline const T* row_ptr(const T* base, const int64_t* idx, int32_t j, int64_t sn
   return base + idx[j] * sn;
 }
 
+// Index entries: int64 (a row number, or -1 for none) or, for a mask, uint8 (row j when set).
+inline bool on(int64_t x) { return x >= 0; }
+inline bool on(uint8_t x) { return x != 0; }
+inline bool own_slot(int64_t x, int64_t j) { return x < 0 || x == j; }
+inline bool own_slot(uint8_t, int64_t) { return true; }
+
 // One unit: kv heads [h0, h0 + hper) of batch row b, index entries [j0, j1) of split `split`.
-template <typename T, int NV>
-void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const int64_t* act,
+template <typename T, int NV, typename E>
+void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const E* act,
                  int64_t b, int64_t h0, int64_t split, const Sink<T>& o) {
   const int64_t G = sh.G, D = sh.D, n = sh.n, ns = sh.nsplit;
   const int64_t h1 = std::min(sh.Hkv, h0 + sh.hper), hc = h1 - h0;
@@ -481,7 +489,8 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const int6
   float* qf = w.q.data();
   float* S = w.s.data();  // S[i * cap + c]: query head i, c-th valid position of its kv head
   float* acc = w.acc.data();
-  const int64_t* ab = act + b * sh.a_sb;
+  constexpr bool kMask = std::is_same_v<E, uint8_t>;  // entry j names row j when set
+  const E* ab = act + b * sh.a_sb;
   auto index_of = [&](int64_t hl) { return ab + (h0 + hl) * sh.a_sh; };
 
   // Valid positions: the -1 entries (padding, or rows a wide index leaves out) are skipped
@@ -497,13 +506,13 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const int6
     int64_t most = 0;
     bool slots = true;  // every entry j0 + j is slot j0 + j or -1
     for (int64_t hl = 0; hl < hc; ++hl) {
-      const int64_t* idx = index_of(hl) + j0;
+      const E* idx = index_of(hl) + j0;
       int64_t c = 0;
       for (int64_t j = 0; j < cap; ++j) {
-        const uint8_t on = idx[j] >= 0;
-        any[j] |= on;
-        c += on;
-        slots &= !on | (idx[j] == j0 + j);
+        const uint8_t x = on(idx[j]);
+        any[j] |= x;
+        c += x;
+        slots &= own_slot(idx[j], j0 + j);
       }
       most = std::max(most, c);
     }
@@ -517,33 +526,25 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const int6
     w.cnt[0] = c;
   }
   const bool one_list = shared || masked;  // every head reads list 0
-  if (!one_list) {
-    for (int64_t hl = 0; hl < hc; ++hl) {
-      const int64_t* idx = index_of(hl);
-      int32_t* p = w.pos.data() + hl * cap;
-      int64_t c = 0;
-      for (int64_t j = j0; j < j1; ++j) {
-        p[c] = static_cast<int32_t>(j);
-        c += idx[j] >= 0;
-      }
-      w.cnt[hl] = c;
-    }
-  } else if (shared) {
-    const int64_t* idx = index_of(0);
-    int32_t* p = w.pos.data();
+  for (int64_t hl = 0; hl < (masked ? 0 : shared ? 1 : hc); ++hl) {
+    const E* idx = index_of(hl);
+    int32_t* p = w.pos.data() + hl * cap;
     int64_t c = 0;
     for (int64_t j = j0; j < j1; ++j) {
       p[c] = static_cast<int32_t>(j);
-      c += idx[j] >= 0;
+      c += on(idx[j]);
     }
-    w.cnt[0] = c;
+    w.cnt[hl] = c;
   }
   auto list = [&](int64_t hl) { return w.pos.data() + (one_list ? 0 : hl) * cap; };
   auto count = [&](int64_t hl) { return w.cnt[one_list ? 0 : hl]; };
-  // A masked union's positions are slots (some heads' entries there are -1): read through
-  // the identity.
-  const int64_t* ident = masked ? identity(n) : nullptr;
-  auto idx_of = [&](int64_t hl) { return masked ? ident : index_of(hl); };
+  // Row numbers: the index's entries, or the positions themselves for a mask and a masked
+  // union (some heads' entries there are -1), read through the identity.
+  const int64_t* ident = masked || kMask ? identity(n) : nullptr;
+  auto idx_of = [&](int64_t hl) -> const int64_t* {
+    if constexpr (kMask) return ident;
+    else return masked ? ident : index_of(hl);
+  };
   const bool token_order = sh.token_outer && one_list;
   // rows[r] = head hl's rows of `base` (stride sn) at its valid entries t0 .. t0 + nr - 1,
   // prefetching `ahead` entries ahead.
@@ -606,9 +607,9 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const int6
     const int32_t* p = list(0);
     const int64_t c = count(0);
     for (int64_t hl = 0; hl < hc; ++hl) {
-      const int64_t* idx = index_of(hl);
+      const E* idx = index_of(hl);
       for (int64_t t = 0; t < c; ++t)
-        if (idx[p[t]] < 0)
+        if (!on(idx[p[t]]))
           for (int64_t g = 0; g < G; ++g) S[(hl * G + g) * cap + t] = kNegInf;
     }
   }
@@ -735,7 +736,7 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const int6
   }
 }
 
-template <typename T>
+template <typename T, typename E>
 void run(const Shape& sh, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
          const at::Tensor& active, at::Tensor& out, at::Tensor& probs, bool serial) {
   const int64_t B = sh.B, Hq = sh.Hq, D = sh.D, n = sh.n, ns = sh.nsplit;
@@ -755,13 +756,13 @@ void run(const Shape& sh, const at::Tensor& q, const at::Tensor& k, const at::Te
   const T* qp = q.data_ptr<T>();
   const T* kp = k.data_ptr<T>();
   const T* vp = v.data_ptr<T>();
-  const int64_t* ap = active.data_ptr<int64_t>();
+  const E* ap = static_cast<const E*>(active.data_ptr());
 
   // Row kernels: D fixed at compile time for the common head dims, else generic.
-  auto unit = &attend_unit<T, -1>;
-  if (AVL_SIMD && D == 128) unit = &attend_unit<T, 128 / W>;
-  else if (AVL_SIMD && D == 64) unit = &attend_unit<T, 64 / W>;
-  else if (AVL_SIMD && D % W == 0) unit = &attend_unit<T, 0>;
+  auto unit = &attend_unit<T, -1, E>;
+  if (AVL_SIMD && D == 128) unit = &attend_unit<T, 128 / W, E>;
+  else if (AVL_SIMD && D == 64) unit = &attend_unit<T, 64 / W, E>;
+  else if (AVL_SIMD && D % W == 0) unit = &attend_unit<T, 0, E>;
   const int64_t units = B * sh.nchunks * ns;
   // One parallel region for the whole call (each region wakes the workers again).
   at::parallel_for(0, units, serial ? units : 1, [&](int64_t begin, int64_t end) {
@@ -832,11 +833,20 @@ void run(const Shape& sh, const at::Tensor& q, const at::Tensor& k, const at::Te
   }
 }
 
+template <typename T>
+void dispatch_index(const Shape& sh, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    const at::Tensor& active, at::Tensor& out, at::Tensor& probs, bool serial,
+                    bool mask) {
+  if (mask) run<T, uint8_t>(sh, q, k, v, active, out, probs, serial);
+  else run<T, int64_t>(sh, q, k, v, active, out, probs, serial);
+}
+
 // True when every kv head of every batch row reads the same rows (per-head indices that are a
 // broadcast of shared ones): the shared path then reads each selected token once for all heads.
-bool heads_coincide(const int64_t* ap, int64_t B, int64_t Hkv, int64_t n) {
+template <typename E>
+bool heads_coincide(const E* ap, int64_t B, int64_t Hkv, int64_t n) {
   for (int64_t b = 0; b < B; ++b) {
-    const int64_t* a0 = ap + b * Hkv * n;
+    const E* a0 = ap + b * Hkv * n;
     for (int64_t h = 1; h < Hkv; ++h)
       if (!std::equal(a0, a0 + n, a0 + h * n)) return false;
   }
@@ -859,9 +869,11 @@ std::vector<at::Tensor> core_attention_cpu(const at::Tensor& q, const at::Tensor
               "core_attention_cpu: k and v need a unit stride on the last dim");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
               "core_attention_cpu: q, k and v must share a dtype");
-  TORCH_CHECK(active.scalar_type() == at::kLong && (active.dim() == 2 || active.dim() == 3) &&
-                  active.is_contiguous(),
-              "core_attention_cpu: active must be a contiguous int64 [B, n] or [B, Hkv, n] tensor");
+  const bool mask = active.scalar_type() == at::kBool;
+  TORCH_CHECK((mask || active.scalar_type() == at::kLong) &&
+                  (active.dim() == 2 || active.dim() == 3) && active.is_contiguous(),
+              "core_attention_cpu: active must be a contiguous int64 index or bool mask, [B, n] "
+              "or [B, Hkv, n]");
   const int64_t B = q.size(0), Hq = q.size(1), D = q.size(3);
   const int64_t Hkv = k.size(1), N = k.size(2), n = active.size(-1);
   const bool per_head = active.dim() == 3;
@@ -870,11 +882,15 @@ std::vector<at::Tensor> core_attention_cpu(const at::Tensor& q, const at::Tensor
   TORCH_CHECK(!per_head || active.size(1) == Hkv,
               "core_attention_cpu: per-head active must be [B, Hkv, n] with Hkv = k.size(1)");
   TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0, "core_attention_cpu: Hq must be a multiple of Hkv");
-  const int64_t* ap = active.data_ptr<int64_t>();
-  int64_t lo = 0, hi = -1;  // one vectorisable min/max pass, then a single check
-  for (int64_t i = 0; i < active.numel(); ++i) lo = std::min(lo, ap[i]), hi = std::max(hi, ap[i]);
-  TORCH_CHECK(lo >= -1 && hi < N, "core_attention_cpu: active index ", lo < -1 ? lo : hi,
-              " outside [-1, ", N, ")");
+  if (mask) {  // row j where set: no wider than the cache
+    TORCH_CHECK(n <= N, "core_attention_cpu: active mask of ", n, " rows for ", N, " rows");
+  } else {
+    const int64_t* ap = active.data_ptr<int64_t>();
+    int64_t lo = 0, hi = -1;  // one vectorisable min/max pass, then a single check
+    for (int64_t i = 0; i < active.numel(); ++i) lo = std::min(lo, ap[i]), hi = std::max(hi, ap[i]);
+    TORCH_CHECK(lo >= -1 && hi < N, "core_attention_cpu: active index ", lo < -1 ? lo : hi,
+                " outside [-1, ", N, ")");
+  }
 
   const int64_t P = (per_head || per_head_probs) ? Hkv : 1;  // probs rows per batch row
   auto out = at::empty({B, Hq, 1, D}, q.options());
@@ -889,7 +905,9 @@ std::vector<at::Tensor> core_attention_cpu(const at::Tensor& q, const at::Tensor
   sh.v_sb = v.stride(0), sh.v_sh = v.stride(1), sh.v_sn = v.stride(2);
   sh.P = P;
   // Per-head indices that coincide across heads run exactly as shared ones.
-  const bool distinct = per_head && !heads_coincide(ap, B, Hkv, n);
+  const bool distinct =
+      per_head && !(mask ? heads_coincide(static_cast<const uint8_t*>(active.data_ptr()), B, Hkv, n)
+                         : heads_coincide(active.data_ptr<int64_t>(), B, Hkv, n));
   sh.a_sb = per_head ? Hkv * n : n;
   sh.a_sh = distinct ? n : 0;
   sh.scale = static_cast<float>(scale);
@@ -912,9 +930,11 @@ std::vector<at::Tensor> core_attention_cpu(const at::Tensor& q, const at::Tensor
   sh.nsplit = (n + sh.chunk - 1) / sh.chunk;
 
   switch (q.scalar_type()) {
-    case at::kFloat: run<float>(sh, q, k, v, active, out, probs, serial); break;
-    case at::kBFloat16: run<c10::BFloat16>(sh, q, k, v, active, out, probs, serial); break;
-    case at::kHalf: run<c10::Half>(sh, q, k, v, active, out, probs, serial); break;
+    case at::kFloat: dispatch_index<float>(sh, q, k, v, active, out, probs, serial, mask); break;
+    case at::kBFloat16:
+      dispatch_index<c10::BFloat16>(sh, q, k, v, active, out, probs, serial, mask);
+      break;
+    case at::kHalf: dispatch_index<c10::Half>(sh, q, k, v, active, out, probs, serial, mask); break;
     default: TORCH_CHECK(false, "core_attention_cpu: dtype must be float32, bfloat16 or float16");
   }
   return {out, probs};
