@@ -444,7 +444,8 @@ struct Scratch {
   std::vector<float> q, s, acc, m, l, t;
   std::vector<int32_t> pos;  // valid positions (index entries >= 0), one list per kv head
   std::vector<int64_t> cnt;
-  std::vector<uint8_t> any;  // positions some head of a wide index holds
+  std::vector<uint8_t> any, every;  // positions some / every head of a wide index holds
+  std::vector<int32_t> mixed;  // union positions (list order) some head lacks
 };
 Scratch& scratch() {
   static thread_local Scratch w;
@@ -485,7 +486,7 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const E* a
   const int64_t rb = D * static_cast<int64_t>(sizeof(T));
   Scratch& w = scratch();
   grow(w.q, nq * D), grow(w.acc, nq * D), grow(w.s, nq * cap), grow(w.t, cap);
-  grow(w.m, nq), grow(w.l, nq), grow(w.pos, hc * cap), grow(w.cnt, hc), grow(w.any, cap);
+  grow(w.m, nq), grow(w.l, nq), grow(w.pos, hc * cap), grow(w.cnt, hc), grow(w.any, cap), grow(w.every, cap), grow(w.mixed, cap);
   float* qf = w.q.data();
   float* S = w.s.data();  // S[i * cap + c]: query head i, c-th valid position of its kv head
   float* acc = w.acc.data();
@@ -500,9 +501,12 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const E* a
   // rows) are read as shared rows over the union, each head's other positions masked out of its
   // softmax (`masked`); otherwise every head gets its own list, read head by head.
   bool masked = false;
+  int64_t n_mixed = 0;  // masked: union positions some head lacks, listed in w.mixed
   if (sh.token_outer && !shared) {
     uint8_t* any = w.any.data();
+    uint8_t* every = w.every.data();
     std::fill(any, any + cap, 0);
+    std::fill(every, every + cap, 1);
     int64_t most = 0;
     bool slots = true;  // every entry j0 + j is slot j0 + j or -1
     for (int64_t hl = 0; hl < hc; ++hl) {
@@ -511,15 +515,19 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const E* a
       for (int64_t j = 0; j < cap; ++j) {
         const uint8_t x = on(idx[j]);
         any[j] |= x;
+        every[j] &= x;
         c += x;
         slots &= own_slot(idx[j], j0 + j);
       }
       most = std::max(most, c);
     }
     int32_t* p = w.pos.data();
+    int32_t* mixed = w.mixed.data();
     int64_t c = 0;
     for (int64_t j = 0; j < cap; ++j) {
       p[c] = static_cast<int32_t>(j0 + j);
+      mixed[n_mixed] = static_cast<int32_t>(c);
+      n_mixed += any[j] & !every[j];
       c += any[j];
     }
     masked = slots && c <= most + std::max<int64_t>(kAlignSlack, most / kAlignShare);
@@ -605,12 +613,12 @@ void attend_unit(const Shape& sh, const T* q, const T* k, const T* v, const E* a
   }
   if (masked) {  // a head's positions outside its own rows take no part in its softmax
     const int32_t* p = list(0);
-    const int64_t c = count(0);
+    const int32_t* mixed = w.mixed.data();
     for (int64_t hl = 0; hl < hc; ++hl) {
       const E* idx = index_of(hl);
-      for (int64_t t = 0; t < c; ++t)
-        if (!on(idx[p[t]]))
-          for (int64_t g = 0; g < G; ++g) S[(hl * G + g) * cap + t] = kNegInf;
+      for (int64_t i = 0; i < n_mixed; ++i)
+        if (!on(idx[p[mixed[i]]]))
+          for (int64_t g = 0; g < G; ++g) S[(hl * G + g) * cap + mixed[i]] = kNegInf;
     }
   }
 
