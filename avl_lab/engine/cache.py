@@ -90,7 +90,7 @@ class AVLLayer(DynamicLayer):
     @property
     def keys(self) -> Tensor | None:
         """``[B, Hkv, R, D]`` view of the rows in use."""
-        return None if self._k is None else self._k[:, : self._n].transpose(1, 2)
+        return None if self._k is None else _rows_view(self._k, 0, self._n)
 
     @keys.setter
     def keys(self, value: None) -> None:  # only transformers' reset/init assign (None)
@@ -102,7 +102,7 @@ class AVLLayer(DynamicLayer):
     @property
     def values(self) -> Tensor | None:
         """``[B, Hkv, R, D]`` view of the rows in use."""
-        return None if self._v is None else self._v[:, : self._n].transpose(1, 2)
+        return None if self._v is None else _rows_view(self._v, 0, self._n)
 
     @values.setter
     def values(self, value: None) -> None:
@@ -215,8 +215,8 @@ class AVLLayer(DynamicLayer):
         q = key_states.shape[2]
         if self._n + q > self._k.shape[1]:  # more rows than planned: grow once
             self._store(self._k[:, : self._n], self._v[:, : self._n], extra=max(q, 16))
-        self._k[:, self._n : self._n + q] = key_states.transpose(1, 2)
-        self._v[:, self._n : self._n + q] = value_states.transpose(1, 2)
+        _rows_view(self._k, self._n, q).copy_(key_states)
+        _rows_view(self._v, self._n, q).copy_(value_states)
         self._n += q
         # the new token is a row of every head when the rows are per KV head
         new_rows = self.cache.new_rows(self.layer_idx, key_states.shape[0],
@@ -386,6 +386,15 @@ def aligned(m: int, union: int) -> bool:
     within the slack a deferred eviction may leave allocated (:data:`SLACK` rows or
     :data:`SLACK_SHARE` of the slots)."""
     return union - m <= max(SLACK, int(union * SLACK_SHARE))
+
+
+def _rows_view(buf: Tensor, start: int, n: int) -> Tensor:
+    """Slots ``start .. start + n`` of a storage buffer ``[B, cap, H, D]`` (either layout) as a
+    ``[B, H, n, D]`` view: one ``as_strided``, not a slice and a transpose (a decode step takes
+    three such views per layer)."""
+    B, _, H, D = buf.shape
+    s0, s1, s2, s3 = buf.stride()
+    return buf.as_strided((B, H, n, D), (s0, s2, s1, s3), buf.storage_offset() + start * s1)
 
 
 def _per_head(t: Tensor, H: int) -> Tensor:

@@ -7,6 +7,7 @@ keeps the protected rows and the top-scored rest, in prefill and after every dec
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -66,9 +67,23 @@ class ScorerPolicy(Policy):
             if not bool((held > _per_row(n_protected + n_scored, held)).any()):
                 return None
         # Where every row fits, the protected rows plus the top scored ones are every valid row:
-        # decode decides on the device, without reading the counts back.
+        # decode decides on the device, without reading the counts back. The protected rows
+        # (at most n_protected, all valid) rank first, so the top n_protected + n_scored valid
+        # rows are them and the n_scored best of the rest.
         protected = self.protect(layer, ctx, n_protected)
-        return protected | top_rows(self.score(layer, ctx), valid & ~protected, n_scored)
+        score = self.score(layer, ctx)
+        score = score if score.is_floating_point() else score.double()  # ranks stay exact
+        return top_rows(score.masked_fill(protected, math.inf), valid,
+                        self._total(n_protected, n_scored))
+
+    def _total(self, n_protected: Tensor, n_scored: Tensor) -> Tensor:
+        """``n_protected + n_scored``, added once for the layers of a step when :meth:`split`
+        hands every layer the same tensors (as H2O's, computed once per step)."""
+        memo = self.__dict__.get("_total_memo")
+        if memo is None or memo[0] is not n_protected or memo[1] is not n_scored:
+            memo = (n_protected, n_scored, n_protected + n_scored)
+            self.__dict__["_total_memo"] = memo
+        return memo[2]
 
     def prefill_keep(self, layer: Rows, ctx: Context) -> Tensor | None:
         return self.keep(layer, ctx)
