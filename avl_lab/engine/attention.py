@@ -226,7 +226,7 @@ def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | N
         run.trace.decode[-1][layer.layer_idx] = layer.tok.masked_fill(~active, -1)
     if run.want_probs:
         _set_probs(run, layer, ctx, probs)
-    keep = policy.decode_keep(layer, ctx)
+    keep = policy.decode_keep(layer, ctx) if run.keep_now else None
     if isinstance(keep, DropRows):
         if not window:
             layer.drop(keep.rows)  # a few rows by number (deferred as below)

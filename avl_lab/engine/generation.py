@@ -75,6 +75,7 @@ class Run:
         self.preview: dict | None = None  # set while a layer's attention is previewed
         self.want_probs = False  # this decode step needs the attention probabilities
         self.token_probs = False  # ... and their average over all heads (ctx.probs)
+        self.keep_now = False  # ... and calls the policy's decode_keep (Policy.keeps_at)
         self.full_now: Tensor | None = None  # this decode step's full_rows()
         self.prunes_input = policy.prunes_input  # a cut before layer 0 (pre-LLM methods)
         self.before_layers = frozenset(policy.prune_before_layers) | (
@@ -120,6 +121,7 @@ class Run:
         # What every layer of this step needs, decided once per step:
         self.want_probs = self.policy.probs_at(self.update)
         self.token_probs = self.want_probs and self.policy.token_probs_at(self.update)
+        self.keep_now = self.policy.keeps_at(self.update)
         self.full_now = self.full_rows()
         if self.trace is not None:
             self.trace.decode.append({})

@@ -252,6 +252,12 @@ def load(kind: str) -> ModuleType:
         raise ExtensionBuildError(f"the {kind} core_attention op is unavailable: {_errors[kind]}")
 
 
+def loaded(kind: str) -> ModuleType | None:
+    """The extension ``kind`` if this process has loaded it already (no lock, no build): the
+    decode step's fast path, once per layer."""
+    return _modules.get(kind)
+
+
 def try_load(kind: str) -> ModuleType | None:
     """Like :func:`load` but returns None after a single warning when the op is unavailable."""
     try:

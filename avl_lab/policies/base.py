@@ -315,6 +315,12 @@ class Policy:
         head make a per-token scatter to build); decided once per step."""
         return self.needs_probs and self.probs_at(update)
 
+    def keeps_at(self, update: bool) -> bool:
+        """Whether a decode step (an update step or not) calls :meth:`decode_keep`; decided once
+        per step, and where False the step keeps every row without asking each layer. Default:
+        whenever the class has its own ``decode_keep``."""
+        return type(self).decode_keep is not Policy.decode_keep
+
     @property
     def prunes_input(self) -> bool:
         """Whether :meth:`prune_input` runs (once, before layer 0, in prefill)."""

@@ -77,6 +77,9 @@ class Compose(Policy):
     def token_probs_at(self, update: bool) -> bool:
         return any(p.token_probs_at(update) for p in self.parts)
 
+    def keeps_at(self, update: bool) -> bool:
+        return any(p.keeps_at(update) for p in self._keepers)
+
     @property
     def needs_vision(self) -> bool:  # type: ignore[override]
         return any(p.needs_vision for p in self.parts)

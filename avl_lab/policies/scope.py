@@ -91,6 +91,9 @@ class Scoped(Policy):
     def token_probs_at(self, update: bool) -> bool:
         return self.policy.token_probs_at(update)
 
+    def keeps_at(self, update: bool) -> bool:
+        return self.policy.keeps_at(update)
+
     @property
     def needs_prev_keys(self) -> bool:  # type: ignore[override]
         return self.policy.needs_prev_keys

@@ -108,6 +108,10 @@ class VisionTiering(Policy):
         # the core set is re-chosen on update steps only (never by key norms: keys do not change)
         return update and self.C is not None and self.signal != "key_norm"
 
+    def keeps_at(self, update: bool) -> bool:
+        # decode_keep re-chooses the core set on update steps only, and never by key norms
+        return update and self.C is not None and self.signal != "key_norm"
+
     def setup(self, cache, ctx: Context) -> None:
         cache.register_state("core", True, torch.bool)
 
