@@ -65,9 +65,7 @@ class StatsRecorder:
     def ratios(self) -> tuple[Tensor, Tensor]:
         """``([L, T, B] stored/full, [L, T, B] used/full)``."""
         def stack(xs: list[list[Tensor]]) -> Tensor:  # per-head counts: the mean over heads
-            return torch.stack([torch.stack([c.to(torch.float64) if c.dim() == 1
-                                             else c.to(torch.float64).mean(-1) for c in x])
-                                for x in xs])
+            return torch.stack([_steps(x) for x in xs])
 
         full = stack(self.full)
         return stack(self.stored) / full, stack(self.used) / full
@@ -136,3 +134,13 @@ def steps_until_eos(
     is_eos = torch.isin(new, torch.as_tensor(eos, device=new.device).reshape(-1))
     first = torch.where(is_eos.any(1), is_eos.to(torch.int8).argmax(1), steps_run)
     return first.clamp(max=steps_run)
+
+
+def _steps(counts: list[Tensor]) -> Tensor:
+    """``[T, B]`` float64 one layer's counts over the steps (``[B]``, or ``[B, Hkv]`` averaged over
+    the heads): three ops for the layer where every step has the same shape, else per step."""
+    if all(c.shape == counts[0].shape for c in counts):
+        t = torch.stack(counts).to(torch.float64)
+        return t if t.dim() == 2 else t.mean(-1)
+    return torch.stack([c.to(torch.float64) if c.dim() == 1 else c.to(torch.float64).mean(-1)
+                        for c in counts])
