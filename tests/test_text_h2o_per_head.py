@@ -126,3 +126,44 @@ def test_per_head_decode_scores_use_each_heads_quantile():
 def test_per_head_is_validated():
     with pytest.raises(ValueError, match="`per_head`"):
         TextH2O(T=50, per_head="yes")
+
+
+class _Layer:
+    """What TextH2O's decode step reads of a layer: its index, rows and number."""
+
+    def __init__(self, idx: int, w: int, R: int, gen: torch.Generator) -> None:
+        self.layer_idx, self.num_rows = idx, R
+        self.valid = torch.rand(2, 4, R, generator=gen) < 0.9
+        rows = torch.sort(torch.randperm(R - 1, generator=gen)[:w]).values.expand(2, 4, w).clone()
+        rows[:, :, :2] = -1  # entries evicted earlier
+        self.ix = {"rows": rows, "acc": torch.rand(2, 4, w, generator=gen),
+                   "n_system": torch.full((2, 4), 3)}
+
+    def index(self, name):
+        return self.ix
+
+    def set_index(self, name, rows, **values):
+        self.ix = {"rows": rows, **values}
+
+
+def test_decode_decides_every_layer_at_once_as_each_alone():
+    """TextH2O's once-per-step decision over all layers (stacked, left-padded to the widest
+    index) equals deciding each layer on its own: indices, scores and drop lists."""
+    gen = torch.Generator().manual_seed(0)
+    ctx = SimpleNamespace(n_text=torch.tensor([30, 24]), step=3, max_new_tokens=8)
+    probs = torch.rand(2, 4, 90, generator=gen).softmax(-1)
+    for variant in ("quantile", "h2o", "max_length"):
+        policy = TextH2O(T=40, variant=variant)
+        policy.setup(None, ctx)
+        together = [_Layer(i, w, 90, torch.Generator().manual_seed(i)) for i, w in enumerate((9, 14, 6))]
+        alone = [_Layer(i, w, 90, torch.Generator().manual_seed(i)) for i, w in enumerate((9, 14, 6))]
+        for layer in together:
+            policy.decode_keep(layer, SimpleNamespace(head_probs=probs))
+        drops = policy.end_step(ctx)
+        for layer, solo in zip(together, alone, strict=True):
+            policy.decode_keep(solo, SimpleNamespace(head_probs=probs))
+            (drop,) = policy.end_step(ctx).values()
+            assert torch.equal(drops[layer.layer_idx].rows, drop.rows), variant
+            assert torch.equal(layer.ix["rows"], solo.ix["rows"]), variant
+            torch.testing.assert_close(layer.ix["acc"], solo.ix["acc"], rtol=0, atol=1e-6)
+        assert any(bool((d.rows >= 0).any()) for d in drops.values()), variant  # some evicted

@@ -226,17 +226,36 @@ def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | N
         run.trace.decode[-1][layer.layer_idx] = layer.tok.masked_fill(~active, -1)
     if run.want_probs:
         _set_probs(run, layer, ctx, probs)
-    keep = policy.decode_keep(layer, ctx) if run.keep_now else None
+    if window:
+        run.windows[layer.layer_idx] = window
+    _apply_keep(run, layer, policy.decode_keep(layer, ctx) if run.keep_now else None)
+    if run.keep_now and layer.layer_idx == run.num_layers - 1:  # the step's last layer
+        end_step(run, ctx)
+    return out.transpose(1, 2), None
+
+
+def end_step(run: Run, ctx) -> None:
+    """The policy's decisions for all layers at once (:meth:`Policy.end_step`), applied as each
+    layer's own."""
+    for layer_idx, keeps in run.policy.end_step(ctx).items():
+        for keep in keeps if isinstance(keeps, list) else [keeps]:
+            _apply_keep(run, run.cache.layers[layer_idx], keep)
+
+
+def _apply_keep(run: Run, layer: AVLLayer, keep) -> None:
+    """A decode decision (keep mask, DropRows or None), deferred: the rows turn invalid now and
+    leave memory at the next step's start (one sync); a sliding layer also drops what the next
+    query can no longer see."""
+    window = run.windows.get(layer.layer_idx)
     if isinstance(keep, DropRows):
         if not window:
-            layer.drop(keep.rows)  # a few rows by number (deferred as below)
-            return out.transpose(1, 2), None
+            layer.drop(keep.rows)  # a few rows by number
+            return
         keep = keep.keep(layer.valid)
     if window:
-        keep = _in_window(layer, query_tok + 1, window, keep)
+        keep = _in_window(layer, run.layout.length + run.step, window, keep)
     if keep is not None:
-        layer.evict(keep, defer=True)  # rows leave memory at the next step's start (one sync)
-    return out.transpose(1, 2), None
+        layer.evict(keep, defer=True)
 
 
 def _held(rows: Tensor) -> Tensor:

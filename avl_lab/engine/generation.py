@@ -76,6 +76,7 @@ class Run:
         self.want_probs = False  # this decode step needs the attention probabilities
         self.token_probs = False  # ... and their average over all heads (ctx.probs)
         self.keep_now = False  # ... and calls the policy's decode_keep (Policy.keeps_at)
+        self.windows: dict[int, int] = {}  # sliding layers' windows, as their attention says
         self.full_now: Tensor | None = None  # this decode step's full_rows()
         self.prunes_input = policy.prunes_input  # a cut before layer 0 (pre-LLM methods)
         self.before_layers = frozenset(policy.prune_before_layers) | (

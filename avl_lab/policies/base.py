@@ -318,6 +318,13 @@ class Policy:
         head make a per-token scatter to build); decided once per step."""
         return self.needs_probs and self.probs_at(update)
 
+    def end_step(self, ctx: Context) -> dict[int, Tensor | DropRows | list[Tensor | DropRows]]:
+        """After the last layer of a decode step (where :meth:`keeps_at`): evictions decided for
+        all layers at once, ``{layer_idx: keep mask, DropRows or a list of them}``, applied as
+        :meth:`decode_keep`'s (a list: each in turn). A policy that gathers what it needs per layer in
+        :meth:`decode_keep` and decides here runs its per-step work once, not per layer."""
+        return {}
+
     def keeps_at(self, update: bool) -> bool:
         """Whether a decode step (an update step or not) calls :meth:`decode_keep`; decided once
         per step, and where False the step keeps every row without asking each layer. Default:

@@ -94,6 +94,9 @@ class Scoped(Policy):
     def keeps_at(self, update: bool) -> bool:
         return self.policy.keeps_at(update)
 
+    def end_step(self, ctx: Context):
+        return self.policy.end_step(ctx)  # only the covered layers reached decode_keep
+
     @property
     def needs_prev_keys(self) -> bool:  # type: ignore[override]
         return self.policy.needs_prev_keys

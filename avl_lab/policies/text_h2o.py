@@ -69,8 +69,9 @@ _RECENT = {"quantile": 0.5, "h2o": 0.3, "max_length": 0.5}
 
 
 def _align(k: Tensor, count: Tensor) -> Tensor:
-    """A ``[B]`` count as ``[B, 1]`` against per-head counts ``[B, Hkv]``."""
-    return k[:, None] if k.dim() == 1 and count.dim() == 2 else k
+    """A ``[B]`` count against counts ``[B, ...]`` (per KV head ``[B, Hkv]``, per layer of a step
+    ``[B, L, (Hkv)]``): ``[B, 1, ...]``."""
+    return k.view(-1, *[1] * (count.dim() - 1)) if k.dim() == 1 and count.dim() > 1 else k
 
 
 def evict_lowest(acc: Tensor, candidates: Tensor, budget: Tensor, protect: Tensor) -> Tensor:
@@ -231,20 +232,51 @@ class TextH2O(Policy):
                         n_system=n_system)
         return keep
 
+    def setup(self, cache, ctx: Context) -> None:
+        self._step: list = []  # this decode step's layers, see decode_keep
+
     def decode_keep(self, layer, ctx: Context):
-        """Scores and evicts over the index's entries plus the new token's row (the layer's
-        last): work that grows with the text, not with the layer's rows."""
+        """Gathers the layer's entries (its index plus the new token's row, the layer's last)
+        and their attention this step; :meth:`end_step` scores and evicts them for every layer
+        at once. Work that grows with the text, not with the layer's rows, and runs once per
+        step, not per layer (about 60 small ops: ~0.7 ms per layer on a CPU)."""
         ix = layer.index(INDEX)
         new = ix["rows"].new_full((*ix["rows"].shape[:-1], 1), layer.num_rows - 1)
         rows = torch.cat([ix["rows"], new], dim=-1)  # [B, (Hkv,) w + 1]
         at = rows.clamp(min=0)
-        valid = layer.valid
-        live = (rows >= 0) & valid.gather(-1, at)  # another policy may have evicted some
+        live = (rows >= 0) & layer.valid.gather(-1, at)  # another policy may have evicted some
         probs = ctx.head_probs if self.per_head else ctx.probs
-        acc = torch.cat([ix["acc"], ix["acc"].new_zeros(new.shape)], dim=-1)
-        acc = self.decode_scores(acc, _like(probs, rows).gather(-1, at), live)
-        keep = evict_lowest(acc, live, *self._window(ix["n_system"], ctx))
-        drop = live & ~keep
-        layer.set_index(INDEX, rows.masked_fill(~keep | ~live, -1), acc=acc,
-                        n_system=ix["n_system"])
-        return DropRows(rows.masked_fill(~drop, -1))
+        self._step.append((layer, rows, live, _like(probs, rows).gather(-1, at)))
+        return None
+
+    def end_step(self, ctx: Context) -> dict[int, DropRows]:
+        """The step's layers stacked ``[B, L, (Hkv,) w + 1]`` (left-padded to the widest, so that
+        the new token's entry stays last), scored and evicted at once; each layer's index and
+        drop list are its slice."""
+        pending, self._step = getattr(self, "_step", []), []
+        if not pending:
+            return {}
+        width = max(p[1].shape[-1] for p in pending)
+
+        def stack(ts: list[Tensor], fill) -> Tensor:
+            return torch.stack([t if t.shape[-1] == width else torch.cat(
+                [t.new_full((*t.shape[:-1], width - t.shape[-1]), fill), t], dim=-1) for t in ts], 1)
+
+        rows = stack([p[1] for p in pending], -1)
+        live = stack([p[2] for p in pending], False)
+        probs = stack([p[3] for p in pending], 0.0)
+        ixs = [p[0].index(INDEX) for p in pending]
+        acc = stack([torch.cat([ix["acc"], ix["acc"].new_zeros((*ix["acc"].shape[:-1], 1))], -1)
+                     for ix in ixs], 0.0)
+        n_system = torch.stack([ix["n_system"] for ix in ixs], 1)
+        acc = self.decode_scores(acc, probs, live)
+        keep = evict_lowest(acc, live, *self._window(n_system, ctx))
+        kept = rows.masked_fill(~keep | ~live, -1)
+        dropped = rows.masked_fill(~(live & ~keep), -1)
+        out = {}
+        for i, (layer, r, _, _) in enumerate(pending):
+            cut = width - r.shape[-1]
+            layer.set_index(INDEX, kept[:, i, ..., cut:], acc=acc[:, i, ..., cut:],
+                            n_system=ixs[i]["n_system"])
+            out[layer.layer_idx] = DropRows(dropped[:, i, ..., cut:])
+        return out
