@@ -31,6 +31,7 @@ VARIANTS = {
     "stock": None,
     "full": "full",
     "avl": {"name": "avl", "S": 45, "C": 30, "K": 3},
+    "avl_t": {"name": "avl", "S": 45, "C": 30, "K": 3, "T": 50},  # + TextH2O: rows per KV head
     "h2o": {"name": "h2o", "ratio": 0.5},
     "snapkv": {"name": "snapkv", "ratio": 0.5},
 }
