@@ -24,15 +24,8 @@ keep mask), the layer's bookkeeping becomes ``[B, Hkv, R]``: slot r of head h is
 r-th kept token, compacted per (b, h), padded with invalid filler to the head that keeps most.
 Evicted (row, head) pairs leave memory up to that padding.
 
-Storage: shared rows are stored token-major, ``[B, R, Hkv, D]``: one selected row is one
-contiguous run of ``Hkv * D`` values for all heads, which the core-attention op streams at
-close to bandwidth (a head-major row is a short random read per head). Rows per KV head are
-stored head-major from their first compaction on, ``[B, Hkv, R, D]``: a head's kept rows are
-one run, so a head that computes over what it keeps (per-head budgets: H2O, SnapKV, AdaKV…)
-streams it, where token-major storage would leave the slots of heads that keep fewer rows as
-holes in every token's run (benchmarks/README.md, "Per-head rows"). ``keys``/``values`` are
-``[B, Hkv, R, D]`` views of either, the layout transformers and the op's API use; the private
-buffers are always indexed ``[B, slot, Hkv, D]``.
+Storage (token-major for shared rows, head-major for rows packed per KV head):
+:mod:`avl_lab.engine.storage`.
 """
 
 from __future__ import annotations
@@ -44,6 +37,7 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicLayer
 
+from avl_lab.engine.storage import alloc, is_head_major, rows_view, take
 from avl_lab.policies.base import any_head, clear_rows, count_rows
 
 _META = ("valid", "pos", "tok", "mod")
@@ -90,7 +84,7 @@ class AVLLayer(DynamicLayer):
     @property
     def keys(self) -> Tensor | None:
         """``[B, Hkv, R, D]`` view of the rows in use."""
-        return None if self._k is None else _rows_view(self._k, 0, self._n)
+        return None if self._k is None else rows_view(self._k, 0, self._n)
 
     @keys.setter
     def keys(self, value: None) -> None:  # only transformers' reset/init assign (None)
@@ -102,7 +96,7 @@ class AVLLayer(DynamicLayer):
     @property
     def values(self) -> Tensor | None:
         """``[B, Hkv, R, D]`` view of the rows in use."""
-        return None if self._v is None else _rows_view(self._v, 0, self._n)
+        return None if self._v is None else rows_view(self._v, 0, self._n)
 
     @values.setter
     def values(self, value: None) -> None:
@@ -119,13 +113,13 @@ class AVLLayer(DynamicLayer):
         B, n, H, D = k_tok.shape
         cap = n + max(extra, self.cache.run.rows_to_come())
         hm = self._head_major() if head_major is None else head_major
-        self._k, self._v = _alloc(k_tok, B, cap, H, D, hm), _alloc(v_tok, B, cap, H, D, hm)
+        self._k, self._v = alloc(k_tok, B, cap, H, D, hm), alloc(v_tok, B, cap, H, D, hm)
         self._k[:, :n], self._v[:, :n] = k_tok, v_tok
         self._n = n
 
     def _head_major(self) -> bool:
         """Whether the storage is head-major (each head's slots one run)."""
-        return self._k is not None and self._k.shape[2] > 1 and self._k.stride(1) == self._k.shape[3]
+        return self._k is not None and is_head_major(self._k)
 
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -215,8 +209,8 @@ class AVLLayer(DynamicLayer):
         q = key_states.shape[2]
         if self._n + q > self._k.shape[1]:  # more rows than planned: grow once
             self._store(self._k[:, : self._n], self._v[:, : self._n], extra=max(q, 16))
-        _rows_view(self._k, self._n, q).copy_(key_states)
-        _rows_view(self._v, self._n, q).copy_(value_states)
+        rows_view(self._k, self._n, q).copy_(key_states)
+        rows_view(self._v, self._n, q).copy_(value_states)
         self._n += q
         # the new token is a row of every head when the rows are per KV head
         new_rows = self.cache.new_rows(self.layer_idx, key_states.shape[0],
@@ -343,7 +337,7 @@ class AVLLayer(DynamicLayer):
             return self._compact_aligned(keep, union)
         # Stable sort puts kept rows first, in their original order.
         order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[..., :m]
-        self._store(_take(self._k, order), _take(self._v, order), head_major=keep.dim() == 3)
+        self._store(take(self._k, order), take(self._v, order), head_major=keep.dim() == 3)
         rows = {k: t.gather(-1, order) for k, t in self.rows.items()}
         rows["valid"] = torch.arange(m, device=counts.device) < counts[..., None]
         self.rows = rows
@@ -354,7 +348,7 @@ class AVLLayer(DynamicLayer):
     def _compact_aligned(self, keep: Tensor, union: int) -> Tensor:
         """:meth:`compact` of rows per KV head into ``union`` slots shared by the heads."""
         shared = torch.sort((~any_head(keep)).to(torch.int8), dim=-1, stable=True).indices[..., :union]
-        self._store(_take(self._k, shared), _take(self._v, shared), head_major=False)
+        self._store(take(self._k, shared), take(self._v, shared), head_major=False)
         order = shared[:, None].expand(-1, keep.shape[1], -1)  # [B, Hkv, union]
         rows = {k: t.gather(-1, order) for k, t in self.rows.items()}
         rows["valid"] = keep.gather(-1, order)  # a head's dropped rows: holes
@@ -388,48 +382,9 @@ def aligned(m: int, union: int) -> bool:
     return union - m <= max(SLACK, int(union * SLACK_SHARE))
 
 
-def _rows_view(buf: Tensor, start: int, n: int) -> Tensor:
-    """Slots ``start .. start + n`` of a storage buffer ``[B, cap, H, D]`` (either layout) as a
-    ``[B, H, n, D]`` view: one ``as_strided``, not a slice and a transpose (a decode step takes
-    three such views per layer)."""
-    B, _, H, D = buf.shape
-    s0, s1, s2, s3 = buf.stride()
-    return buf.as_strided((B, H, n, D), (s0, s2, s1, s3), buf.storage_offset() + start * s1)
-
-
 def _per_head(t: Tensor, H: int) -> Tensor:
     """A ``[B, ...]`` tensor as ``[B, H, ...]``, every head a copy."""
     return t[:, None].expand(t.shape[0], H, *t.shape[1:]).contiguous()
-
-
-def _alloc(like: Tensor, B: int, cap: int, H: int, D: int, head_major: bool) -> Tensor:
-    """An empty ``[B, cap, H, D]`` buffer, stored token-major or head-major (``[B, H, cap, D]``
-    memory, each head's slots one run)."""
-    if head_major:
-        return like.new_empty(B, H, cap, D).transpose(1, 2)
-    return like.new_empty(B, cap, H, D)
-
-
-def _take(t: Tensor, order: Tensor) -> Tensor:
-    """Rows ``order`` of a whole storage buffer ``t`` (``[B, cap, H, D]``, either layout) as
-    ``[B, m, H, D]``: per head (``order`` ``[B, H, m]``) with head-major strides, else
-    (``[B, m]``, token-major ``t``) token-major. One ``index_select`` over ``D``-runs (per
-    head) or ``H * D``-runs (shared), several times faster than ``gather`` with an expanded
-    ``[B, m, H, D]`` index."""
-    B, cap, H, D = t.shape
-    s0, s1, s2, _ = t.stride()
-    b = torch.arange(B, device=order.device)
-    m = order.shape[-1]
-    if order.dim() == 3:
-        h = torch.arange(H, device=order.device)
-        rows = (b[:, None, None] * s0 + order * s1 + h[None, :, None] * s2) // D  # [B, H, m]
-        flat = torch.as_strided(t, (t.numel() // D, D), (D, 1))
-        return flat.index_select(0, rows.reshape(-1)).view(B, H, m, D).transpose(1, 2)
-    if s2 != D or s1 != H * D:  # shared rows of head-major storage: a run per head
-        return _take(t, order[:, None].expand(B, H, m)).contiguous()
-    flat = torch.as_strided(t, (t.numel() // (H * D), H * D), (H * D, 1))
-    rows = (b[:, None] * (s0 // (H * D)) + order).reshape(-1)
-    return flat.index_select(0, rows).view(B, m, H, D)
 
 
 class AVLCache(Cache):

@@ -227,6 +227,10 @@ def token_mean(per_head: Tensor, layer: Rows, tokens: int) -> Tensor:
     return (out.scatter_add_(1, tok, per_head.flatten(1)) / H)[:, :tokens]
 
 
+#: Masks of at least this many elements are counted by :func:`count_rows` as bytes.
+BYTE_SUM = 1 << 16
+
+
 def count_rows(mask: Tensor) -> Tensor:
     """``mask`` ``[B, (Hkv,) R]`` bool: the rows set per row (and KV head). A byte sum (int32)
     from :data:`BYTE_SUM` elements on: a bool ``sum`` first copies the mask to int64 (twice the
@@ -234,10 +238,6 @@ def count_rows(mask: Tensor) -> Tensor:
     if mask.numel() < BYTE_SUM:
         return mask.sum(-1)
     return mask.view(torch.uint8).sum(-1, dtype=torch.int32)
-
-
-#: Masks of at least this many elements are counted by :func:`count_rows` as bytes.
-BYTE_SUM = 1 << 16
 
 
 def any_head(mask: Tensor) -> Tensor:

@@ -22,17 +22,6 @@ def _all(masks: list[Tensor | None]) -> Tensor | None:
     return out
 
 
-def _combine(out: list[Tensor | DropRows | None], layer) -> Tensor | DropRows | None:
-    """Several parts' decode decisions for one layer: keep masks intersected, drop lists joined
-    (a mask when both, which needs the ``layer``'s valid rows)."""
-    drops = [o for o in out if isinstance(o, DropRows)]
-    keep = _all([o for o in out if not isinstance(o, DropRows)])
-    if not drops:
-        return keep
-    drop = DropRows.join(drops)
-    return drop if keep is None else both(keep, drop.keep(layer.valid))
-
-
 @dataclass
 class Compose(Policy):
     """Run several policies together.
@@ -151,7 +140,13 @@ class Compose(Policy):
 
     def decode_keep(self, layer, ctx: Context) -> Tensor | DropRows | None:
         """The parts' keep masks intersected; their drop lists joined (a mask when both)."""
-        return _combine([p.decode_keep(layer, ctx) for p in self._keepers], layer)
+        out = [p.decode_keep(layer, ctx) for p in self._keepers]
+        drops = [o for o in out if isinstance(o, DropRows)]
+        keep = _all([o for o in out if not isinstance(o, DropRows)])
+        if not drops:
+            return keep
+        drop = DropRows.join(drops)
+        return drop if keep is None else both(keep, drop.keep(layer.valid))
 
     def end_step(self, ctx: Context) -> dict[int, list[Tensor | DropRows]]:
         """Every part's decisions per layer, in part order (each applied in turn)."""

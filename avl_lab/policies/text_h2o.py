@@ -238,8 +238,8 @@ class TextH2O(Policy):
     def decode_keep(self, layer, ctx: Context):
         """Gathers the layer's entries (its index plus the new token's row, the layer's last)
         and their attention this step; :meth:`end_step` scores and evicts them for every layer
-        at once. Work that grows with the text, not with the layer's rows, and runs once per
-        step, not per layer (about 60 small ops: ~0.7 ms per layer on a CPU)."""
+        at once. Work that grows with the text, not with the layer's rows; the scoring (about
+        60 small ops, ~0.7 ms on a CPU) runs once per step, not per layer."""
         ix = layer.index(INDEX)
         new = ix["rows"].new_full((*ix["rows"].shape[:-1], 1), layer.num_rows - 1)
         rows = torch.cat([ix["rows"], new], dim=-1)  # [B, (Hkv,) w + 1]
@@ -253,7 +253,7 @@ class TextH2O(Policy):
         """The step's layers stacked ``[B, L, (Hkv,) w + 1]`` (left-padded to the widest, so that
         the new token's entry stays last), scored and evicted at once; each layer's index and
         drop list are its slice."""
-        pending, self._step = getattr(self, "_step", []), []
+        pending, self._step = self._step, []
         if not pending:
             return {}
         width = max(p[1].shape[-1] for p in pending)

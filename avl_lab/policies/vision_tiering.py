@@ -109,8 +109,7 @@ class VisionTiering(Policy):
         return update and self.C is not None and self.signal != "key_norm"
 
     def keeps_at(self, update: bool) -> bool:
-        # decode_keep re-chooses the core set on update steps only, and never by key norms
-        return update and self.C is not None and self.signal != "key_norm"
+        return self.probs_at(update)  # decode_keep re-chooses the core set from the probabilities
 
     def setup(self, cache, ctx: Context) -> None:
         cache.register_state("core", True, torch.bool)
