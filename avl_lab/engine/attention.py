@@ -228,7 +228,8 @@ def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | N
         _set_probs(run, layer, ctx, probs)
     if window:
         run.windows[layer.layer_idx] = window
-    _apply_keep(run, layer, policy.decode_keep(layer, ctx) if run.keep_now else None)
+    if run.keep_now or window:  # otherwise nothing leaves this layer this step
+        _apply_keep(run, layer, policy.decode_keep(layer, ctx) if run.keep_now else None)
     if run.keep_now and layer.layer_idx == run.num_layers - 1:  # the step's last layer
         end_step(run, ctx)
     return out.transpose(1, 2), None
