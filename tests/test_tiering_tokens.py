@@ -20,12 +20,19 @@ from tests.helpers import make_inputs
 @dataclass
 class _Checked(VisionTiering):
     seen: list = field(default_factory=list)
+    step: list = field(default_factory=list)
 
     def _choose_core_tokens(self, layer, ctx):
         img = is_image(layer)
-        per_head = ~img | top_rows(ctx.probs, img, self._core_count(ctx))
+        self.step.append((layer, ~img | top_rows(ctx.probs, img, self._core_count(ctx)), img))
         super()._choose_core_tokens(layer, ctx)
-        self.seen.append((torch.equal(layer.state("core"), per_head), int(img.sum())))
+
+    def end_step(self, ctx):  # the core sets are decided for all layers of the step at once
+        out = super().end_step(ctx)
+        for layer, per_head, img in self.step:
+            self.seen.append((torch.equal(layer.state("core"), per_head), int(img.sum())))
+        self.step.clear()
+        return out
 
 
 def test_token_ranking_equals_per_head_ranking(tiny):

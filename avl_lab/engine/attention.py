@@ -220,8 +220,7 @@ def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | N
     # the mask as the op's index (row r where set), checked by construction
     out, probs = ext.dispatch(query, key, value, active, scale, per_head,
                               want_probs=run.want_probs)  # None when not wanted: not computed
-    held = _held(valid)
-    run.decode_stats.record(layer.layer_idx, held, held if active is valid else _held(active), full)
+    run.decode_stats.record_rows(layer.layer_idx, valid, active, full)  # counted at the step's end
     if run.trace is not None:
         run.trace.decode[-1][layer.layer_idx] = layer.tok.masked_fill(~active, -1)
     if run.want_probs:
@@ -230,8 +229,10 @@ def _decode(run: Run, layer: AVLLayer, query, key, value, scale, window: int | N
         run.windows[layer.layer_idx] = window
     if run.keep_now or window:  # otherwise nothing leaves this layer this step
         _apply_keep(run, layer, policy.decode_keep(layer, ctx) if run.keep_now else None)
-    if run.keep_now and layer.layer_idx == run.num_layers - 1:  # the step's last layer
-        end_step(run, ctx)
+    if layer.layer_idx == run.num_layers - 1:  # the step's last layer
+        run.decode_stats.flush()
+        if run.keep_now:
+            end_step(run, ctx)
     return out.transpose(1, 2), None
 
 

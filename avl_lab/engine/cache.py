@@ -440,24 +440,34 @@ class AVLCache(Cache):
         """
         if not self.pending:
             return
-        layers = [self.layers[i] for i in sorted(self.pending)]
-        counts = [count_rows(layer.valid) for layer in layers]
-        # the most rows per head and, for rows per KV head in aligned slots, the most slots
-        # some head holds
-        may_align = [layer.per_head and not layer._head_major() for layer in layers]
-        unions = [count_rows(any_head(layer.valid)).max()
-                  for layer, a in zip(layers, may_align, strict=True) if a]
-        sizes = torch.stack([c.max() for c in counts] + unions).tolist()  # the one host sync
-        held = iter(sizes[len(layers) :])
-        for layer, c, m, a in zip(layers, counts, sizes[: len(layers)], may_align, strict=True):
-            m, u = int(m), int(next(held)) if a else None
-            slots = u if u is not None and aligned(m, u) else m
-            free = layer.num_rows - slots
-            if free and (force or free >= max(SLACK, int(layer.num_rows * SLACK_SHARE))):
-                layer.compact(layer.valid, c, m, u)
-                self.pending.discard(layer.layer_idx)
-            elif not free:
-                self.pending.discard(layer.layer_idx)
+        # Layers of one shape are counted together (a step's evictions usually leave them
+        # alike): a few ops per step, not five per layer. Read back: the most rows per head
+        # and, for rows per KV head in aligned slots, the most slots some head holds.
+        groups: dict[tuple, list[AVLLayer]] = {}
+        for i in sorted(self.pending):
+            layer = self.layers[i]
+            may_align = layer.per_head and not layer._head_major()
+            groups.setdefault((tuple(layer.valid.shape), may_align), []).append(layer)
+        counts, reads = [], []
+        for (_, may_align), group in groups.items():
+            valid = torch.stack([layer.valid for layer in group])  # [L, B, (Hkv,) R]
+            c = count_rows(valid)
+            counts.append(c)
+            reads.append(c.flatten(1).amax(1))
+            if may_align:
+                reads.append(count_rows(any_head(valid)).flatten(1).amax(1))
+        sizes = iter(torch.cat(reads).tolist())  # the one host sync
+        for ((_, may_align), group), c in zip(groups.items(), counts, strict=True):
+            most = [int(next(sizes)) for _ in group]
+            unions = [int(next(sizes)) for _ in group] if may_align else [None] * len(group)
+            for j, (layer, m, u) in enumerate(zip(group, most, unions, strict=True)):
+                slots = u if u is not None and aligned(m, u) else m
+                free = layer.num_rows - slots
+                if free and (force or free >= max(SLACK, int(layer.num_rows * SLACK_SHARE))):
+                    layer.compact(layer.valid, c[j], m, u)
+                    self.pending.discard(layer.layer_idx)
+                elif not free:
+                    self.pending.discard(layer.layer_idx)
 
     def register_state(self, name: str, default: float | int | bool, dtype: torch.dtype) -> None:
         """Declare a per-row policy state; new rows get ``default``."""

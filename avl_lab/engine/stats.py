@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from avl_lab.policies.base import count_rows
+
 
 @dataclass
 class CacheStats:
@@ -48,10 +50,12 @@ class StatsRecorder:
         self.stored: list[list[Tensor]] = [[] for _ in range(num_layers)]  # layer -> steps of [B]
         self.used: list[list[Tensor]] = [[] for _ in range(num_layers)]
         self.full: list[list[Tensor]] = [[] for _ in range(num_layers)]
+        self._rows: list[tuple[int, Tensor, Tensor, Tensor]] = []  # a step's masks, see record_rows
 
     @property
     def counts(self) -> list[int]:
         """Steps recorded per layer."""
+        self.flush()
         return [len(s) for s in self.stored]
 
     def record(self, layer_idx: int, stored: Tensor, used: Tensor, full: Tensor) -> None:
@@ -62,8 +66,28 @@ class StatsRecorder:
         self.used[layer_idx].append(used)
         self.full[layer_idx].append(full)
 
+    def record_rows(self, layer_idx: int, stored: Tensor, used: Tensor, full: Tensor) -> None:
+        """:meth:`record` of row masks ``[B, (Hkv,) R]`` (``used`` may be ``stored`` itself),
+        counted at the step's end (:meth:`flush`): the layers of one shape in one count, not
+        one or two per layer."""
+        self._rows.append((layer_idx, stored, used, full))
+
+    def flush(self) -> None:
+        """Count the masks :meth:`record_rows` queued (at the end of every decode step, so a
+        step's masks are held for one step only)."""
+        pending, self._rows = self._rows, []
+        groups: dict[tuple, list[tuple[int, Tensor, Tensor, Tensor]]] = {}
+        for item in pending:
+            groups.setdefault((tuple(item[1].shape), item[2] is item[1]), []).append(item)
+        for (_, same), items in groups.items():
+            stored = count_rows(torch.stack([item[1] for item in items])).unbind(0)
+            used = stored if same else count_rows(torch.stack([item[2] for item in items])).unbind(0)
+            for (layer_idx, _, _, full), s, u in zip(items, stored, used, strict=True):
+                self.record(layer_idx, s, u, full)
+
     def ratios(self) -> tuple[Tensor, Tensor]:
         """``([L, T, B] stored/full, [L, T, B] used/full)``."""
+        self.flush()
         def stack(xs: list[list[Tensor]]) -> Tensor:  # per-head counts: the mean over heads
             return torch.stack([_steps(x) for x in xs])
 

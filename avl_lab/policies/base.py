@@ -241,12 +241,12 @@ def count_rows(mask: Tensor) -> Tensor:
 
 
 def any_head(mask: Tensor) -> Tensor:
-    """``mask`` ``[B, Hkv, R]`` bool: ``[B, R]`` the rows some KV head holds (from
-    :data:`BYTE_SUM` elements on a byte max over the heads: ~10x a bool ``any`` over a strided
-    dim; below, one op instead of three)."""
+    """``mask`` ``[..., Hkv, R]`` bool (``[B, Hkv, R]``, or layers stacked ``[L, B, Hkv, R]``):
+    ``[..., R]`` the rows some KV head holds (from :data:`BYTE_SUM` elements on a byte max over
+    the heads: ~10x a bool ``any`` over a strided dim; below, one op instead of three)."""
     if mask.numel() < BYTE_SUM:
-        return mask.any(1)
-    return mask.view(torch.uint8).amax(1).view(torch.bool)
+        return mask.any(-2)
+    return mask.view(torch.uint8).amax(-2).view(torch.bool)
 
 
 def clear_rows(mask: Tensor, rows: Tensor) -> Tensor:

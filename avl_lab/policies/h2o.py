@@ -112,4 +112,4 @@ class H2O(ScorerPolicy):
     def decode_keep(self, layer, ctx: Context):
         probs = ctx.head_probs if self.per_head else ctx.probs
         layer.set_state("h2o_acc", layer.state("h2o_acc") + probs)
-        return self.keep(layer, ctx)
+        super().decode_keep(layer, ctx)  # ranked with the step's other layers in end_step

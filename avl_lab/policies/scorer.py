@@ -23,6 +23,7 @@ from avl_lab.policies.base import (
     newest_rows,
     top_rows,
 )
+from avl_lab.policies.step_ranking import StepRanking
 
 
 @dataclass
@@ -60,21 +61,26 @@ class ScorerPolicy(Policy):
 
     def keep(self, layer: Rows, ctx: Context) -> Tensor | None:
         """``[B, R]`` rows to keep (None: every row fits the budget)."""
-        n_protected, n_scored = self.split(ctx)
-        valid = layer.valid
         if ctx.step == 0:  # prefill: skip the scoring when every row fits (a read-back)
-            held = valid.sum(-1)  # [B] (or [B, Hkv] with rows per KV head)
+            n_protected, n_scored = self.split(ctx)
+            held = layer.valid.sum(-1)  # [B] (or [B, Hkv] with rows per KV head)
             if not bool((held > _per_row(n_protected + n_scored, held)).any()):
                 return None
-        # Where every row fits, the protected rows plus the top scored ones are every valid row:
-        # decode decides on the device, without reading the counts back. The protected rows
-        # (at most n_protected, all valid) rank first, so the top n_protected + n_scored valid
-        # rows are them and the n_scored best of the rest.
+        return top_rows(*self._ranked(layer, ctx))
+
+    def _ranked(self, layer: Rows, ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
+        """What :meth:`keep` ranks: ``(score, candidates, k)`` for ``top_rows``.
+
+        Where every row fits, the protected rows plus the top scored ones are every valid row:
+        decode decides on the device, without reading the counts back. The protected rows (at
+        most n_protected, all valid) rank first, so the top n_protected + n_scored valid rows
+        are them and the n_scored best of the rest."""
+        n_protected, n_scored = self.split(ctx)
         protected = self.protect(layer, ctx, n_protected)
         score = self.score(layer, ctx)
         score = score if score.is_floating_point() else score.double()  # ranks stay exact
-        return top_rows(score.masked_fill(protected, math.inf), valid,
-                        self._total(n_protected, n_scored))
+        return (score.masked_fill(protected, math.inf), layer.valid,
+                self._total(n_protected, n_scored))
 
     def _total(self, n_protected: Tensor, n_scored: Tensor) -> Tensor:
         """``n_protected + n_scored``, added once for the layers of a step when :meth:`split`
@@ -88,5 +94,10 @@ class ScorerPolicy(Policy):
     def prefill_keep(self, layer: Rows, ctx: Context) -> Tensor | None:
         return self.keep(layer, ctx)
 
-    def decode_keep(self, layer: Rows, ctx: Context) -> Tensor | None:
-        return self.keep(layer, ctx)
+    def decode_keep(self, layer: Rows, ctx: Context) -> None:
+        """Adds the layer's ranking to the step's; :meth:`end_step` decides every layer's."""
+        StepRanking.of(self).add(layer, *self._ranked(layer, ctx))
+
+    def end_step(self, ctx: Context) -> dict[int, Tensor]:
+        """Every layer's keep mask of this step, ranked at once (:class:`StepRanking`)."""
+        return {layer.layer_idx: keep for layer, keep in StepRanking.of(self).resolve()}

@@ -45,6 +45,7 @@ from avl_lab.policies.base import (
 )
 from avl_lab.policies.registry import register
 from avl_lab.policies.snapkv import window_scores
+from avl_lab.policies.step_ranking import StepRanking
 
 SIGNALS = ("last_token", "window", "colsum", "attn_vnorm", "key_norm")
 
@@ -123,8 +124,11 @@ class VisionTiering(Policy):
         return memo[1]
 
     def _choose_core(self, layer, score, ctx: Context) -> None:
+        """Ranks the layer's image rows by ``score`` for its core set, decided with the step's
+        other layers (:meth:`end_step`; prefill: :meth:`_decide` at once)."""
         img = is_image(layer)
-        layer.set_state("core", ~img | top_rows(score, img, self._core_count(ctx)))
+        StepRanking.of(self).add(lambda core: layer.set_state("core", ~img | core),
+                                 score, img, self._core_count(ctx))
 
     def _choose_core_tokens(self, layer, ctx: Context, by_token=None) -> None:
         """:meth:`_choose_core` from this step's attention when another part gave the layer rows
@@ -138,9 +142,21 @@ class VisionTiering(Policy):
         at = tok.masked_fill(~img, T).flatten(1)  # [B, Hkv * R], T = a dump column
         held = torch.zeros(tok.shape[0], T + 1, dtype=torch.uint8, device=tok.device)
         held = held.scatter_(1, at, 1)[:, :T].bool()  # tokens some head holds an image row of
-        core = top_rows(by_token, held, self._core_count(ctx))  # [B, T]
-        core = torch.cat([core, core.new_zeros(core.shape[0], 1)], 1)
-        layer.set_state("core", ~img | core.gather(1, at).view_as(img))
+
+        def apply(core):  # [B, T] → each head's rows of the core tokens
+            core = torch.cat([core, core.new_zeros(core.shape[0], 1)], 1)
+            layer.set_state("core", ~img | core.gather(1, at).view_as(img))
+
+        StepRanking.of(self).add(apply, by_token, held, self._core_count(ctx))
+
+    def _decide(self) -> None:
+        for apply, core in StepRanking.of(self).resolve():
+            apply(core)
+
+    def end_step(self, ctx: Context) -> dict:
+        """The step's core sets, every layer's ranked at once; nothing leaves the cache."""
+        self._decide()
+        return {}
 
     def prefill_score(self, layer, ctx: Context):
         """``[B, R]`` (``[B, Hkv, R]`` per head) the signal of each row after the prefill."""
@@ -162,6 +178,7 @@ class VisionTiering(Policy):
             layer.split_heads()
         img = is_image(layer)
         self._choose_core(layer, score, ctx)
+        self._decide()
         return ~img | top_rows(score, img, count_of(self.S, ctx.n_image))
 
     def decode_active(self, layer, ctx: Context):
