@@ -17,10 +17,10 @@ as after a real prefill's attention), so the rows stored and used are the policy
 Each step's wall time and process CPU time are taken; the ratios are given on both (CPU time is
 what other processes on a shared machine disturb least).
 
-Beside the measurements, the bytes model of a step: weights + the K/V rows read, per layer;
-``model ×full`` = (W + used·kv) / (W + R·kv), the best a row cut can do when a step reads
-every byte once at one bandwidth, and the floor, the linear layers alone (no policy can go
-below it). ``attn share`` = 1 − floor / full: how much of ``full``'s step is attention and
+Beside the measurements, the bytes model of a step: the weights it reads (every decoder
+layer, the final norm, the LM head) + the K/V rows read over the layers; ``model ×full`` =
+(W + used·R·kv) / (W + R·kv), the best a row cut can do when a step reads every byte once at one
+bandwidth, and the floor, the linear layers and the LM head alone (no policy can go below it). ``attn share`` = 1 − floor / full: how much of ``full``'s step is attention and
 cache; where it is small the cut cannot show.
 
 ``PYTHONPATH=. python benchmarks/decode_crossover.py [--layouts llava15 qwen2_5_vl]
@@ -188,13 +188,24 @@ def time_steps(model, name: str, ids: torch.Tensor, steps: int, gen) -> tuple[li
 
 
 def bytes_model(model, B: int) -> tuple[float, float]:
-    """``(weights bytes per layer, K/V bytes per row per layer)``."""
+    """``(weight bytes a decode step reads, K/V bytes per row over all layers)``.
+
+    The weights are every decoder layer's, the final norm's and the LM head's: the step the
+    script times is the whole forward (``logits_to_keep=1``), so the LM head is read each step
+    (LLaVA-1.5's 32k × 4,096 is 0.33 of two layers' weights, Qwen2.5-VL's 152k × 3,584 1.17); of
+    the embedding table one row per sequence is read, nothing to count. A model of the layers
+    alone would leave that fixed cost out of the step and promise the ratio of the layers."""
+    text = model.model.language_model
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    skip = {id(p) for p in emb.parameters()}
+    params = {id(p): p for p in text.parameters() if id(p) not in skip}
+    if head is not None:
+        params.update({id(p): p for p in head.parameters()})  # tied: the table, read as the head
+    w = sum(p.numel() * p.element_size() for p in params.values())
     cfg = model.config.text_config
-    layer = model.model.language_model.layers[0]
-    w = sum(p.numel() * p.element_size() for p in layer.parameters())
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv = 2 * cfg.num_key_value_heads * hd * next(model.parameters()).element_size() * B
-    return w, kv
+    return w, kv * len(text.layers)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -238,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             floor = _floor(model, B)
             for R in args.rows:
                 w, kv = bytes_model(model, B)
-                if kv * R * args.layers / 2**30 > args.max_gib:
-                    print(f"| {R:,} | (skipped: {kv * R * args.layers / 2**30:.1f} GiB of K/V > --max-gib) |||||||||||")
+                if kv * R / 2**30 > args.max_gib:
+                    print(f"| {R:,} | (skipped: {kv * R / 2**30:.1f} GiB of K/V > --max-gib) |||||||||||")
                     continue
                 ids = prompt(model, B, R, dev)
                 gen = torch.Generator().manual_seed(0)
