@@ -73,3 +73,20 @@ def test_run_unchanged_against_layer_by_layer(tiny, policy):
     for step, step_ref in zip(steps, steps_ref, strict=True):
         assert step.keys() == step_ref.keys()
         assert all(torch.equal(step[i], step_ref[i]) for i in step)
+
+
+def test_rankings_a_failed_step_left_are_dropped():
+    from types import SimpleNamespace
+
+    score, cand, k = torch.arange(6.0)[None], torch.ones(1, 6, dtype=torch.bool), torch.tensor([2])
+    run_a = SimpleNamespace(n_prompt=torch.tensor([6]), step=1)
+    run_b = SimpleNamespace(n_prompt=torch.tensor([6]), step=1)  # a new call, also at step 1
+    ranking = StepRanking()
+    ranking.add("a", score, cand, k, ctx=run_a)  # its call failed before the step's end
+    ranking.add("b", score, cand, k, ctx=run_b)
+    ranking.add("c", score, cand, k, ctx=run_b)
+    assert [key for key, _ in ranking.resolve()] == ["b", "c"]
+    ranking.add("d", score, cand, k, ctx=run_b)
+    ranking.add("e", score, cand, k, ctx=SimpleNamespace(n_prompt=run_b.n_prompt, step=2))
+    (key, mask), = ranking.resolve()
+    assert key == "e" and mask.tolist() == [[False] * 4 + [True] * 2]

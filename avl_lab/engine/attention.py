@@ -99,7 +99,7 @@ def _prefill(run, layer, module, query, key, value, mask, scale, **kwargs):
         keep = _in_window(layer, run.layout.length, window, keep)
     if keep is not None:
         layer.evict(keep)
-    n = _held(layer.valid)
+    n = count_rows(layer.valid)  # [B] (or [B, Hkv]: the stats average the heads at the end)
     full = run.full_rows() if not window else run.full_rows().clamp(max=window - 1)
     run.prefill_stats.record(layer.layer_idx, n, n, full)
     return out, None
@@ -258,12 +258,6 @@ def _apply_keep(run: Run, layer: AVLLayer, keep) -> None:
         keep = _in_window(layer, run.layout.length + run.step, window, keep)
     if keep is not None:
         layer.evict(keep, defer=True)
-
-
-def _held(rows: Tensor) -> Tensor:
-    """``[B]`` rows per batch row, or ``[B, Hkv]`` per KV head (the stats average the heads at
-    the end of the call)."""
-    return count_rows(rows)
 
 
 def _set_probs(run: Run, layer: AVLLayer, ctx, probs: Tensor) -> None:

@@ -96,7 +96,7 @@ class ScorerPolicy(Policy):
 
     def decode_keep(self, layer: Rows, ctx: Context) -> None:
         """Adds the layer's ranking to the step's; :meth:`end_step` decides every layer's."""
-        StepRanking.of(self).add(layer, *self._ranked(layer, ctx))
+        StepRanking.of(self).add(layer, *self._ranked(layer, ctx), ctx=ctx)
 
     def end_step(self, ctx: Context) -> dict[int, Tensor]:
         """Every layer's keep mask of this step, ranked at once (:class:`StepRanking`)."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avl_lab.policies.base import heads, top_rows
+from avl_lab.policies.base import Context, heads, top_rows
 
 
 @dataclass
@@ -27,16 +27,24 @@ class StepRanking:
     """The step's pending rankings: :meth:`add` one per layer, :meth:`resolve` once."""
 
     _pending: list[tuple[Any, Tensor, Tensor, Tensor]] = field(default_factory=list)
+    _of: tuple[Tensor, int] | None = None  # the run (its n_prompt tensor) and step of _pending
 
     @staticmethod
     def of(policy: object) -> StepRanking:
         """The policy's own (one per policy object, made on first use)."""
         return policy.__dict__.setdefault("_step_ranking", StepRanking())
 
-    def add(self, key: Any, score: Tensor, candidates: Tensor, k: Tensor) -> None:
+    def add(self, key: Any, score: Tensor, candidates: Tensor, k: Tensor, *,
+            ctx: Context | None = None) -> None:
         """Rank ``score`` among ``candidates`` (``[B, (Hkv,) R]``; a ``[B, R]`` score goes to
         every head) and keep the top ``k`` (``[B]`` or ``[B, Hkv]``), as ``top_rows`` would;
-        ``key`` (a layer) names the result."""
+        ``key`` (a layer) names the result. With ``ctx``, rankings left by another run or step
+        (a call that failed before its step's end) are dropped first."""
+        if ctx is not None:
+            of = self._of
+            if of is None or of[0] is not ctx.n_prompt or of[1] != ctx.step:
+                self._pending.clear()
+                self._of = (ctx.n_prompt, ctx.step)
         score, candidates = heads(score, candidates), heads(candidates, score)
         self._pending.append((key, score.expand_as(candidates), candidates, k))
 
@@ -52,8 +60,8 @@ class StepRanking:
         for members in groups.values():
             items = [pending[i] for i in members]
             width = max(c.shape[-1] for _, _, c, _ in items)
-            score = torch.stack([_pad(s, width, -math.inf) for _, s, _, _ in items])
-            cand = torch.stack([_pad(c, width, False) for _, _, c, _ in items])
+            score = torch.stack([pad_last(s, width, -math.inf) for _, s, _, _ in items])
+            cand = torch.stack([pad_last(c, width, False) for _, _, c, _ in items])
             ks = [k for *_, k in items]
             k = ks[0][None] if all(x is ks[0] for x in ks) else torch.stack(ks)  # [1 or L, B...]
             top = top_rows(score, cand, k)  # [L, B, (Hkv,) width]
@@ -62,6 +70,9 @@ class StepRanking:
         return [(p[0], mask) for p, mask in zip(pending, out, strict=True)]
 
 
-def _pad(t: Tensor, width: int, fill: float | bool) -> Tensor:
+def pad_last(t: Tensor, width: int, fill: float | bool, left: bool = False) -> Tensor:
+    """``t`` padded along its last dim to ``width`` with ``fill``, on the right (or the left)."""
     n = t.shape[-1]
-    return t if n == width else F.pad(t, (0, width - n), value=fill)
+    if n == width:
+        return t
+    return F.pad(t, (width - n, 0) if left else (0, width - n), value=fill)

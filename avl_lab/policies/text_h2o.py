@@ -62,6 +62,7 @@ from avl_lab.policies.base import (
     top_rows,
 )
 from avl_lab.policies.registry import register
+from avl_lab.policies.step_ranking import pad_last
 
 VARIANTS = ("quantile", "h2o", "max_length")
 INDEX = "text_h2o"  # the layer's row index of the candidate rows (see AVLLayer.set_index)
@@ -259,8 +260,7 @@ class TextH2O(Policy):
         width = max(p[1].shape[-1] for p in pending)
 
         def stack(ts: list[Tensor], fill) -> Tensor:
-            return torch.stack([t if t.shape[-1] == width else torch.cat(
-                [t.new_full((*t.shape[:-1], width - t.shape[-1]), fill), t], dim=-1) for t in ts], 1)
+            return torch.stack([pad_last(t, width, fill, left=True) for t in ts], 1)
 
         rows = stack([p[1] for p in pending], -1)
         live = stack([p[2] for p in pending], False)

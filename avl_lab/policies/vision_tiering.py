@@ -128,7 +128,7 @@ class VisionTiering(Policy):
         other layers (:meth:`end_step`; prefill: :meth:`_decide` at once)."""
         img = is_image(layer)
         StepRanking.of(self).add(lambda core: layer.set_state("core", ~img | core),
-                                 score, img, self._core_count(ctx))
+                                 score, img, self._core_count(ctx), ctx=ctx)
 
     def _choose_core_tokens(self, layer, ctx: Context, by_token=None) -> None:
         """:meth:`_choose_core` from this step's attention when another part gave the layer rows
@@ -147,7 +147,7 @@ class VisionTiering(Policy):
             core = torch.cat([core, core.new_zeros(core.shape[0], 1)], 1)
             layer.set_state("core", ~img | core.gather(1, at).view_as(img))
 
-        StepRanking.of(self).add(apply, by_token, held, self._core_count(ctx))
+        StepRanking.of(self).add(apply, by_token, held, self._core_count(ctx), ctx=ctx)
 
     def _decide(self) -> None:
         for apply, core in StepRanking.of(self).resolve():
